@@ -1,0 +1,274 @@
+"""Typed experiment configuration: one YAML per experiment, one frozen dataclass per stage.
+
+Every field carries its default and a one-line explanation (``help``) in one place. ``load_config`` reads a YAML
+file, applies ``key.sub=value`` overrides (list items by index: ``students.0.epochs=3``) and converts the result to
+``ExperimentConfig``; an unknown key or a value of the wrong type raises ``ConfigError`` naming the dotted key,
+before any cluster work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or of the wrong type; the message names the dotted key."""
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with its documentation attached (read by ``describe`` and the tests)."""
+    return field(default=default, metadata={"help": help})
+
+
+def required(help: str) -> Any:
+    return field(metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str = required("Task label used in ids, reports and exemplar lookup (e.g. csqa).")
+    format: Literal["commonsenseqa", "openbookqa", "arc", "quarel", "strategyqa", "jsonl", "hf"] = required(
+        "File format of the task's data: an official benchmark format, generic JSONL, or a Hugging Face dataset."
+    )
+    train: str = opt("", "Training questions: a file path/URI, or for format=hf 'dataset_name:split'.")
+    eval: str = opt("", "Held-out evaluation questions (same forms as train).")
+    exemplars: str = opt(
+        "", "Few-shot exemplar file: a key of scotd/exemplars (e.g. commonsenseqa) or a path. Default: the format's."
+    )
+    num_exemplars: int | None = opt(None, "Use only the first K exemplars in the teacher prompt (None = all).")
+    max_train: int | None = opt(None, "Keep the first N training questions (after removing exemplar questions).")
+    max_eval: int | None = opt(None, "Keep the first N evaluation questions.")
+    skip_bad_rows: bool = opt(False, "Skip malformed rows and report their count instead of failing on the first.")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    model: str = opt(
+        "offline:qwen2.5-coder-1.5b-instruct",
+        "Teacher: HF hub id, local HF folder, 'offline:<key>' (a model shipped on PyPI) or 'tiny:teacher'.",
+    )
+    num_samples: int = opt(30, "Rationales sampled per training question (paper: 30).")
+    temperature: float = opt(1.0, "Sampling temperature (paper: 1.0).")
+    top_p: float = opt(1.0, "Nucleus sampling mass.")
+    max_new_tokens: int = opt(128, "Generation budget per rationale; longer ones are cut and usually fail to parse.")
+    stop: tuple[str, ...] = opt(("\n\n",), "Stop strings; the answer phrase of every letter is always added.")
+    seed: int = opt(0, "Base seed; question i is sampled with a seed derived from (seed, question id).")
+    dtype: str = opt("bfloat16", "Engine dtype (bfloat16 on GPU and on CPUs with AVX-512 bf16).")
+    max_model_len: int = opt(2048, "Longest prompt + generation the engine accepts.")
+    tensor_parallel_size: int = opt(1, "GPUs per engine replica (teachers larger than one GPU).")
+    num_replicas: int = opt(1, "Engine replicas (Ray Data actors), each owning tensor_parallel_size GPUs.")
+    batch_size: int = opt(16, "Questions per Ray Data batch handed to one engine call.")
+    gpu_memory_utilization: float = opt(0.9, "Share of GPU memory vLLM may take (GPU only).")
+    cpu_kvcache_gb: int = opt(2, "KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE; CPU only).")
+    block_size: int | None = opt(
+        None, "KV block size; CPU default 32 so prefix caching also covers the question (see STACK-NOTES)."
+    )
+    enable_prefix_caching: bool = opt(True, "Reuse the few-shot prefix's KV cache across questions and samples.")
+    chat_template: bool = opt(False, "Wrap the prompt in the tokenizer's chat template (instruction-tuned teachers).")
+    trust_remote_code: bool = opt(False, "Allow model repos to run their own code (off unless you trust the repo).")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    setting: Literal["supervised", "fewshot"] = opt(
+        "supervised",
+        "supervised: keep rationales whose answer equals the gold label; fewshot: keep every parsed rationale "
+        "and label it with the teacher's answer.",
+    )
+    dedup: bool = opt(True, "Drop exact-duplicate rationales of the same question.")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    name: str = required("Name of this student run (folder name, report row).")
+    model: str = opt("offline:smollm2-135m-instruct", "Student base model (same forms as teacher.model, or 'tiny:student').")
+    method: Literal["scotd", "label_only"] = opt(
+        "scotd", "scotd: target is a sampled rationale + answer; label_only: target is the answer letter only."
+    )
+    epochs: int = opt(3, "Passes over the training questions; each pass draws one kept rationale per question.")
+    learning_rate: float = opt(2e-5, "Peak AdamW learning rate (paper: 2e-5).")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    batch_size: int = opt(32, "Global batch size in sequences (paper: 32) = micro_batch_size x accumulation x workers.")
+    micro_batch_size: int = opt(8, "Sequences per worker per forward pass.")
+    warmup_steps: int = opt(500, "Linear warm-up steps, then linear decay to zero (paper: 500).")
+    grad_clip: float = opt(0.5, "Gradient norm clip (paper: 0.5).")
+    max_length: int = opt(700, "Prompt + target tokens; longer sequences are truncated from the left of the prompt.")
+    zero_stage: Literal[0, 1, 2, 3] = opt(2, "DeepSpeed ZeRO stage.")
+    num_workers: int = opt(1, "Ray Train workers (data-parallel ranks) for this student.")
+    use_gpu: bool = opt(False, "One GPU per worker, bf16 and NCCL; False trains in fp32 over gloo on CPU.")
+    cpus_per_worker: float = opt(1.0, "CPUs reserved per training worker.")
+    seed: int = opt(0, "Seed for initialisation-independent randomness: data order and rationale draws.")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    max_new_tokens: int = opt(128, "Generation budget per evaluation answer.")
+    batch_size: int = opt(32, "Questions per engine call.")
+    teacher: bool = opt(True, "Evaluate the teacher (few-shot, greedy) as a reference row.")
+    untrained: bool = opt(True, "Evaluate each distinct student base model before training (zero-shot, greedy).")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    address: str | None = opt(None, "Ray cluster address; None starts a local cluster inside the job.")
+    num_cpus: int | None = opt(
+        4,
+        "Logical CPUs of the local cluster. Above the core count on purpose: Ray Data and Ray Train together "
+        "deadlocked with num_cpus=2 on a 2-core machine (STACK-NOTES).",
+    )
+    teacher_gpus: float = opt(0.0, "GPUs per teacher engine replica is tensor_parallel_size when > 0; 0 = CPU engine.")
+    engine_cpus: float = opt(1.0, "CPUs reserved by each vLLM engine actor.")
+    omp_threads: int | None = opt(None, "OMP_NUM_THREADS for training workers (None: leave as is).")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = opt("runs/experiment", "Experiment folder: every stage writes its artifacts below it.")
+    cache_dir: str = opt("~/.cache/scotd", "Where converted offline models and datasets are cached.")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = opt("experiment", "Experiment name (report title).")
+    tasks: tuple[TaskConfig, ...] = opt((), "Tasks whose questions are labelled and evaluated.")
+    teacher: TeacherConfig = opt(TeacherConfig(), "Teacher sampling stage.")
+    corpus: CorpusConfig = opt(CorpusConfig(), "Corpus filtering stage.")
+    students: tuple[StudentConfig, ...] = opt((), "Students to train (SCoTD and baselines).")
+    eval: EvalConfig = opt(EvalConfig(), "Evaluation stage.")
+    resources: ResourcesConfig = opt(ResourcesConfig(), "Ray cluster and resources.")
+    output: OutputConfig = opt(OutputConfig(), "Artifact locations.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading: YAML -> dict -> overrides -> typed, validated dataclasses.
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read ``path`` (YAML), apply ``key.sub=value`` overrides, and return the validated config."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    try:
+        return from_dict(ExperimentConfig, raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set ``a.b.c=value`` in the nested dict ``raw`` in place; the value is parsed as YAML (``3``, ``true``, ``[a]``)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected key.sub=value")
+    value = yaml.safe_load(text) if text else ""
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        dotted = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            node = node[_list_index(node, part, dotted)]
+            continue
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"override {item!r}: {dotted} is a value, not a section")
+    if isinstance(node, list):
+        node[_list_index(node, parts[-1], key)] = value
+    else:
+        node[parts[-1]] = value
+
+
+def _list_index(node: list, part: str, dotted: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"{dotted}: expected an index below {len(node)} into the list")
+    return int(part)
+
+
+def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``raw``, checking every key and type; errors name the dotted key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]} (known: {', '.join(sorted(names))})")
+    values = {}
+    for name, f in names.items():
+        dotted = f"{prefix}.{name}" if prefix else name
+        if name in raw:
+            values[name] = _convert(hints[name], raw[name], dotted)
+        elif f.default is dataclasses.MISSING:
+            raise ConfigError(f"missing required key {dotted}")
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, dotted: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, dotted)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{dotted}: expected a list, got {type(value).__name__}")
+        return tuple(_convert(args[0], v, f"{dotted}.{i}") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, dotted)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise ConfigError(f"{dotted}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def to_dict(cfg: Any) -> Any:
+    """The config as plain YAML-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (tuple, list)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def describe(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:
+    """One line per field: dotted key, type, default and help (``scotd config --describe``)."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        dotted = f"{prefix}.{f.name}" if prefix else f.name
+        hint = hints[f.name]
+        sub = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint
+        default = "(required)" if f.default is dataclasses.MISSING else repr(f.default)
+        if dataclasses.is_dataclass(sub):
+            lines.append(f"{dotted}: {f.metadata.get('help', '')}")
+            lines.extend(describe(sub, f"{dotted}.N" if sub is not hint else dotted))
+        else:
+            lines.append(f"{dotted} = {default}  # {f.metadata.get('help', '')}")
+    return lines

@@ -1,0 +1,105 @@
+"""Corpus stage: teacher samples -> the rationales students train on. Filters are pure functions over row dicts.
+
+Supervised setting: keep rationales whose parsed answer equals the gold label (the label is the gold one).
+Few-shot setting: keep every rationale that parsed, labelled with the teacher's own answer (no gold labels used).
+Then exact duplicates of the same question are dropped. ``corpus/labels.parquet`` holds one label per training
+question for the label-only baseline: the gold label (supervised) or the teacher's majority answer (few-shot).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from scotd.config import CorpusConfig
+from scotd.schema import CORPUS_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA, read_table, to_table, write_table
+
+log = logging.getLogger(__name__)
+
+
+def keep_correct(rows: list[dict]) -> list[dict]:
+    """Supervised filter: rationales that reached the gold answer, labelled with it."""
+    return [{**r, "label_index": r["gold_index"]} for r in rows if r["correct"] and r["rationale"].strip()]
+
+
+def keep_parsed(rows: list[dict]) -> list[dict]:
+    """Few-shot filter: every rationale with a parsed answer, labelled with the teacher's answer."""
+    return [{**r, "label_index": r["parsed_index"]} for r in rows
+            if r["parsed_index"] is not None and r["rationale"].strip()]
+
+
+def dedup(rows: list[dict]) -> list[dict]:
+    """Drop exact-duplicate (question, whitespace-normalized rationale, label); the first sample index survives."""
+    seen, out = set(), []
+    for r in sorted(rows, key=lambda r: (r["question_id"], r["sample_index"])):
+        key = (r["question_id"], " ".join(r["rationale"].split()), r["label_index"])
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def majority_labels(rows: list[dict]) -> dict[str, int]:
+    """The teacher's most frequent parsed answer per question (ties: lowest choice index)."""
+    votes: dict[str, Counter] = {}
+    for r in rows:
+        if r["parsed_index"] is not None:
+            votes.setdefault(r["question_id"], Counter())[r["parsed_index"]] += 1
+    return {qid: min(c, key=lambda i: (-c[i], i)) for qid, c in votes.items()}
+
+
+def summarize(samples: list[dict], kept: list[dict], num_after_filter: int) -> dict:
+    questions = {r["question_id"] for r in samples}
+    kept_questions = {r["question_id"] for r in kept}
+    failures = Counter(r["parse_error"] for r in samples if r["parse_error"] is not None)
+    return {
+        "questions": len(questions),
+        "samples": len(samples),
+        "sample_accuracy": sum(r["correct"] for r in samples) / len(samples) if samples else 0.0,
+        "parse_failures": sum(failures.values()),
+        "parse_failures_by_reason": dict(failures),
+        "kept_after_filter": num_after_filter,
+        "duplicates_removed": num_after_filter - len(kept),
+        "kept": len(kept),
+        "questions_with_kept_rationale": len(kept_questions),
+        "share_questions_with_kept_rationale": len(kept_questions) / len(questions) if questions else 0.0,
+        "mean_kept_per_question": len(kept) / len(kept_questions) if kept_questions else 0.0,
+    }
+
+
+def build_corpus(samples_dir: Path, cfg: CorpusConfig, out_dir: Path) -> dict:
+    """Read the teacher's samples, filter, dedup, write corpus.parquet, labels.parquet and summary.json."""
+    samples = read_table(samples_dir, SAMPLE_SCHEMA).to_pylist()
+    kept = keep_correct(samples) if cfg.setting == "supervised" else keep_parsed(samples)
+    num_after_filter = len(kept)
+    if cfg.dedup:
+        kept = dedup(kept)
+    if not kept:
+        raise RuntimeError(f"corpus: no rationale survived the {cfg.setting} filter out of {len(samples)} samples "
+                           f"in {samples_dir}; check the teacher (sample accuracy, parse failures)")
+    write_table(to_table(({k: r[k] for k in CORPUS_SCHEMA.names} for r in kept), CORPUS_SCHEMA),
+                out_dir / "corpus.parquet")
+
+    first = {}
+    for r in samples:
+        first.setdefault(r["question_id"], r)
+    labels = ({qid: r["gold_index"] for qid, r in first.items() if r["gold_index"] is not None}
+              if cfg.setting == "supervised" else majority_labels(samples))
+    label_rows = [{"question_id": qid, "task": first[qid]["task"], "question": first[qid]["question"],
+                   "choices": first[qid]["choices"], "answer_index": label} for qid, label in sorted(labels.items())]
+    write_table(to_table(label_rows, QUESTION_SCHEMA), out_dir / "labels.parquet")
+
+    summary = {"setting": cfg.setting, **summarize(samples, kept, num_after_filter), "labelled_questions": len(labels)}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.info("corpus: %d of %d samples kept (%d questions with >=1), per-sample teacher accuracy %.1f%%",
+             summary["kept"], summary["samples"], summary["questions_with_kept_rationale"],
+             100 * summary["sample_accuracy"])
+    return summary
+
+
+def read_corpus(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()

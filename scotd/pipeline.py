@@ -1,0 +1,245 @@
+"""The whole job: tasks -> teacher -> corpus -> students -> eval -> report, on one Ray cluster.
+
+Stages hand off only through files in the experiment folder (see ``scotd.schema``), so any stage can be rerun on
+existing artifacts and a rerun of the whole job skips finished work (teacher blocks, trained students, finished
+evaluation runs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+from scotd.config import ExperimentConfig, TaskConfig, dump_config
+from scotd.prompts import (Exemplar, load_exemplars, normalize_text, render_answer, render_question, student_prompt,
+                           teacher_prompt)
+from scotd.schema import QUESTION_SCHEMA, read_table, to_table, write_table
+from scotd.tasks import DEFAULT_EXEMPLARS, Question, load_hf_questions, load_questions
+
+log = logging.getLogger(__name__)
+
+STAGES = ("tasks", "teacher", "corpus", "students", "eval", "report")
+
+
+@contextmanager
+def ray_cluster(cfg: ExperimentConfig):
+    """Use the running Ray session, the cluster of ``ray job submit`` (RAY_ADDRESS), the configured address, or
+    start a local cluster that lives as long as the job."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    res = cfg.resources
+    if res.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=res.address or os.environ["RAY_ADDRESS"], log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=res.num_cpus, include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+class Experiment:
+    """Paths and helpers shared by the stages of one experiment folder."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        self.dir = Path(cfg.output.dir).expanduser().resolve()
+        self.cache = Path(cfg.output.cache_dir).expanduser()
+
+    def exemplars(self, task: TaskConfig) -> list[Exemplar]:
+        found = load_exemplars(task.exemplars or DEFAULT_EXEMPLARS[task.format], task.name)
+        return found[: task.num_exemplars] if task.num_exemplars else found
+
+    def all_exemplars(self) -> dict[str, list[Exemplar]]:
+        return {t.name: self.exemplars(t) for t in self.cfg.tasks}
+
+    def questions(self, split: str) -> list[Question]:
+        table = read_table(self.dir / "questions" / f"{split}.parquet", QUESTION_SCHEMA)
+        return [Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]), r["answer_index"])
+                for r in table.to_pylist()]
+
+    def resolve_model(self, ref: str) -> str:
+        """``tiny:<role>`` (built here), ``offline:<key>`` (a model shipped on PyPI), or a path / hub id as is."""
+        if ref.startswith("tiny:"):
+            from scotd.tiny import ensure_tiny_model
+
+            role = ref.split(":", 1)[1]
+            train = self.questions("train")
+            texts = [student_prompt(q) for q in train + self.questions("eval")]
+            return str(ensure_tiny_model(role, self.dir / "models" / f"tiny-{role}", texts,
+                                         format_texts(train, self.all_exemplars())))
+        if ref.startswith("offline:"):
+            from scotd.assets import resolve_model
+
+            return resolve_model(ref, self.cache)
+        return ref
+
+
+def format_texts(questions: list[Question], exemplars: dict[str, list[Exemplar]], limit: int = 64) -> list[str]:
+    """Texts that teach ``tiny:teacher`` the answer *format* only: a question, a rationale borrowed from an exemplar
+    and a random letter (so nothing about the right answers is learned)."""
+    import random
+
+    rng = random.Random(0)
+    return [render_question(q) + render_answer(rng.choice(exemplars[q.task]).rationale, rng.randrange(len(q.choices)))
+            for q in questions[:limit]]
+
+
+def load_task_split(task: TaskConfig, split: str) -> tuple[list[Question], int]:
+    source = task.train if split == "train" else task.eval
+    if not source:
+        raise ValueError(f"tasks.{task.name}.{split}: no {split} data configured")
+    if task.format == "hf":
+        result = load_hf_questions(source, task.name, skip_bad_rows=task.skip_bad_rows)
+    else:
+        result = load_questions(source, task.format, task.name, skip_bad_rows=task.skip_bad_rows)
+    return result.questions, result.num_skipped
+
+
+def stage_tasks(exp: Experiment) -> dict:
+    """Load every task, drop exemplar questions from training, cap sizes, write questions/{train,eval}.parquet."""
+    summary, splits = {}, {"train": [], "eval": []}
+    for task in exp.cfg.tasks:
+        shots = {normalize_text(e.question.text) for e in exp.exemplars(task)}
+        train, skipped_train = load_task_split(task, "train")
+        kept = [q for q in train if normalize_text(q.text) not in shots]
+        evaluation, skipped_eval = load_task_split(task, "eval")
+        train_ids = {q.id for q in kept}
+        evaluation = [q for q in evaluation if q.id not in train_ids]
+        splits["train"] += kept[: task.max_train]
+        splits["eval"] += evaluation[: task.max_eval]
+        summary[task.name] = {"train": len(kept[: task.max_train]), "eval": len(evaluation[: task.max_eval]),
+                              "exemplar_questions_removed": len(train) - len(kept),
+                              "skipped_rows": skipped_train + skipped_eval}
+    for split, questions in splits.items():
+        rows = [{"question_id": q.id, "task": q.task, "question": q.text, "choices": list(q.choices),
+                 "answer_index": q.answer_index} for q in questions]
+        write_table(to_table(rows, QUESTION_SCHEMA), exp.dir / "questions" / f"{split}.parquet")
+    (exp.dir / "questions" / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.info("tasks: %s", summary)
+    return summary
+
+
+def stage_teacher(exp: Experiment) -> dict:
+    from scotd.teacher import sample_rationales
+
+    model = exp.resolve_model(exp.cfg.teacher.model)
+    return sample_rationales(exp.questions("train"), exp.all_exemplars(), exp.cfg.teacher, exp.cfg.resources,
+                             model, exp.dir / "teacher")
+
+
+def stage_corpus(exp: Experiment) -> dict:
+    from scotd.corpus import build_corpus
+
+    return build_corpus(exp.dir / "teacher" / "samples", exp.cfg.corpus, exp.dir / "corpus")
+
+
+def stage_students(exp: Experiment) -> list[dict]:
+    from scotd.student.train import STUDENT_META, train_students
+
+    jobs = []
+    for s in exp.cfg.students:
+        out = exp.dir / "students" / s.name
+        if (out / "model" / STUDENT_META).exists():
+            log.info("student %s: already trained, skipping", s.name)
+            continue
+        rows = exp.dir / "corpus" / ("corpus.parquet" if s.method == "scotd" else "labels.parquet")
+        meta = {"prompt_format": {"input": student_prompt(_EXAMPLE), "target": render_answer("<rationale>", 0)
+                                  if s.method == "scotd" else render_answer(None, 0)},
+                "base_model": s.model, "corpus_summary": _read_json(exp.dir / "corpus" / "summary.json")}
+        jobs.append({"cfg": s, "model_path": exp.resolve_model(s.model), "rows_path": str(rows),
+                     "out_dir": str(out), "storage_path": str(exp.dir / "ray_train"), "meta": meta})
+    return train_students(jobs) if jobs else []
+
+
+_EXAMPLE = Question("example", "example", "{question}", ("{choice 1}", "{choice 2}"), 0)
+
+
+def stage_eval(exp: Experiment) -> list[dict]:
+    from scotd.evaluate import evaluate_run
+    from scotd.teacher import engine_spec
+
+    cfg = exp.cfg
+    questions = exp.questions("eval")
+    runs = eval_runs(cfg)
+    shots = exp.all_exemplars()
+    results = []
+    for run in runs:
+        model = exp.resolve_model(run["model_ref"] if run["kind"] != "scotd" and run["kind"] != "label_only"
+                                  else str(exp.dir / "students" / run["student"] / "model"))
+        spec = engine_spec(cfg.teacher, model, use_gpu=cfg.resources.teacher_gpus > 0)
+        if run["kind"] != "teacher":
+            spec = type(spec)(**{**asdict(spec), "tensor_parallel_size": 1, "chat_template": False})
+        prompt_fn = (lambda q: teacher_prompt(q, shots[q.task])) if run["kind"] == "teacher" else student_prompt
+        results.append(evaluate_run(run["run"], questions, prompt_fn, spec, max_new_tokens=cfg.eval.max_new_tokens,
+                                    batch_size=cfg.eval.batch_size, num_cpus=cfg.resources.engine_cpus,
+                                    out_dir=exp.dir / "eval"))
+    return results
+
+
+def eval_runs(cfg: ExperimentConfig) -> list[dict]:
+    """The evaluation runs of an experiment, in report order."""
+    from scotd.evaluate import run_dir_name
+
+    runs = []
+    if cfg.eval.teacher:
+        runs.append({"run": "teacher", "kind": "teacher", "model_ref": cfg.teacher.model})
+    if cfg.eval.untrained:
+        for model in dict.fromkeys(s.model for s in cfg.students):
+            runs.append({"run": f"untrained:{model}", "kind": "untrained", "model_ref": model})
+    for s in cfg.students:
+        runs.append({"run": s.name, "kind": s.method, "model_ref": s.model, "student": s.name})
+    for r in runs:
+        r["dir"] = run_dir_name(r["run"])
+    return runs
+
+
+def stage_report(exp: Experiment) -> dict:
+    from scotd.report import write_report
+
+    runs = [{"run": r["run"], "kind": r["kind"], "model": r["model_ref"], "dir": r["dir"]} for r in eval_runs(exp.cfg)]
+    return write_report(exp.dir, runs)
+
+
+STAGE_FUNCTIONS = {"tasks": stage_tasks, "teacher": stage_teacher, "corpus": stage_corpus,
+                   "students": stage_students, "eval": stage_eval, "report": stage_report}
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES) -> Experiment:
+    """Run ``stages`` in order; writes the resolved config and per-stage wall times into the experiment folder."""
+    unknown = [s for s in stages if s not in STAGE_FUNCTIONS]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
+    exp = Experiment(cfg)
+    exp.dir.mkdir(parents=True, exist_ok=True)
+    (exp.dir / "config.yaml").write_text(dump_config(cfg))
+    timings_path = exp.dir / "timings.json"
+    timings = _read_json(timings_path) or {}
+    needs_ray = any(s in ("teacher", "students", "eval") for s in stages)
+    with ray_cluster(cfg) if needs_ray else _nothing():
+        for stage in stages:
+            log.info("=== stage %s ===", stage)
+            started = time.monotonic()
+            STAGE_FUNCTIONS[stage](exp)
+            timings[stage] = round(time.monotonic() - started, 1)
+            timings_path.write_text(json.dumps(timings, indent=2))
+    if "report" in stages:
+        stage_report(exp)  # again, so the report carries this run's final stage timings
+    return exp
+
+
+@contextmanager
+def _nothing():
+    yield

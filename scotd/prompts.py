@@ -1,0 +1,147 @@
+"""The SCoTD prompt format and answer parsing: pure functions, no I/O except reading exemplar files.
+
+Formatting decisions (they matter for tokenization and for train/eval consistency):
+- ``render_question`` is the only place a question becomes text; the teacher prompt, the student input and the
+  student target are all built from it and ``render_answer``, so the formats cannot drift.
+- The question block ends with ``"A:"`` without a trailing space and the answer starts with a space. BPE tokenizers
+  then see the natural ``" word"`` tokens at the start of the rationale; with a trailing space in the prompt the
+  teacher began 27 % of its rationales with a digit (measured, ../shared/docs/STACK-NOTES.md).
+- Choice letters are lower case ``(a)``, ``(b)``, ... and come from ``len(choices)``.
+- Exemplars are separated by a blank line, which is also the teacher's stop string.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from scotd.tasks import Question, RowError, TaskDataError, parse_generic
+
+ANSWER_PHRASE = "So the answer is:"
+
+
+def letter(index: int) -> str:
+    return chr(ord("a") + index)
+
+
+def render_question(q: Question) -> str:
+    """``Q: {question}\\nAnswer Choices:\\n(a) ...\\n(b) ...\\nA:``: the block shared by every prompt and target."""
+    choices = "\n".join(f"({letter(i)}) {c}" for i, c in enumerate(q.choices))
+    return f"Q: {q.text}\nAnswer Choices:\n{choices}\nA:"
+
+
+def render_answer(rationale: str | None, answer_index: int) -> str:
+    """The completion after ``A:``: ``" {rationale} So the answer is: (x)"``, or ``" (x)"`` for label-only targets."""
+    if rationale is None:
+        return f" ({letter(answer_index)})"
+    return f" {rationale.strip()} {ANSWER_PHRASE} ({letter(answer_index)})"
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    question: Question
+    rationale: str
+
+
+def teacher_prompt(q: Question, exemplars: list[Exemplar] | tuple[Exemplar, ...]) -> str:
+    """Few-shot exemplars, each ``render_question + render_answer``, then the question; blank lines between."""
+    shots = [render_question(e.question) + render_answer(e.rationale, e.question.answer_index) for e in exemplars]
+    return "\n\n".join([*shots, render_question(q)])
+
+
+def student_prompt(q: Question) -> str:
+    """The student sees the question alone, no exemplars."""
+    return render_question(q)
+
+
+def stop_strings(num_choices: int, extra: tuple[str, ...] = ("\n\n",)) -> list[str]:
+    """Stop at a blank line or right after the answer phrase of any valid letter (include it in the output)."""
+    return [*extra, *(f"{ANSWER_PHRASE} ({letter(i)})" for i in range(num_choices))]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing.
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """The parsed answer: ``index`` into the choices, or None and a named ``reason``."""
+
+    index: int | None
+    reason: str | None = None
+    rationale: str = ""
+
+
+PARSE_REASONS = ("empty_output", "no_answer_phrase", "unknown_letter")
+
+_PHRASE = re.compile(r"answer is:?\s*\(?\s*([A-Za-z])\s*\)", re.I)
+_BARE = re.compile(r"^\(\s*([A-Za-z])\s*\)\s*\.?$")
+
+
+def parse_answer(text: str, num_choices: int) -> Parsed:
+    """Find the answer letter in a completion. Never raises.
+
+    Accepts the SCoTD phrase (the last ``answer is: (x)`` wins, case-insensitive) or, for label-only students, a
+    completion that is just ``(x)``. The rationale is the text before the phrase.
+    """
+    if not isinstance(text, str) or not text.strip():
+        return Parsed(None, "empty_output")
+    matches = list(_PHRASE.finditer(text))
+    if matches:
+        found = matches[-1]
+        head = text[: found.start()]
+        cut = head.lower().rfind("so the")
+        rationale = (head[:cut] if cut >= 0 else head).strip()
+    else:
+        found = _BARE.match(text.strip())
+        rationale = ""
+        if not found:
+            return Parsed(None, "no_answer_phrase", text.strip())
+    index = ord(found.group(1).lower()) - ord("a")
+    if not 0 <= index < num_choices:
+        return Parsed(None, "unknown_letter", rationale)
+    return Parsed(index, None, rationale)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exemplars (data files written for this project, in scotd/exemplars/).
+
+
+def load_exemplars(name_or_path: str, task: str) -> list[Exemplar]:
+    """Read an exemplar JSONL (a key of ``scotd/exemplars`` or a path): generic rows plus a ``rationale``."""
+    path = Path(name_or_path)
+    if path.suffix != ".jsonl":
+        ref = resources.files("scotd") / "exemplars" / f"{name_or_path}.jsonl"
+        if not ref.is_file():
+            raise TaskDataError(f"exemplars {name_or_path!r}: no such file in scotd/exemplars and not a .jsonl path")
+        text, where = ref.read_text(encoding="utf-8"), f"scotd/exemplars/{name_or_path}.jsonl"
+    else:
+        try:
+            text, where = path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as err:
+            raise TaskDataError(f"{path}: cannot read exemplars: {err}") from None
+    exemplars = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            q = parse_generic(obj, task)
+            rationale = obj.get("rationale")
+            if not isinstance(rationale, str) or not rationale.strip() or "\n" in rationale:
+                raise RowError("missing or multi-line 'rationale'")
+        except (json.JSONDecodeError, RowError) as err:
+            raise TaskDataError(f"{where}:{number}: {err}") from None
+        exemplars.append(Exemplar(Question(q.id or f"{task}-ex{number}", task, q.text, q.choices, q.answer_index),
+                                  " ".join(rationale.split())))
+    if not exemplars:
+        raise TaskDataError(f"{where}: no exemplars")
+    return exemplars
+
+
+def normalize_text(text: str) -> str:
+    """Key for matching questions across files (exemplar exclusion): case- and whitespace-insensitive."""
+    return " ".join(text.lower().split())

@@ -1,0 +1,98 @@
+"""Parquet schemas of every file the stages hand to each other: defined here once, nowhere else.
+
+Experiment folder layout (``output.dir``)::
+
+    config.yaml                    resolved config
+    questions/{train,eval}.parquet QUESTION_SCHEMA      (tasks stage)
+    teacher/samples/*.parquet      SAMPLE_SCHEMA        (teacher stage; one file per block of questions)
+    teacher/sampling_summary.json
+    corpus/corpus.parquet          CORPUS_SCHEMA        (corpus stage: rationales kept for training)
+    corpus/labels.parquet          QUESTION_SCHEMA      (the label of every training question, for label-only)
+    corpus/summary.json
+    students/<name>/model/         Hugging Face folder + scotd_student.json
+    eval/<run>/predictions.parquet PREDICTION_SCHEMA
+    report.json, report.md
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+QUESTION_SCHEMA = pa.schema([
+    pa.field("question_id", pa.string(), nullable=False),
+    pa.field("task", pa.string(), nullable=False),
+    pa.field("question", pa.string(), nullable=False),
+    pa.field("choices", pa.list_(pa.string()), nullable=False),
+    pa.field("answer_index", pa.int32()),  # null: unlabelled split
+])
+
+SAMPLE_SCHEMA = pa.schema([
+    pa.field("question_id", pa.string(), nullable=False),
+    pa.field("task", pa.string(), nullable=False),
+    pa.field("sample_index", pa.int32(), nullable=False),  # 0..num_samples-1 within the question
+    pa.field("question", pa.string(), nullable=False),
+    pa.field("choices", pa.list_(pa.string()), nullable=False),
+    pa.field("text", pa.string(), nullable=False),  # the raw completion
+    pa.field("rationale", pa.string(), nullable=False),  # completion before the answer phrase
+    pa.field("parsed_index", pa.int32()),  # null when parsing failed
+    pa.field("parse_error", pa.string()),  # null, or one of prompts.PARSE_REASONS
+    pa.field("gold_index", pa.int32()),
+    pa.field("correct", pa.bool_(), nullable=False),
+    pa.field("logprob_sum", pa.float64()),  # teacher log-probability of the completion's tokens
+    pa.field("num_tokens", pa.int32(), nullable=False),  # generated tokens
+    pa.field("finish_reason", pa.string()),
+])
+
+CORPUS_SCHEMA = pa.schema([
+    pa.field("question_id", pa.string(), nullable=False),
+    pa.field("task", pa.string(), nullable=False),
+    pa.field("sample_index", pa.int32(), nullable=False),
+    pa.field("question", pa.string(), nullable=False),
+    pa.field("choices", pa.list_(pa.string()), nullable=False),
+    pa.field("rationale", pa.string(), nullable=False),
+    pa.field("label_index", pa.int32(), nullable=False),  # gold (supervised) or the teacher's answer (few-shot)
+    pa.field("logprob_sum", pa.float64()),
+    pa.field("num_tokens", pa.int32(), nullable=False),
+])
+
+PREDICTION_SCHEMA = pa.schema([
+    pa.field("run", pa.string(), nullable=False),  # e.g. "teacher", "student:scotd-tiny", "untrained:<model>"
+    pa.field("question_id", pa.string(), nullable=False),
+    pa.field("task", pa.string(), nullable=False),
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("parsed_index", pa.int32()),
+    pa.field("parse_error", pa.string()),
+    pa.field("gold_index", pa.int32()),
+    pa.field("correct", pa.bool_(), nullable=False),
+])
+
+
+def to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) to a table of exactly ``schema``; a missing or extra column is an error, not a silent null."""
+    rows = list(rows)
+    for row in rows[:1]:
+        if set(row) != set(schema.names):
+            raise ValueError(f"row columns {sorted(row)} != schema columns {sorted(schema.names)}")
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def write_table(table: pa.Table, path: str | Path) -> None:
+    """Write atomically: a crash never leaves a half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
+    """Read a file or a folder of Parquet files, checking it has ``schema``'s columns and types."""
+    table = pq.read_table(path, schema=schema) if Path(path).is_dir() else pq.read_table(path)
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    return table.select(schema.names).cast(schema)

@@ -1,0 +1,100 @@
+"""Student training data: (prompt, target) pairs, tokenized once, one rationale drawn per question per epoch.
+
+The paper's balanced sampling: each epoch visits every training question once and pairs it with one of its kept
+rationales drawn at random, so questions with many correct rationales do not dominate. Token ids are computed once
+for every prompt and every target; an epoch only chooses indices and concatenates.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from scotd.prompts import render_answer, student_prompt
+from scotd.tasks import Question
+
+IGNORE_INDEX = -100  # label value that torch's cross-entropy skips: prompt tokens and padding carry no loss
+
+
+@dataclass(frozen=True)
+class EncodedQuestion:
+    prompt_ids: tuple[int, ...]
+    target_ids: tuple[tuple[int, ...], ...]  # one per kept rationale (a single one for label-only)
+
+
+def training_texts(rows: list[dict], method: str) -> dict[str, tuple[str, list[str]]]:
+    """Group corpus rows (or label rows for ``label_only``) into question id -> (prompt, [targets])."""
+    groups: dict[str, tuple[str, list[str]]] = {}
+    for r in sorted(rows, key=lambda r: (r["question_id"], r.get("sample_index", 0))):
+        label = r["label_index"] if method == "scotd" else r["answer_index"]
+        if label is None:
+            continue
+        q = Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]), label)
+        target = render_answer(r["rationale"] if method == "scotd" else None, label)
+        prompt, targets = groups.setdefault(q.id, (student_prompt(q), []))
+        targets.append(target)
+    return groups
+
+
+def encode(groups: dict[str, tuple[str, list[str]]], tokenizer) -> list[EncodedQuestion]:
+    """Tokenize every prompt and target once; targets end with EOS so the student learns to stop."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    encoded = []
+    for prompt, targets in groups.values():
+        prompt_ids = tuple(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        target_ids = tuple(tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) + tuple(eos) for t in targets)
+        encoded.append(EncodedQuestion(prompt_ids, target_ids))
+    return encoded
+
+
+def build_sequence(prompt: tuple[int, ...], target: tuple[int, ...], max_length: int) -> tuple[list[int], list[int]]:
+    """``input_ids`` and ``labels`` (prompt masked); over-long sequences lose prompt tokens from the left first."""
+    target = target[:max_length]
+    keep = max_length - len(target)
+    prompt = prompt[len(prompt) - keep:] if keep > 0 else ()
+    return list(prompt) + list(target), [IGNORE_INDEX] * len(prompt) + list(target)
+
+
+def epoch_sequences(encoded: list[EncodedQuestion], *, epoch: int, seed: int, rank: int, world_size: int,
+                    max_length: int) -> list[tuple[list[int], list[int]]]:
+    """This rank's sequences for one epoch: every question once (one drawn target), shuffled, split evenly.
+
+    Every rank gets the same count (the last ones wrap around) so data-parallel ranks take the same number of
+    optimizer steps.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(encoded)))
+    rng.shuffle(order)
+    picks = [rng.randrange(len(encoded[i].target_ids)) for i in order]
+    per_rank = -(-len(order) // world_size)
+    mine = [(order[(rank + k * world_size) % len(order)], picks[(rank + k * world_size) % len(order)])
+            for k in range(per_rank)]
+    return [build_sequence(encoded[i].prompt_ids, encoded[i].target_ids[j], max_length) for i, j in mine]
+
+
+def make_batches(seqs: list[tuple[list[int], list[int]]], micro_batch_size: int, *, seed: int,
+                 bucket_batches: int = 16) -> list[list[tuple[list[int], list[int]]]]:
+    """Length-bucketed micro-batches: sort windows of ``bucket_batches`` batches by length so padding stays small,
+    then shuffle the batch order so lengths do not trend through the epoch."""
+    window = micro_batch_size * bucket_batches
+    batches = []
+    for start in range(0, len(seqs), window):
+        chunk = sorted(seqs[start:start + window], key=lambda s: len(s[0]))
+        batches.extend(chunk[i:i + micro_batch_size] for i in range(0, len(chunk), micro_batch_size))
+    random.Random(seed).shuffle(batches)
+    return batches
+
+
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-pad to the longest sequence; returns torch tensors and the number of real tokens."""
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, labs) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(labs)] = torch.tensor(labs)
+        mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}, int(mask.sum())

@@ -1,0 +1,188 @@
+"""Student stage: Ray Train ``TorchTrainer`` workers running a DeepSpeed ZeRO training loop.
+
+``train_loop_per_worker(config)`` reads only its argument. Each epoch reports metrics and a checkpoint (a Hugging
+Face folder) through ``ray.train.report``; a restarted run continues after the last reported epoch. Several
+students train concurrently: each ``TorchTrainer.fit()`` runs in its own Ray task (``train_students``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from scotd.config import StudentConfig
+
+log = logging.getLogger(__name__)
+
+STUDENT_META = "scotd_student.json"
+
+
+def accumulation_steps(cfg: StudentConfig, world_size: int) -> int:
+    return max(1, cfg.batch_size // (cfg.micro_batch_size * world_size))
+
+
+def deepspeed_config(cfg: StudentConfig, world_size: int) -> dict:
+    """The DeepSpeed dict, built here and nowhere else. The optimizer and schedule are client objects (AdamW +
+    ``warmup_linear``), which avoids DeepSpeed compiling fused/cpu Adam kernels."""
+    accum = accumulation_steps(cfg, world_size)
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True  # full weights for the HF export
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": accum,
+        "train_batch_size": cfg.micro_batch_size * accum * world_size,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.use_gpu},  # fp32 on CPU: bf16 autocast there is slow and lossy for tiny models
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def warmup_linear(warmup_steps: int, total_steps: int):
+    """LR multiplier: linear warm-up to 1 over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
+    warmup = min(warmup_steps, max(total_steps - 1, 0))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One data-parallel rank. ``config``: student (StudentConfig as dict), model_path, rows_path, meta."""
+    import torch
+
+    cfg = StudentConfig(**config["student"])
+    if not cfg.use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    import pyarrow.parquet as pq
+    import ray.train
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from scotd.student.data import collate, encode, epoch_sequences, make_batches, training_texts
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed)
+
+    start_epoch, model_path = 0, config["model_path"]
+    checkpoint = ray.train.get_checkpoint()
+    resume_dir = None
+    if checkpoint:
+        resume_dir = checkpoint.to_directory()
+        start_epoch = json.loads((Path(resume_dir) / STUDENT_META).read_text())["epochs_done"]
+        model_path = resume_dir
+        log.info("rank %d: resuming %s after epoch %d", rank, cfg.name, start_epoch)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    dtype = torch.bfloat16 if cfg.use_gpu else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+
+    rows = pq.read_table(config["rows_path"]).to_pylist()
+    encoded = encode(training_texts(rows, cfg.method), tokenizer)
+    if not encoded:
+        raise RuntimeError(f"student {cfg.name}: no training examples in {config['rows_path']}")
+    per_rank = -(-len(encoded) // world)
+    accum = accumulation_steps(cfg, world)
+    steps_per_epoch = max(1, math.ceil(per_rank / cfg.micro_batch_size) // accum)
+    total_steps = steps_per_epoch * cfg.epochs
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(cfg.warmup_steps, total_steps))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(cfg, world))
+    for _ in range(start_epoch * steps_per_epoch):
+        scheduler.step()  # the schedule continues where the checkpointed run stopped
+    engine.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        seqs = epoch_sequences(encoded, epoch=epoch, seed=cfg.seed, rank=rank, world_size=world,
+                               max_length=cfg.max_length)
+        batches = make_batches(seqs, cfg.micro_batch_size, seed=cfg.seed * 7919 + epoch)
+        started, loss_sum, real, padded, target_tokens = time.monotonic(), 0.0, 0, 0, 0
+        for batch in batches:
+            inputs, num_real = collate(batch, pad_id)
+            inputs = {k: v.to(engine.device) for k, v in inputs.items()}
+            loss = engine(**inputs).loss  # HF causal-LM loss: mean over the target tokens of the micro-batch
+            engine.backward(loss)
+            engine.step()
+            loss_sum += float(loss.detach())
+            real += num_real
+            padded += inputs["input_ids"].numel()
+            target_tokens += int((inputs["labels"] != -100).sum())
+        elapsed = time.monotonic() - started
+        metrics = {"epoch": epoch + 1, "loss": loss_sum / max(1, len(batches)), "micro_batches": len(batches),
+                   "tokens_per_s": real * world / elapsed, "real_token_share": real / max(1, padded),
+                   "target_tokens": target_tokens, "lr": scheduler.get_last_lr()[0], "epoch_s": elapsed}
+        _report(engine, tokenizer, cfg, config, metrics, rank)
+    if resume_dir:
+        shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+def _report(engine, tokenizer, cfg: StudentConfig, config: dict, metrics: dict, rank: int) -> None:
+    """Save an HF folder (rank 0) and report it; ZeRO-3 gathers the sharded weights on every rank first."""
+    import ray.train
+
+    state = engine._zero3_consolidated_16bit_state_dict() if cfg.zero_stage == 3 else None
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            meta = {**config["meta"], "student": asdict(cfg), "epochs_done": metrics["epoch"], "metrics": metrics}
+            (Path(tmp) / STUDENT_META).write_text(json.dumps(meta, indent=2))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            with open(config["history_path"], "a", encoding="utf-8") as history:
+                history.write(json.dumps(metrics) + "\n")
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def fit_student(cfg: StudentConfig, model_path: str, rows_path: str, out_dir: str, storage_path: str,
+                meta: dict) -> dict:
+    """Train one student with ``TorchTrainer`` and export the final checkpoint to ``out_dir/model``."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"student": asdict(cfg), "model_path": model_path, "rows_path": rows_path, "meta": meta,
+                           "history_path": str(Path(out_dir) / "history.jsonl")},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        run_config=RunConfig(name=cfg.name, storage_path=storage_path,
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=2)),
+    )
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"student {cfg.name}: training ended without a checkpoint ({result.error})")
+    final = Path(out_dir) / "model"
+    tmp = Path(out_dir) / ".model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    result.checkpoint.to_directory(str(tmp))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    history = [json.loads(line) for line in (Path(out_dir) / "history.jsonl").read_text().splitlines()]
+    return {"name": cfg.name, "model_dir": str(final), "history": history}
+
+
+def train_students(jobs: list[dict]) -> list[dict]:
+    """Run every student's ``fit_student`` concurrently, each in its own Ray task; Ray schedules their workers."""
+    import ray
+
+    fit = ray.remote(num_cpus=0)(fit_student)
+    return ray.get([fit.remote(**job) for job in jobs])

@@ -1,0 +1,301 @@
+"""Task loaders: every benchmark format becomes the same ``Question`` record.
+
+Each official format has a pure row parser ``parse_<format>(obj) -> Question`` that raises ``RowError`` with the
+fault; ``load_questions`` reads a file line by line (JSON arrays item by item, with the item's line number), turns
+row faults into ``TaskDataError("file:line: fault")`` or, with ``skip_bad_rows``, counts and skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+MAX_CHOICES = 10
+
+
+@dataclass(frozen=True)
+class Question:
+    """One multiple-choice question. ``answer_index`` indexes ``choices``; None when the split has no labels."""
+
+    id: str
+    task: str
+    text: str
+    choices: tuple[str, ...]
+    answer_index: int | None
+
+
+class RowError(ValueError):
+    """A row is malformed; the message is the fault without the location."""
+
+
+class TaskDataError(ValueError):
+    """A data file is malformed; the message names file:line and the fault."""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    questions: list[Question]
+    num_skipped: int
+    skipped: list[str]  # "file:line: fault" for the first few skipped rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Row parsers (pure).
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise RowError(f"empty {what}")
+    return " ".join(value.split())
+
+
+def _check_choices(choices: list[str]) -> tuple[str, ...]:
+    if len(choices) < 2:
+        raise RowError(f"fewer than 2 choices ({len(choices)})")
+    if len(choices) > MAX_CHOICES:
+        raise RowError(f"more than {MAX_CHOICES} choices ({len(choices)})")
+    return tuple(_text(c, f"choice {i + 1}") for i, c in enumerate(choices))
+
+
+def _labelled_choices(obj: dict) -> tuple[tuple[str, ...], list[str], str]:
+    """The official CSQA/OBQA/ARC shape: {"question": {"stem", "choices": [{"label", "text"}]}, "answerKey"}."""
+    q = obj.get("question")
+    if not isinstance(q, dict):
+        raise RowError("missing field 'question' (an object with 'stem' and 'choices')")
+    stem = _text(q.get("stem"), "question stem")
+    raw = q.get("choices")
+    if not isinstance(raw, list):
+        raise RowError("missing field 'question.choices'")
+    labels = [str(c.get("label", "")).strip() if isinstance(c, dict) else "" for c in raw]
+    texts = [c.get("text") if isinstance(c, dict) else None for c in raw]
+    return _check_choices(texts), labels, stem
+
+
+def _answer_from_key(obj: dict, labels: list[str], key: str = "answerKey") -> int | None:
+    if key not in obj:
+        raise RowError(f"missing answer ('{key}')")
+    answer = obj[key]
+    if answer is None or str(answer).strip() == "":
+        raise RowError(f"missing answer ('{key}' is empty)")
+    answer = str(answer).strip()
+    if answer not in labels:
+        raise RowError(f"answer {answer!r} is not among the choice labels {labels}")
+    return labels.index(answer)
+
+
+def _id(obj: dict, key: str = "id") -> str:
+    value = obj.get(key)
+    if value is None or str(value).strip() == "":
+        raise RowError(f"missing id ('{key}')")
+    return str(value)
+
+
+def parse_multiple_choice(obj: dict, task: str, labelled: bool = True) -> Question:
+    """CommonsenseQA, OpenBookQA and ARC share one official shape; ARC labels are letters or digits, 3-5 choices."""
+    choices, labels, stem = _labelled_choices(obj)
+    answer = _answer_from_key(obj, labels) if labelled else None
+    return Question(_id(obj), task, stem, choices, answer)
+
+
+_QUAREL_CHOICES = re.compile(r"\(A\)\s*(.*?)\s*\(B\)\s*(.*?)\s*$", re.S)
+
+
+def parse_quarel(obj: dict, task: str) -> Question:
+    """Official QuaRel JSONL: the two options sit inside the question as '... (A) x (B) y'; 'answer_index' is 0/1."""
+    text = _text(obj.get("question"), "question")
+    match = _QUAREL_CHOICES.search(text)
+    if not match:
+        raise RowError("question has no '(A) ... (B) ...' choices")
+    stem = text[: match.start()].strip()
+    if not stem:
+        raise RowError("empty question before the choices")
+    choices = _check_choices([match.group(1), match.group(2)])
+    if "answer_index" not in obj:
+        raise RowError("missing answer ('answer_index')")
+    answer = obj["answer_index"]
+    if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < 2:
+        raise RowError(f"answer_index {answer!r} is not among the choices (0 or 1)")
+    return Question(_id(obj), task, stem, choices, answer)
+
+
+def parse_strategyqa(obj: dict, task: str) -> Question:
+    """StrategyQA (official JSON array): a yes/no question; the boolean 'answer' becomes choice 'yes' or 'no'."""
+    text = _text(obj.get("question"), "question")
+    if "answer" not in obj:
+        raise RowError("missing answer ('answer')")
+    answer = obj["answer"]
+    if not isinstance(answer, bool):
+        raise RowError(f"answer {answer!r} is not among the choices (true/false)")
+    return Question(_id(obj, "qid"), task, text, ("yes", "no"), 0 if answer else 1)
+
+
+def parse_generic(obj: dict, task: str) -> Question:
+    """Generic JSONL: {"id"?, "question", "choices": [..], "answer": index | letter | choice text}."""
+    text = _text(obj.get("question"), "question")
+    raw = obj.get("choices")
+    if not isinstance(raw, list):
+        raise RowError("missing field 'choices' (a list)")
+    choices = _check_choices(raw)
+    if obj.get("answer") is None:
+        raise RowError("missing answer ('answer')")
+    answer = obj["answer"]
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        index = answer if 0 <= answer < len(choices) else None
+    elif isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().isalpha():
+        index = ord(answer.strip().lower()) - ord("a")
+        index = index if index < len(choices) else None
+    elif isinstance(answer, str):
+        norm = " ".join(answer.split())
+        index = choices.index(norm) if norm in choices else None
+    else:
+        index = None
+    if index is None:
+        raise RowError(f"answer {answer!r} is not among the {len(choices)} choices")
+    return Question(str(obj["id"]) if obj.get("id") not in (None, "") else "", task, text, choices, index)
+
+
+def parse_hf_multiple_choice(obj: dict, task: str) -> Question:
+    """Hub datasets in the common MC layout: question, choices {label: [...], text: [...]}, answerKey (CSQA, ARC, OBQA
+    on the hub), or question + choices list + integer answer."""
+    choices = obj.get("choices")
+    if isinstance(choices, dict) and "text" in choices:
+        labelled = {"question": {"stem": obj.get("question") or obj.get("question_stem"),
+                                 "choices": [{"label": l, "text": t} for l, t in zip(choices["label"], choices["text"])]},
+                    "answerKey": obj.get("answerKey"), "id": obj.get("id")}
+        return parse_multiple_choice(labelled, task)
+    return parse_generic(obj, task)
+
+
+ROW_PARSERS: dict[str, Callable[[dict, str], Question]] = {
+    "commonsenseqa": parse_multiple_choice,
+    "openbookqa": parse_multiple_choice,
+    "arc": parse_multiple_choice,
+    "quarel": parse_quarel,
+    "strategyqa": parse_strategyqa,
+    "jsonl": parse_generic,
+    "hf": parse_hf_multiple_choice,
+}
+
+# The exemplar file each format uses unless the task names another.
+DEFAULT_EXEMPLARS = {"commonsenseqa": "commonsenseqa", "openbookqa": "openbookqa", "arc": "arc",
+                     "quarel": "quarel", "strategyqa": "strategyqa", "jsonl": "generic", "hf": "generic"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# File reading: locations and faults.
+
+
+def iter_json_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, parsed object or RowError) for a JSONL file or a JSON array file.
+
+    Decoding is per line so that one bad byte sequence is one bad row, reported with its line.
+    """
+    data = path.read_bytes()
+    head = data.lstrip()[:1]
+    if head == b"[":
+        yield from _iter_json_array(path, data)
+        return
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            yield number, RowError(f"not UTF-8 (byte {err.start})")
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as err:
+            yield number, RowError(f"bad JSON: {err.msg} (column {err.colno})")
+
+
+def _iter_json_array(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise TaskDataError(f"{path}:{line}: not UTF-8 (the file is one JSON array, so nothing can be skipped)")
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] == "]":
+            return
+        line = text.count("\n", 0, pos) + 1
+        try:
+            obj, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            raise TaskDataError(f"{path}:{err.lineno}: bad JSON: {err.msg} (column {err.colno})") from None
+        yield line, obj
+
+
+def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool = False,
+                   labelled: bool = True) -> LoadResult:
+    """Read one data file of format ``fmt`` into questions of ``task``.
+
+    A bad row raises ``TaskDataError("path:line: fault")`` unless ``skip_bad_rows``, in which case it is counted.
+    Duplicate ids are an error too (they would collide in the corpus). Generic rows without an id get
+    ``<task>-<line>``.
+    """
+    path = Path(path)
+    if fmt not in ROW_PARSERS or fmt == "hf":
+        raise TaskDataError(f"{path}: unknown file format {fmt!r} (known: {', '.join(ROW_PARSERS)})")
+    if not path.exists():
+        raise TaskDataError(f"{path}: file not found")
+    parser = ROW_PARSERS[fmt]
+    questions, skipped, seen = [], [], set()
+    for line, obj in iter_json_records(path):
+        try:
+            if isinstance(obj, RowError):
+                raise obj
+            if not isinstance(obj, dict):
+                raise RowError(f"expected a JSON object, got {type(obj).__name__}")
+            if not labelled and fmt in ("commonsenseqa", "openbookqa", "arc"):
+                q = parse_multiple_choice(obj, task, labelled=False)
+            else:
+                q = parser(obj, task)
+            if not q.id:
+                q = Question(f"{task}-{line}", q.task, q.text, q.choices, q.answer_index)
+            if q.id in seen:
+                raise RowError(f"duplicate id {q.id!r}")
+        except RowError as err:
+            where = f"{path}:{line}: {err}"
+            if not skip_bad_rows:
+                raise TaskDataError(where) from None
+            skipped.append(where)
+            continue
+        seen.add(q.id)
+        questions.append(q)
+    if skipped:
+        log.warning("%s: skipped %d malformed rows (first: %s)", path, len(skipped), skipped[0])
+    return LoadResult(questions, len(skipped), skipped[:20])
+
+
+def load_hf_questions(spec: str, task: str, *, skip_bad_rows: bool = False) -> LoadResult:
+    """Load 'dataset_name[:config]:split' from the Hugging Face hub (needs the ``datasets`` package and network)."""
+    try:
+        import datasets
+    except ImportError:
+        raise TaskDataError(f"{spec}: format 'hf' needs the 'datasets' package (pip install datasets)") from None
+    parts = spec.split(":")
+    if len(parts) not in (2, 3):
+        raise TaskDataError(f"{spec}: expected 'dataset_name:split' or 'dataset_name:config:split'")
+    name, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
+    rows = datasets.load_dataset(name, config, split=split)
+    questions, skipped = [], []
+    for number, obj in enumerate(rows, start=1):
+        try:
+            q = parse_hf_multiple_choice(dict(obj), task)
+            questions.append(q if q.id else Question(f"{task}-{number}", task, q.text, q.choices, q.answer_index))
+        except RowError as err:
+            if not skip_bad_rows:
+                raise TaskDataError(f"{spec}:{number}: {err}") from None
+            skipped.append(f"{spec}:{number}: {err}")
+    return LoadResult(questions, len(skipped), skipped[:20])

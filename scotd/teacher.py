@@ -1,0 +1,163 @@
+"""Teacher sampling stage: N rationales per training question from a vLLM teacher running in Ray Data actors.
+
+Pure row functions (``to_request``, ``from_response``) are wired into ``engine.generate``. Output is written in
+blocks: a block file holds only questions whose N samples are all present, so a rerun after a crash reads the
+block files, skips the questions they hold and samples the rest; every (question, sample index) ends up exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from scotd.config import ResourcesConfig, TeacherConfig
+from scotd.engine import EngineSpec, Sampling, generate, stream_batches
+from scotd.prompts import Exemplar, parse_answer, stop_strings, teacher_prompt
+from scotd.schema import SAMPLE_SCHEMA, to_table, write_table
+from scotd.tasks import Question
+
+log = logging.getLogger(__name__)
+
+
+def question_seed(seed: int, question_id: str) -> int:
+    """A per-question seed: the same config samples the same rationales, whatever the sharding or resume point."""
+    digest = hashlib.sha256(f"{seed}:{question_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def to_request(q: Question, exemplars: list[Exemplar], cfg: TeacherConfig, n: int) -> dict:
+    return {
+        "prompt": teacher_prompt(q, exemplars),
+        "seed": question_seed(cfg.seed, q.id),
+        "n": n,
+        "stop": json.dumps(stop_strings(len(q.choices), cfg.stop)),
+        "question_id": q.id,
+        "task": q.task,
+        "question": q.text,
+        "choices": json.dumps(list(q.choices)),
+        "gold_index": -1 if q.answer_index is None else q.answer_index,
+    }
+
+
+def from_response(row: dict) -> dict:
+    """One engine output row -> one SAMPLE_SCHEMA row (parsing never raises)."""
+    choices = json.loads(str(row["choices"]))
+    parsed = parse_answer(str(row["text"]), len(choices))
+    gold = int(row["gold_index"])
+    gold = None if gold < 0 else gold
+    logprob = row["logprob_sum"]
+    return {
+        "question_id": str(row["question_id"]),
+        "task": str(row["task"]),
+        "sample_index": int(row["sample_index"]),
+        "question": str(row["question"]),
+        "choices": choices,
+        "text": str(row["text"]),
+        "rationale": parsed.rationale,
+        "parsed_index": parsed.index,
+        "parse_error": parsed.reason,
+        "gold_index": gold,
+        "correct": parsed.index is not None and parsed.index == gold,
+        "logprob_sum": None if logprob is None else float(logprob),
+        "num_tokens": int(row["num_tokens"]),
+        "finish_reason": None if row["finish_reason"] is None else str(row["finish_reason"]),
+    }
+
+
+def engine_spec(cfg: TeacherConfig, model_path: str, use_gpu: bool) -> EngineSpec:
+    return EngineSpec(model=model_path, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+                      tensor_parallel_size=cfg.tensor_parallel_size,
+                      gpu_memory_utilization=cfg.gpu_memory_utilization, cpu_kvcache_gb=cfg.cpu_kvcache_gb,
+                      block_size=cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching, seed=cfg.seed,
+                      trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template, use_gpu=use_gpu)
+
+
+def finished_question_ids(samples_dir: Path) -> set[str]:
+    """Questions already sampled in earlier runs: every id in a block file (blocks hold complete questions only)."""
+    ids: set[str] = set()
+    for path in sorted(samples_dir.glob("*.parquet")):
+        ids.update(pq.read_table(path, columns=["question_id"]).column("question_id").to_pylist())
+    return ids
+
+
+def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemplar]], cfg: TeacherConfig,
+                      resources: ResourcesConfig, model_path: str, out_dir: Path, *, block_questions: int = 64,
+                      num_samples: int | None = None, temperature: float | None = None) -> dict:
+    """Sample ``num_samples`` (default ``cfg.num_samples``) rationales per question into ``out_dir/samples``.
+
+    Returns the sampling summary (also written to ``out_dir/sampling_summary.json``).
+    """
+    import ray
+
+    n = cfg.num_samples if num_samples is None else num_samples
+    samples_dir = out_dir / "samples"
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    done = finished_question_ids(samples_dir)
+    pending = [q for q in questions if q.id not in done]
+    log.info("teacher: %d questions, %d already sampled, %d to sample (n=%d)", len(questions), len(done),
+             len(pending), n)
+    started = time.monotonic()
+    totals = {"samples": 0, "generated_tokens": 0, "prompt_tokens": 0}
+    if pending:
+        requests = [to_request(q, exemplars[q.task], cfg, n) for q in pending]
+        ds = ray.data.from_items(requests)
+        out = generate(ds, engine_spec(cfg, model_path, resources.teacher_gpus > 0),
+                       Sampling(temperature=cfg.temperature if temperature is None else temperature,
+                                top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens),
+                       replicas=cfg.num_replicas, batch_size=cfg.batch_size, num_cpus=resources.engine_cpus)
+        by_question: dict[str, list[dict]] = {}
+        complete: list[dict] = []
+        for batch in stream_batches(out, total=len(pending), label="teacher"):
+            for i in range(len(batch["question_id"])):
+                row = {k: batch[k][i] for k in batch}
+                totals["samples"] += 1
+                totals["generated_tokens"] += int(row["num_tokens"])
+                if int(row["sample_index"]) == 0:
+                    totals["prompt_tokens"] += int(row["num_prompt_tokens"])
+                rows = by_question.setdefault(str(row["question_id"]), [])
+                rows.append(from_response(row))
+                if len(rows) == n:
+                    complete.extend(by_question.pop(str(row["question_id"])))
+            if len(complete) >= block_questions * n:
+                _write_block(samples_dir, complete)
+                complete = []
+        if complete:
+            _write_block(samples_dir, complete)
+        if by_question:
+            raise RuntimeError(f"teacher: {len(by_question)} questions came back with fewer than {n} samples")
+    wall_s = time.monotonic() - started
+    summary = summarize_samples(samples_dir, wall_s=wall_s, **totals, num_sampled_now=len(pending))
+    (out_dir / "sampling_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _write_block(samples_dir: Path, rows: list[dict]) -> None:
+    rows.sort(key=lambda r: (r["question_id"], r["sample_index"]))
+    write_table(to_table(rows, SAMPLE_SCHEMA), samples_dir / f"block-{int(time.time())}-{uuid.uuid4().hex[:8]}.parquet")
+
+
+def summarize_samples(samples_dir: Path, *, wall_s: float, samples: int, generated_tokens: int,
+                      prompt_tokens: int, num_sampled_now: int) -> dict:
+    table = pq.read_table(samples_dir, schema=SAMPLE_SCHEMA) if any(samples_dir.glob("*.parquet")) else None
+    rows = table.num_rows if table is not None else 0
+    correct = sum(table.column("correct").to_pylist()) if rows else 0
+    failures = sum(e is not None for e in table.column("parse_error").to_pylist()) if rows else 0
+    questions = len(set(table.column("question_id").to_pylist())) if rows else 0
+    return {
+        "questions": questions,
+        "samples": rows,
+        "sample_accuracy": correct / rows if rows else 0.0,
+        "parse_failure_rate": failures / rows if rows else 0.0,
+        "questions_sampled_this_run": num_sampled_now,
+        "samples_this_run": samples,
+        "wall_s": round(wall_s, 2),
+        "rationales_per_s": samples / wall_s if wall_s > 0 else 0.0,
+        "generated_tokens_per_s": generated_tokens / wall_s if wall_s > 0 else 0.0,
+        "prompt_tokens_per_s": prompt_tokens / wall_s if wall_s > 0 else 0.0,
+    }
