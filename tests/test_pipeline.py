@@ -1,0 +1,121 @@
+"""The tiny preset end to end on the real stack: local Ray cluster, vLLM CPU engine in Ray Data, Ray Train +
+DeepSpeed ZeRO, Parquet hand-offs. One run (module fixture) is checked stage by stage."""
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from scotd.config import load_config
+from scotd.schema import CORPUS_SCHEMA, PREDICTION_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(ray_cluster, shared_data, tmp_path_factory):
+    from scotd import pipeline
+
+    out = tmp_path_factory.mktemp("tiny")
+    csqa = shared_data / "commonsenseqa"
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [
+        f"output.dir={out}", f"tasks.0.train={csqa / 'train_rand_split.jsonl'}",
+        f"tasks.0.eval={csqa / 'dev_rand_split.jsonl'}"])
+    exp = pipeline.run(cfg)
+    return cfg, exp.dir
+
+
+def test_questions_stage(tiny_run):
+    cfg, out = tiny_run
+    train = pq.read_table(out / "questions" / "train.parquet")
+    assert train.schema.equals(QUESTION_SCHEMA) and train.num_rows == cfg.tasks[0].max_train
+    assert pq.read_table(out / "questions" / "eval.parquet").num_rows == cfg.tasks[0].max_eval
+
+
+def test_teacher_samples_every_question_n_times(tiny_run):
+    cfg, out = tiny_run
+    samples = pq.read_table(out / "teacher" / "samples")
+    assert samples.schema.equals(SAMPLE_SCHEMA)
+    keys = list(zip(samples["question_id"].to_pylist(), samples["sample_index"].to_pylist()))
+    assert len(keys) == len(set(keys)) == cfg.tasks[0].max_train * cfg.teacher.num_samples
+    rows = samples.to_pylist()
+    assert all(r["num_tokens"] > 0 and r["logprob_sum"] is not None and r["logprob_sum"] < 0 for r in rows)
+    assert any(r["parsed_index"] is not None for r in rows)  # the tiny teacher learned the answer format
+    for r in rows:  # text, parse and correctness agree
+        assert (r["parse_error"] is None) == (r["parsed_index"] is not None)
+        assert r["correct"] == (r["parsed_index"] == r["gold_index"])
+    # sampled at T=1 with per-question seeds: the samples of a question differ
+    by_q = {}
+    for r in rows:
+        by_q.setdefault(r["question_id"], set()).add(r["text"])
+    assert sum(len(texts) > 1 for texts in by_q.values()) > len(by_q) // 2
+    summary = json.loads((out / "teacher" / "sampling_summary.json").read_text())
+    assert summary["samples"] == len(rows) and summary["generated_tokens_per_s"] > 0
+
+
+def test_corpus_keeps_only_correct_rationales(tiny_run):
+    _, out = tiny_run
+    corpus = pq.read_table(out / "corpus" / "corpus.parquet")
+    assert corpus.schema.equals(CORPUS_SCHEMA) and corpus.num_rows > 0
+    samples = {(r["question_id"], r["sample_index"]): r for r in pq.read_table(out / "teacher" / "samples").to_pylist()}
+    for r in corpus.to_pylist():
+        source = samples[(r["question_id"], r["sample_index"])]
+        assert source["correct"] and r["label_index"] == source["gold_index"] and r["rationale"] == source["rationale"]
+
+
+@pytest.mark.parametrize("student", ["scotd", "label-only"])
+def test_students_learned_and_export_loads(tiny_run, student):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, out = tiny_run
+    history = [json.loads(line) for line in (out / "students" / student / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[-1]["loss"] < history[0]["loss"]
+    folder = out / "students" / student / "model"
+    meta = json.loads((folder / "scotd_student.json").read_text())
+    assert meta["prompt_format"]["input"].endswith("\nA:") and meta["epochs_done"] == 4
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    base = AutoModelForCausalLM.from_pretrained(out / "models" / "tiny-student")
+    base_params = dict(base.named_parameters())
+    for name, param in model.named_parameters():
+        assert not torch.equal(param.float(), base_params[name].float()), f"{name} did not change"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer("Q: Where?\nAnswer Choices:\n(a) x\n(b) y\nA:", return_tensors="pt")
+    generated = model.generate(**ids, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_report_equals_recount_of_predictions(tiny_run):
+    cfg, out = tiny_run
+    report = json.loads((out / "report.json").read_text())
+    assert [r["run"] for r in report["rows"]] == ["teacher", "untrained:tiny:student", "scotd", "label-only"]
+    for row in report["rows"]:
+        preds = pq.read_table(out / row["predictions"])
+        assert preds.schema.equals(PREDICTION_SCHEMA) and preds.num_rows == cfg.tasks[0].max_eval
+        assert row["correct"] == sum(preds["correct"].to_pylist())
+        assert row["parse_failures"] == sum(e is not None for e in preds["parse_error"].to_pylist())
+        assert f"| {row['run']} |" in (out / "report.md").read_text()
+    assert set(report["stage_seconds"]) == {"tasks", "teacher", "corpus", "students", "eval", "report"}
+
+
+def test_resolved_config_saved_and_rerun_skips_finished_work(tiny_run):
+    from scotd import pipeline
+
+    cfg, out = tiny_run
+    assert load_config(out / "config.yaml") == cfg
+    before = {p: p.stat().st_mtime_ns for p in (out / "teacher" / "samples").glob("*.parquet")}
+    pipeline.run(cfg, ("teacher", "students"))
+    summary = json.loads((out / "teacher" / "sampling_summary.json").read_text())
+    assert summary["questions_sampled_this_run"] == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "teacher" / "samples").glob("*.parquet")} == before
+
+
+def test_import_scotd_is_light():
+    code = "import sys, scotd, scotd.config, scotd.pipeline, scotd.tasks, scotd.prompts; " \
+           "print(sorted(m for m in ('vllm', 'deepspeed', 'ray.train', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

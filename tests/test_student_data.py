@@ -1,0 +1,66 @@
+"""Training data: masking keeps targets aligned with inputs; balanced sampling; even split across ranks."""
+
+import random
+from collections import Counter
+
+import pytest
+
+from scotd.student.data import (IGNORE_INDEX, EncodedQuestion, build_sequence, collate, epoch_sequences,
+                                make_batches, training_texts)
+
+
+def encoded(num_questions=10, seed=0):
+    rng = random.Random(seed)
+    return [EncodedQuestion(tuple(rng.randrange(100, 200) for _ in range(rng.randrange(3, 9))),
+                            tuple(tuple(rng.randrange(200, 300) for _ in range(rng.randrange(1, 6))) + (2,)
+                                  for _ in range(rng.randrange(1, 4)))) for _ in range(num_questions)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_labels_equal_inputs_on_target_positions_only(seed):
+    rng = random.Random(seed)
+    prompt = tuple(rng.randrange(1000) for _ in range(rng.randrange(0, 30)))
+    target = tuple(rng.randrange(1000, 2000) for _ in range(rng.randrange(1, 30)))
+    max_length = rng.randrange(5, 70)
+    ids, labels = build_sequence(prompt, target, max_length)
+    assert len(ids) == len(labels) <= max_length
+    kept_target = target[:max_length]
+    assert ids[len(ids) - len(kept_target):] == list(kept_target)  # target intact at the end
+    assert labels == [IGNORE_INDEX] * (len(ids) - len(kept_target)) + list(kept_target)
+    assert ids[: len(ids) - len(kept_target)] == list(prompt[len(prompt) - (len(ids) - len(kept_target)):] if
+                                                      len(ids) > len(kept_target) else [])
+
+
+def test_every_question_once_per_epoch_and_draws_vary():
+    data = encoded(12)
+    for world in (1, 2, 3, 5):
+        seqs = [s for rank in range(world)
+                for s in epoch_sequences(data, epoch=0, seed=1, rank=rank, world_size=world, max_length=64)]
+        per_rank = [len(epoch_sequences(data, epoch=0, seed=1, rank=r, world_size=world, max_length=64))
+                    for r in range(world)]
+        assert len(set(per_rank)) == 1  # equal step counts across ranks
+        prompts = Counter(tuple(ids[: labels.index(next(l for l in labels if l != IGNORE_INDEX))]) for ids, labels in seqs)
+        assert set(prompts) == {q.prompt_ids for q in data}
+    draws = {tuple(tuple(s[0]) for s in epoch_sequences(data, epoch=e, seed=1, rank=0, world_size=1, max_length=64))
+             for e in range(6)}
+    assert len(draws) > 1
+
+
+def test_training_texts_scotd_and_label_only():
+    rows = [{"question_id": "q", "task": "t", "question": "Q?", "choices": ["x", "y"], "rationale": r,
+             "label_index": 1, "answer_index": 1, "sample_index": i} for i, r in enumerate(["r1", "r2"])]
+    prompt, targets = training_texts(rows, "scotd")["q"]
+    assert prompt.endswith("\nA:") and targets == [" r1 So the answer is: (b)", " r2 So the answer is: (b)"]
+    assert training_texts(rows[:1], "label_only")["q"][1] == [" (b)"]
+
+
+def test_bucketed_batches_pad_little_and_keep_every_sequence():
+    seqs = [([1] * n, [IGNORE_INDEX] * (n - 1) + [1]) for n in random.Random(0).choices(range(5, 200), k=256)]
+    batches = make_batches(seqs, 8, seed=0)
+    assert sorted(len(s[0]) for b in batches for s in b) == sorted(len(s[0]) for s in seqs)
+    real = padded = 0
+    for b in batches:
+        inputs, num_real = collate(b, pad_id=0)
+        real, padded = real + num_real, padded + inputs["input_ids"].numel()
+        assert (inputs["labels"][inputs["attention_mask"] == 0] == IGNORE_INDEX).all()
+    assert real / padded > 0.9

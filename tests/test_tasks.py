@@ -1,0 +1,132 @@
+"""Loaders for every format, on the real files in ../shared/data and on fixtures written here."""
+
+import json
+
+import pytest
+
+from scotd.tasks import Question, TaskDataError, load_questions
+
+MC = {"id": "q1", "question": {"stem": "Where is milk kept?", "choices": [
+    {"label": "A", "text": "fridge"}, {"label": "B", "text": "oven"}, {"label": "C", "text": "shelf"}]},
+    "answerKey": "A"}
+
+
+def write_jsonl(tmp_path, rows, name="data.jsonl"):
+    path = tmp_path / name
+    with path.open("wb") as f:
+        for row in rows:
+            f.write(row if isinstance(row, bytes) else (json.dumps(row) + "\n").encode())
+    return path
+
+
+@pytest.mark.parametrize("fmt, folder, name, count, num_choices", [
+    ("commonsenseqa", "commonsenseqa", "dev_rand_split.jsonl", 1221, {5}),
+    ("openbookqa", "openbookqa", "dev.jsonl", 500, {4}),
+    ("arc", "arc", "ARC-Easy-Dev.jsonl", 570, {3, 4, 5}),
+    ("strategyqa", "strategyqa", "strategyqa_train.json", 2290, {2}),
+])
+def test_official_files_load(shared_data, fmt, folder, name, count, num_choices):
+    result = load_questions(shared_data / folder / name, fmt, fmt)
+    assert len(result.questions) == count and result.num_skipped == 0
+    assert {len(q.choices) for q in result.questions} <= num_choices
+    assert all(0 <= q.answer_index < len(q.choices) for q in result.questions)
+    assert len({q.id for q in result.questions}) == count
+
+
+def test_arc_numeric_labels_map_to_positions(shared_data):
+    rows = [json.loads(line) for line in (shared_data / "arc" / "ARC-Easy-Train.jsonl").read_text().splitlines()]
+    numeric = next(r for r in rows if r["answerKey"].isdigit())
+    q = load_questions(shared_data / "arc" / "ARC-Easy-Train.jsonl", "arc", "arc").questions[rows.index(numeric)]
+    labels = [c["label"] for c in numeric["question"]["choices"]]
+    assert q.answer_index == labels.index(numeric["answerKey"])
+
+
+def test_strategyqa_yes_no(shared_data):
+    qs = load_questions(shared_data / "strategyqa" / "strategyqa_train.json", "strategyqa", "sqa").questions
+    first = json.loads((shared_data / "strategyqa" / "strategyqa_train.json").read_text())[0]
+    assert qs[0].choices == ("yes", "no")
+    assert qs[0].answer_index == (0 if first["answer"] else 1)
+
+
+def test_quarel_official_format(tmp_path):
+    # Written here: QuaRel's own files are not available on this machine.
+    rows = [{"id": "QuaRel_V1_Fr_0001", "answer_index": 1, "question":
+             "A puck slides farther on ice than on carpet because the _____ has less friction. (A) carpet (B) ice"},
+            {"id": "QuaRel_V1_Fr_0002", "answer_index": 0, "question": "Which is hotter? (A) the stove (B) the fridge"}]
+    qs = load_questions(write_jsonl(tmp_path, rows), "quarel", "quarel").questions
+    assert qs[0] == Question("QuaRel_V1_Fr_0001", "quarel",
+                             "A puck slides farther on ice than on carpet because the _____ has less friction.",
+                             ("carpet", "ice"), 1)
+    assert qs[1].choices == ("the stove", "the fridge") and qs[1].answer_index == 0
+
+
+@pytest.mark.parametrize("answer, expected", [(2, 2), ("c", 2), ("C", 2), ("lamp", 2)])
+def test_generic_answer_forms(tmp_path, answer, expected):
+    row = {"id": "g1", "question": "Which gives light?", "choices": ["rock", "cup", "lamp"], "answer": answer}
+    assert load_questions(write_jsonl(tmp_path, [row]), "jsonl", "g").questions[0].answer_index == expected
+
+
+def test_generic_rows_without_id_get_task_and_line(tmp_path):
+    rows = [{"question": "a?", "choices": ["x", "y"], "answer": 0}, {"question": "b?", "choices": ["x", "y"], "answer": 1}]
+    assert [q.id for q in load_questions(write_jsonl(tmp_path, rows), "jsonl", "g").questions] == ["g-1", "g-2"]
+
+
+GOOD = {"id": "g1", "question": "Q?", "choices": ["x", "y"], "answer": 0}
+MALFORMED = {
+    "bad_json": (b'{"id": "b", "question": \n', "bad JSON"),
+    "not_utf8": (b'{"id": "b", "question": "caf\xe9", "choices": ["x", "y"], "answer": 0}\n', "not UTF-8"),
+    "missing_answer": ({"id": "b", "question": "Q?", "choices": ["x", "y"]}, "missing answer"),
+    "answer_not_a_choice": ({"id": "b", "question": "Q?", "choices": ["x", "y"], "answer": 5}, "not among"),
+    "one_choice": ({"id": "b", "question": "Q?", "choices": ["x"], "answer": 0}, "fewer than 2 choices"),
+    "empty_question": ({"id": "b", "question": "  ", "choices": ["x", "y"], "answer": 0}, "empty question"),
+    "empty_choice": ({"id": "b", "question": "Q?", "choices": ["x", ""], "answer": 0}, "empty choice 2"),
+    "not_an_object": (b'[1, 2]\n', "expected a JSON object"),
+    "duplicate_id": ({"id": "g1", "question": "Q?", "choices": ["x", "y"], "answer": 0}, "duplicate id"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_line_names_file_line_and_fault(tmp_path, case):
+    row, fault = MALFORMED[case]
+    path = write_jsonl(tmp_path, [GOOD, row, GOOD | {"id": "g3"}])
+    with pytest.raises(TaskDataError) as err:
+        load_questions(path, "jsonl", "g")
+    assert str(err.value).startswith(f"{path}:2: ") and fault in str(err.value)
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_skip_bad_rows_counts_them(tmp_path, case):
+    row, _ = MALFORMED[case]
+    result = load_questions(write_jsonl(tmp_path, [GOOD, row, GOOD | {"id": "g3"}]), "jsonl", "g", skip_bad_rows=True)
+    assert [q.id for q in result.questions] == ["g1", "g3"]
+    assert result.num_skipped == 1 and result.skipped[0].endswith(":2: " + result.skipped[0].split(":2: ", 1)[1])
+
+
+@pytest.mark.parametrize("fmt, row, fault", [
+    ("commonsenseqa", MC | {"answerKey": "F"}, "answer 'F' is not among the choice labels"),
+    ("commonsenseqa", {k: v for k, v in MC.items() if k != "answerKey"}, "missing answer"),
+    ("arc", MC | {"question": {"stem": "", "choices": MC["question"]["choices"]}}, "empty question stem"),
+    ("quarel", {"id": "x", "answer_index": 0, "question": "No choices here"}, "no '(A) ... (B) ...' choices"),
+    ("quarel", {"id": "x", "answer_index": 2, "question": "Q? (A) a (B) b"}, "answer_index 2 is not among"),
+    ("strategyqa", {"qid": "x", "question": "Is it?", "answer": "maybe"}, "answer 'maybe' is not among"),
+])
+def test_format_specific_faults(tmp_path, fmt, row, fault):
+    path = write_jsonl(tmp_path, [row])
+    with pytest.raises(TaskDataError, match=f"^{path}:1: ") as err:
+        load_questions(path, fmt, fmt)
+    assert fault in str(err.value)
+
+
+def test_json_array_items_report_their_line(tmp_path):
+    path = tmp_path / "sqa.json"
+    path.write_text('[\n  {"qid": "a", "question": "Is it?", "answer": true},\n  {"qid": "b", "question": "",'
+                    ' "answer": false}\n]\n')
+    with pytest.raises(TaskDataError, match=r"sqa\.json:3: empty question"):
+        load_questions(path, "strategyqa", "sqa")
+
+
+def test_missing_file_and_unknown_format(tmp_path):
+    with pytest.raises(TaskDataError, match="file not found"):
+        load_questions(tmp_path / "none.jsonl", "jsonl", "g")
+    with pytest.raises(TaskDataError, match="unknown file format"):
+        load_questions(write_jsonl(tmp_path, [GOOD]), "csv", "g")
