@@ -62,7 +62,7 @@ def evaluate_run(run: str, questions: list[Question], prompt_fn: Callable[[Quest
     ds = ray.data.from_items([eval_request(q, prompt_fn(q)) for q in questions])
     out = generate(ds, replace(spec, enable_prefix_caching=True), Sampling(temperature=0.0,
                    max_new_tokens=max_new_tokens, logprobs=False), replicas=1, batch_size=batch_size,
-                   num_cpus=num_cpus)
+                   num_cpus=num_cpus, run=f"eval:{run}")
     rows = []
     for batch in stream_batches(out, total=len(questions), label=f"eval {run}"):
         rows.extend(score(run, by_id, str(qid), str(text)) for qid, text in zip(batch["question_id"], batch["text"]))

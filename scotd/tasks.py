@@ -7,6 +7,7 @@ row faults into ``TaskDataError("file:line: fault")`` or, with ``skip_bad_rows``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -276,6 +277,18 @@ def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool
     if skipped:
         log.warning("%s: skipped %d malformed rows (first: %s)", path, len(skipped), skipped[0])
     return LoadResult(questions, len(skipped), skipped[:20])
+
+
+SPLITS = ("train", "dev", "eval")
+
+
+def hash_split(question_id: str) -> str:
+    """A fixed split of a single-file dataset by question id: 10 % eval, 10 % dev (for model selection), 80 % train.
+
+    Depends on nothing but the id, so it is the same on every machine, in every run and for any subset.
+    """
+    bucket = int.from_bytes(hashlib.sha256(question_id.encode()).digest()[:4], "little") % 10
+    return "eval" if bucket == 0 else "dev" if bucket == 1 else "train"
 
 
 def load_hf_questions(spec: str, task: str, *, skip_bad_rows: bool = False) -> LoadResult:

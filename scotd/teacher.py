@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from scotd.config import ResourcesConfig, TeacherConfig
-from scotd.engine import EngineSpec, Sampling, generate, stream_batches
+from scotd.engine import EngineSpec, Sampling, generate, stream_batches, throughput_counters
 from scotd.prompts import Exemplar, parse_answer, stop_strings, teacher_prompt
 from scotd.schema import SAMPLE_SCHEMA, to_table, write_table
 from scotd.tasks import Question
@@ -111,6 +111,7 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
                        Sampling(temperature=cfg.temperature if temperature is None else temperature,
                                 top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens),
                        replicas=cfg.num_replicas, batch_size=cfg.batch_size, num_cpus=resources.engine_cpus)
+        counters = throughput_counters()
         by_question: dict[str, list[dict]] = {}
         complete: list[dict] = []
         for batch in stream_batches(out, total=len(pending), label="teacher"):
@@ -122,6 +123,10 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
                     totals["prompt_tokens"] += int(row["num_prompt_tokens"])
                 rows = by_question.setdefault(str(row["question_id"]), [])
                 rows.append(from_response(row))
+                if rows[-1]["correct"]:
+                    counters["correct_samples"].inc(tags={"run": "teacher"})
+                if rows[-1]["parse_error"] is not None:
+                    counters["parse_failures"].inc(tags={"run": "teacher"})
                 if len(rows) == n:
                     complete.extend(by_question.pop(str(row["question_id"])))
             if len(complete) >= block_questions * n:

@@ -1,17 +1,28 @@
-"""Shared test fixtures: one local Ray cluster per test session, paths to ../shared/data."""
+"""Shared test fixtures: one real Ray head per test session (started like a user starts one, with the dashboard,
+job API and Prometheus metrics on 127.0.0.1 and token auth on), paths to ../shared/data."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+RAY = str(Path(sys.executable).with_name("ray"))
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Token auth on for the session's head and every client (ray.init, the job CLI and SDK read ~/.ray/auth_token).
+# Set before anything imports ray: Ray reads it once.
+os.environ["RAY_AUTH_MODE"] = "token"
 
 
 @pytest.fixture(scope="session")
@@ -21,12 +32,60 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@dataclass(frozen=True)
+class RayHead:
+    gcs_address: str
+    dashboard_url: str
+    metrics_url: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One real local Ray cluster for the whole session (starting one costs seconds). num_cpus=4 on 2 cores: Ray
-    Data and Ray Train together deadlock with num_cpus=2 (see STACK-NOTES)."""
+def ray_cluster(tmp_path_factory):
+    """Start a Ray head (`ray start --head --block`, so that stopping it stops exactly this session's processes),
+    connect this process to it, and stop it at the end. num_cpus=4 on 2 cores: Ray Data and Ray Train together
+    deadlock with num_cpus=2 (see STACK-NOTES)."""
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    if not (Path.home() / ".ray" / "auth_token").exists():
+        subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True)
+    gcs, dashboard, metrics = free_port(), free_port(), free_port()
+    log = open(tmp_path_factory.mktemp("ray_head") / "head.log", "w")
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--metrics-export-port={metrics}",
+         "--num-cpus=4", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    info = RayHead(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{metrics}/metrics")
+    try:
+        wait_for_http(f"{info.dashboard_url}/api/version", head, timeout_s=120)
+        ray.init(address=info.gcs_address, log_to_driver=False)
+        yield info
+    finally:
+        ray.shutdown()
+        head.terminate()  # `ray start --block` drains and stops the processes it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        log.close()
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ray head exited with {process.returncode} before {url} answered")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError as err:
+            if getattr(err, "code", None) is not None:  # an HTTP error code (e.g. 401) means the server is up
+                return
+        time.sleep(1)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s")

@@ -1,42 +1,76 @@
-"""The tiny preset end to end on the real stack: local Ray cluster, vLLM CPU engine in Ray Data, Ray Train +
-DeepSpeed ZeRO, Parquet hand-offs. One run (module fixture) is checked stage by stage."""
+"""The tiny preset end to end on the real stack, submitted as a Ray job to a real head: vLLM CPU engine in Ray
+Data, Ray Train + DeepSpeed ZeRO, Parquet hand-offs. One run (module fixture) is checked stage by stage."""
 
 import json
 import subprocess
 import sys
+import time
+import urllib.request
+import uuid
 
 import pyarrow.parquet as pq
 import pytest
 
 from scotd.config import load_config
 from scotd.schema import CORPUS_SCHEMA, PREDICTION_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA
-from tests.conftest import REPO
+from tests.conftest import RAY, REPO
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def tiny_run(ray_cluster, shared_data, tmp_path_factory):
-    from scotd import pipeline
+    """Submit the tiny preset with `ray job submit` to the session's Ray head, as a user would, watching the scotd
+    sampling metrics on the head's Prometheus endpoint while it runs."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
 
     out = tmp_path_factory.mktemp("tiny")
     csqa = shared_data / "commonsenseqa"
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [
-        f"output.dir={out}", f"tasks.0.train={csqa / 'train_rand_split.jsonl'}",
-        f"tasks.0.eval={csqa / 'dev_rand_split.jsonl'}"])
-    exp = pipeline.run(cfg)
-    return cfg, exp.dir
+    overrides = [f"output.dir={out}", f"tasks.0.train={csqa / 'train_rand_split.jsonl'}",
+                 f"tasks.0.eval={csqa / 'dev_rand_split.jsonl'}"]
+    job_id = f"scotd-tiny-{uuid.uuid4().hex[:8]}"
+    subprocess.run([RAY, "job", "submit", "--address", ray_cluster.dashboard_url, "--submission-id", job_id,
+                    "--no-wait", "--", sys.executable, str(REPO / "jobs" / "distill.py"),
+                    str(REPO / "configs" / "tiny.yaml"), *overrides], check=True, capture_output=True, cwd=REPO)
+    client = JobSubmissionClient(ray_cluster.dashboard_url)
+    deadline, seen = time.monotonic() + 1500, 0.0
+    while client.get_job_status(job_id) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        assert time.monotonic() < deadline, "tiny job did not finish in 25 minutes"
+        seen = max(seen, scrape_counter(ray_cluster.metrics_url, "scotd_rationales", run="teacher"))
+        time.sleep(3)
+    logs = client.get_job_logs(job_id)
+    assert client.get_job_status(job_id) == JobStatus.SUCCEEDED, logs[-4000:]
+    return load_config(out / "config.yaml"), out, logs, seen
+
+
+def scrape_counter(url: str, name: str, **labels) -> float:
+    """Sum of a Prometheus counter's samples whose labels include ``labels`` (0 when absent)."""
+    try:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError:
+        return 0.0
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(f"ray_{name}") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_job_succeeded_printed_the_report_and_reported_metrics(tiny_run):
+    cfg, out, logs, seen = tiny_run
+    assert "| scotd | scotd | tiny:student |" in logs and f"artifacts: {out}" in logs
+    assert 0 < seen <= cfg.tasks[0].max_train * cfg.teacher.num_samples
 
 
 def test_questions_stage(tiny_run):
-    cfg, out = tiny_run
+    cfg, out, _, _ = tiny_run
     train = pq.read_table(out / "questions" / "train.parquet")
     assert train.schema.equals(QUESTION_SCHEMA) and train.num_rows == cfg.tasks[0].max_train
     assert pq.read_table(out / "questions" / "eval.parquet").num_rows == cfg.tasks[0].max_eval
 
 
 def test_teacher_samples_every_question_n_times(tiny_run):
-    cfg, out = tiny_run
+    cfg, out, _, _ = tiny_run
     samples = pq.read_table(out / "teacher" / "samples")
     assert samples.schema.equals(SAMPLE_SCHEMA)
     keys = list(zip(samples["question_id"].to_pylist(), samples["sample_index"].to_pylist()))
@@ -57,7 +91,7 @@ def test_teacher_samples_every_question_n_times(tiny_run):
 
 
 def test_corpus_keeps_only_correct_rationales(tiny_run):
-    _, out = tiny_run
+    _, out, _, _ = tiny_run
     corpus = pq.read_table(out / "corpus" / "corpus.parquet")
     assert corpus.schema.equals(CORPUS_SCHEMA) and corpus.num_rows > 0
     samples = {(r["question_id"], r["sample_index"]): r for r in pq.read_table(out / "teacher" / "samples").to_pylist()}
@@ -71,7 +105,7 @@ def test_students_learned_and_export_loads(tiny_run, student):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _, out = tiny_run
+    _, out, _, _ = tiny_run
     history = [json.loads(line) for line in (out / "students" / student / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[-1]["loss"] < history[0]["loss"]
@@ -90,7 +124,7 @@ def test_students_learned_and_export_loads(tiny_run, student):
 
 
 def test_report_equals_recount_of_predictions(tiny_run):
-    cfg, out = tiny_run
+    cfg, out, _, _ = tiny_run
     report = json.loads((out / "report.json").read_text())
     assert [r["run"] for r in report["rows"]] == ["teacher", "untrained:tiny:student", "scotd", "label-only"]
     for row in report["rows"]:
@@ -105,7 +139,7 @@ def test_report_equals_recount_of_predictions(tiny_run):
 def test_resolved_config_saved_and_rerun_skips_finished_work(tiny_run):
     from scotd import pipeline
 
-    cfg, out = tiny_run
+    cfg, out, _, _ = tiny_run
     assert load_config(out / "config.yaml") == cfg
     before = {p: p.stat().st_mtime_ns for p in (out / "teacher" / "samples").glob("*.parquet")}
     pipeline.run(cfg, ("teacher", "students"))
