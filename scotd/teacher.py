@@ -112,9 +112,10 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
                                 top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens),
                        replicas=cfg.num_replicas, batch_size=cfg.batch_size, num_cpus=resources.engine_cpus)
         counters = throughput_counters()
+        first_output = None
         by_question: dict[str, list[dict]] = {}
         complete: list[dict] = []
-        for batch in stream_batches(out, total=len(pending), label="teacher"):
+        for batch in stream_batches(out, total=len(pending), label="teacher", batch_size=cfg.batch_size * n):
             for i in range(len(batch["question_id"])):
                 row = {k: batch[k][i] for k in batch}
                 totals["samples"] += 1
@@ -129,6 +130,8 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
                     counters["parse_failures"].inc(tags={"run": "teacher"})
                 if len(rows) == n:
                     complete.extend(by_question.pop(str(row["question_id"])))
+            if first_output is None:  # the first engine call is done: the steady rate is measured from here
+                first_output = (time.monotonic(), totals["generated_tokens"])
             if len(complete) >= block_questions * n:
                 _write_block(samples_dir, complete)
                 complete = []
@@ -136,8 +139,13 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
             _write_block(samples_dir, complete)
         if by_question:
             raise RuntimeError(f"teacher: {len(by_question)} questions came back with fewer than {n} samples")
-    wall_s = time.monotonic() - started
+    ended = time.monotonic()
+    wall_s = ended - started
     summary = summarize_samples(samples_dir, wall_s=wall_s, **totals, num_sampled_now=len(pending))
+    if pending and first_output and ended > first_output[0]:
+        # Driver batches hold one engine call's rows, so this excludes the first call (and the engine start-up).
+        summary["steady_generated_tokens_per_s"] = ((totals["generated_tokens"] - first_output[1])
+                                                    / (ended - first_output[0]))
     (out_dir / "sampling_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
