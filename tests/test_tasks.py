@@ -130,3 +130,24 @@ def test_missing_file_and_unknown_format(tmp_path):
         load_questions(tmp_path / "none.jsonl", "jsonl", "g")
     with pytest.raises(TaskDataError, match="unknown file format"):
         load_questions(write_jsonl(tmp_path, [GOOD]), "csv", "g")
+
+
+def test_hub_rows_in_the_common_layouts():
+    # Parsed without the hub (unreachable here): the row shapes of CSQA/ARC on the hub and of list-choice datasets.
+    from scotd.tasks import parse_hf_multiple_choice
+
+    csqa = {"id": "h1", "question": "Where?", "choices": {"label": ["A", "B"], "text": ["here", "there"]},
+            "answerKey": "B"}
+    assert parse_hf_multiple_choice(csqa, "t") == Question("h1", "t", "Where?", ("here", "there"), 1)
+    listed = {"question": "Which?", "choices": ["x", "y", "z"], "answer": 2}
+    assert parse_hf_multiple_choice(listed, "t").answer_index == 2
+
+
+def test_hash_split_is_fixed_and_roughly_80_10_10():
+    from collections import Counter
+
+    from scotd.tasks import hash_split
+
+    counts = Counter(hash_split(f"id-{i}") for i in range(5000))
+    assert hash_split("id-7") == hash_split("id-7")
+    assert 0.07 < counts["eval"] / 5000 < 0.13 and 0.07 < counts["dev"] / 5000 < 0.13

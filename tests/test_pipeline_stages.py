@@ -1,0 +1,56 @@
+"""Stages that need no cluster, run on files written here."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from scotd.config import load_config
+from scotd.pipeline import Experiment, eval_runs, stage_tasks
+from scotd.prompts import load_exemplars
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_tasks_stage_removes_exemplar_questions_and_caps(tmp_path):
+    shot = load_exemplars("generic", "g")[0].question
+    rows = [{"id": f"t{i}", "question": f"Question {i}?", "choices": ["a", "b"], "answer": i % 2} for i in range(6)]
+    rows.insert(2, {"id": "dup", "question": "  " + shot.text.upper() + " ", "choices": list(shot.choices),
+                    "answer": shot.answer_index})
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    evaluation = write_jsonl(tmp_path / "eval.jsonl", rows[:3] + [{"id": "e1", "question": "E?", "choices": ["a", "b"],
+                                                                  "answer": 0}])
+    (tmp_path / "exp.yaml").write_text(
+        f"tasks: [{{name: g, format: jsonl, train: {train}, eval: {evaluation}, max_train: 4}}]\n"
+        f"students: [{{name: s}}]\noutput: {{dir: {tmp_path / 'out'}}}\n")
+    summary = stage_tasks(Experiment(load_config(tmp_path / "exp.yaml")))
+    assert summary["g"]["exemplar_questions_removed"] == 1
+    train_ids = pq.read_table(tmp_path / "out" / "questions" / "train.parquet")["question_id"].to_pylist()
+    assert train_ids == ["t0", "t1", "t2", "t3"]
+    # evaluation questions that are also training questions are dropped
+    assert pq.read_table(tmp_path / "out" / "questions" / "eval.parquet")["question_id"].to_pylist() == ["dup", "e1"]
+
+
+def test_offline_source_needs_a_split(tmp_path):
+    from scotd.pipeline import load_task_split
+
+    cfg = load_config(write_cfg(tmp_path, "offline:bigbench-qasc"))
+    with pytest.raises(ValueError, match=r"tasks\.q\.train: 'offline:bigbench-qasc': expected offline:<dataset>"):
+        load_task_split(cfg.tasks[0], "train", tmp_path)
+
+
+def write_cfg(tmp_path, source):
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"tasks: [{{name: q, format: jsonl, train: '{source}', eval: '{source}'}}]\nstudents: [{{name: s}}]\n")
+    return path
+
+
+def test_eval_runs_order_and_dedup_of_untrained_models(tmp_path):
+    cfg = load_config(write_cfg(tmp_path, "a.jsonl"),
+                      ["students=[{name: a, model: m1}, {name: b, model: m1, method: label_only}, {name: c, model: m2}]"])
+    assert [(r["run"], r["kind"]) for r in eval_runs(cfg)] == [
+        ("teacher", "teacher"), ("untrained:m1", "untrained"), ("untrained:m2", "untrained"),
+        ("a", "scotd"), ("b", "label_only"), ("c", "scotd")]
