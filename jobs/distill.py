@@ -3,7 +3,7 @@
 Submit to a running cluster (the driver runs on the head node and only orchestrates; the head's RAY_ADDRESS is
 picked up, so no cluster is started here)::
 
-    RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . \\
+    RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --runtime-env jobs/runtime_env.yaml \\
         -- python jobs/distill.py configs/tiny.yaml output.dir=/tmp/scotd-runs/tiny
 
 Run one stage on existing artifacts with ``--stages teacher`` (comma-separated). Without a cluster, the same command

@@ -54,3 +54,29 @@ def test_eval_runs_order_and_dedup_of_untrained_models(tmp_path):
     assert [(r["run"], r["kind"]) for r in eval_runs(cfg)] == [
         ("teacher", "teacher"), ("untrained:m1", "untrained"), ("untrained:m2", "untrained"),
         ("a", "scotd"), ("b", "label_only"), ("c", "scotd")]
+
+
+def test_stage_job_entry_point_runs_one_stage(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    rows = [{"id": f"t{i}", "question": f"Q{i}?", "choices": ["a", "b"], "answer": 0} for i in range(3)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    (tmp_path / "exp.yaml").write_text(f"tasks: [{{name: g, format: jsonl, train: {data}, eval: {data}}}]\n"
+                                       "students: [{name: s}]\n")
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / "stage.py"), "tasks", str(tmp_path / "exp.yaml"),
+                           f"output.dir={tmp_path / 'out'}"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert pq.read_table(tmp_path / "out" / "questions" / "train.parquet").num_rows == 3
+    assert not (tmp_path / "out" / "teacher").exists()
+
+
+def test_runtime_env_ships_the_checkout_without_the_venv():
+    import yaml
+
+    from tests.conftest import REPO
+
+    env = yaml.safe_load((REPO / "jobs" / "runtime_env.yaml").read_text())
+    assert env["working_dir"] == "." and ".venv/" in env["excludes"] and "env_vars" not in env

@@ -1,0 +1,18 @@
+"""One stage of the pipeline as a Ray job, on the artifacts an earlier run left in ``output.dir``.
+
+    RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --runtime-env jobs/runtime_env.yaml \\
+        -- python jobs/stage.py teacher configs/tiny.yaml output.dir=/mnt/scotd/tiny
+
+Stages: tasks, teacher, corpus, students, eval, report (comma-separate several: ``teacher,corpus``). The teacher
+stage resumes: questions whose samples are already written are not sampled again.
+"""
+
+import sys
+
+from scotd.cli import main
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    stage, config, *overrides = sys.argv[1:]
+    sys.exit(main(["run", config, *overrides, "--stages", stage]))
