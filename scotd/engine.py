@@ -149,6 +149,21 @@ class VLLMGenerator:
         return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                   add_generation_prompt=True)
 
+    def _warm_prefix_cache(self, prompts: list[str], many_samples: bool) -> None:
+        """Compute each prompt once before sampling, so that the prompt is paid once per question.
+
+        The prefix cache only serves blocks that are already computed: requests scheduled in the same engine step
+        (a batch of questions, and the N parallel samples of each) would all prefill their full prompt side by
+        side. So: one request computes the shared few-shot prefix, then one single-token request per question
+        computes its own block; the N samples then find the whole prompt in the cache.
+        """
+        from vllm import SamplingParams
+
+        warm = SamplingParams(max_tokens=1, temperature=0.0)
+        self.llm.generate(prompts[:1], warm, use_tqdm=False)
+        if many_samples and len(prompts) > 1:
+            self.llm.generate(prompts[1:], warm, use_tqdm=False)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from vllm import SamplingParams
 
@@ -160,6 +175,8 @@ class VLLMGenerator:
             for n, seed, stop in zip(batch["n"], batch["seed"], batch["stop"])
         ]
         prompts = [self._prompt(str(p)) for p in batch["prompt"]]
+        if self.spec.enable_prefix_caching:
+            self._warm_prefix_cache(prompts, many_samples=any(int(n) > 1 for n in batch["n"]))
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         keep = [k for k in batch if k not in ("prompt", "seed", "n", "stop")]
         rows: dict[str, list] = {k: [] for k in keep}
