@@ -87,7 +87,7 @@ def finished_question_ids(samples_dir: Path) -> set[str]:
 
 
 def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemplar]], cfg: TeacherConfig,
-                      resources: ResourcesConfig, model_path: str, out_dir: Path, *, block_questions: int = 64,
+                      resources: ResourcesConfig, model_path: str, out_dir: Path, *, block_questions: int | None = None,
                       num_samples: int | None = None, temperature: float | None = None) -> dict:
     """Sample ``num_samples`` (default ``cfg.num_samples``) rationales per question into ``out_dir/samples``.
 
@@ -96,6 +96,8 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
     import ray
 
     n = cfg.num_samples if num_samples is None else num_samples
+    # One block per engine call by default: with a slow teacher, a crash loses at most the call in flight.
+    block_questions = block_questions or cfg.batch_size
     samples_dir = out_dir / "samples"
     samples_dir.mkdir(parents=True, exist_ok=True)
     done = finished_question_ids(samples_dir)
