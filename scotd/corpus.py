@@ -13,8 +13,6 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from scotd.config import CorpusConfig
 from scotd.schema import CORPUS_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA, read_table, to_table, write_table
 
@@ -99,7 +97,3 @@ def build_corpus(samples_dir: Path, cfg: CorpusConfig, out_dir: Path) -> dict:
              summary["kept"], summary["samples"], summary["questions_with_kept_rationale"],
              100 * summary["sample_accuracy"])
     return summary
-
-
-def read_corpus(path: Path) -> list[dict]:
-    return pq.read_table(path).to_pylist()

@@ -105,14 +105,14 @@ def build_llm(spec: EngineSpec):
     if spec.use_gpu:
         kwargs.update(tensor_parallel_size=spec.tensor_parallel_size,
                       gpu_memory_utilization=spec.gpu_memory_utilization)
+        if spec.block_size:
+            kwargs["block_size"] = spec.block_size
         if spec.tensor_parallel_size > 1:
             # Inside a Ray actor vLLM places its TP workers in the placement group the actor was scheduled in.
             kwargs["distributed_executor_backend"] = "ray"
     else:
         # CUDA graphs do not exist on CPU; block 32 lets prefix caching cover the question too, not just exemplars.
         kwargs.update(enforce_eager=True, block_size=spec.block_size or 32)
-    if spec.block_size and spec.use_gpu:
-        kwargs["block_size"] = spec.block_size
     return LLM(**kwargs)
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 from scotd.config import ExperimentConfig, TaskConfig, dump_config
@@ -184,11 +184,11 @@ def stage_eval(exp: Experiment) -> list[dict]:
     shots = exp.all_exemplars()
     results = []
     for run in runs:
-        model = exp.resolve_model(run["model_ref"] if run["kind"] != "scotd" and run["kind"] != "label_only"
-                                  else str(exp.dir / "students" / run["student"] / "model"))
+        trained = "student" in run
+        model = str(exp.dir / "students" / run["student"] / "model") if trained else exp.resolve_model(run["model_ref"])
         spec = engine_spec(cfg.teacher, model, use_gpu=cfg.resources.teacher_gpus > 0)
         if run["kind"] != "teacher":
-            spec = type(spec)(**{**asdict(spec), "tensor_parallel_size": 1, "chat_template": False})
+            spec = replace(spec, tensor_parallel_size=1, chat_template=False)
         prompt_fn = (lambda q: teacher_prompt(q, shots[q.task])) if run["kind"] == "teacher" else student_prompt
         results.append(evaluate_run(run["run"], questions, prompt_fn, spec, max_new_tokens=cfg.eval.max_new_tokens,
                                     batch_size=cfg.eval.batch_size, num_cpus=cfg.resources.engine_cpus,
