@@ -53,7 +53,7 @@ def main() -> None:
     # 2. bare engine, same prompts and params (built first so its start-up is not timed)
     from vllm import SamplingParams
 
-    llm = build_llm(engine_spec(cfg, model, use_gpu=False))
+    llm = build_llm(engine_spec(cfg, model))
     prompts = [teacher_prompt(q, shots) for q in questions]
 
     def bare(n: int) -> tuple[float, int]:

@@ -22,7 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = sub.add_parser("config", help="print every config key with its default and meaning")
     cfg.add_argument("config", type=Path, nargs="?", help="also validate this YAML and print it resolved")
     cfg.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    # Overrides may also follow options (`scotd run CONFIG --stages teacher key=value`).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command == "report" or any(item.startswith("-") or "=" not in item for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from scotd import pipeline

@@ -63,10 +63,25 @@ class TeacherConfig:
     seed: int = opt(0, "Base seed; question i is sampled with a seed derived from (seed, question id).")
     dtype: str = opt("auto", "Engine dtype; auto = bfloat16 on GPUs and CPUs with native bf16, float32 on other CPUs.")
     max_model_len: int = opt(2048, "Longest prompt + generation the engine accepts.")
-    tensor_parallel_size: int = opt(1, "GPUs per engine replica (teachers larger than one GPU).")
-    num_replicas: int = opt(1, "Engine replicas (Ray Data actors), each owning tensor_parallel_size GPUs.")
+    use_gpu: bool = opt(False, "Run the engines on GPUs (vLLM's GPU build); False = vLLM's CPU build.")
+    tensor_parallel_size: int = opt(1, "GPUs per engine replica sharing each layer (teachers larger than one GPU).")
+    pipeline_parallel_size: int = opt(
+        1, "Pipeline stages per replica; a replica owns tensor_parallel_size x pipeline_parallel_size GPUs."
+    )
+    num_replicas: int = opt(1, "Engine replicas (Ray Data actors), each owning its GPUs (or CPU cores).")
+    max_replicas: int | None = opt(
+        None, "Autoscaling range num_replicas..max_replicas: Ray Data adds engines while questions are queued and "
+        "the cluster (autoscaler) has GPUs; None = exactly num_replicas."
+    )
     batch_size: int = opt(16, "Questions per Ray Data batch handed to one engine call.")
     gpu_memory_utilization: float = opt(0.9, "Share of GPU memory vLLM may take (GPU only).")
+    resource: str | None = opt(
+        None, "Custom Ray resource each engine replica asks for, one unit per GPU it uses, to keep replicas on "
+        "teacher nodes (the cluster/ files give teacher nodes 'teacher' = their GPU count); None = ask for none."
+    )
+    max_num_seqs: int | None = opt(
+        None, "Most sequences one engine decodes at once (vLLM max_num_seqs); None = vLLM's default for the device."
+    )
     cpu_kvcache_gb: int = opt(2, "KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE; CPU only).")
     block_size: int | None = opt(
         None, "KV block size; CPU default 32 so prefix caching also covers the question (see STACK-NOTES)."
@@ -124,7 +139,6 @@ class ResourcesConfig:
         "Logical CPUs of the local cluster. Above the core count on purpose: Ray Data and Ray Train together "
         "deadlocked with num_cpus=2 on a 2-core machine (STACK-NOTES).",
     )
-    teacher_gpus: float = opt(0.0, "GPUs per teacher engine replica is tensor_parallel_size when > 0; 0 = CPU engine.")
     engine_cpus: float = opt(1.0, "CPUs reserved by each vLLM engine actor.")
     omp_threads: int | None = opt(None, "OMP_NUM_THREADS for training workers (None: leave as is).")
 

@@ -50,7 +50,8 @@ def metrics_of(rows: list[dict]) -> dict:
 
 
 def evaluate_run(run: str, questions: list[Question], prompt_fn: Callable[[Question], str], spec: EngineSpec,
-                 *, max_new_tokens: int, batch_size: int, num_cpus: float, out_dir: Path) -> dict:
+                 *, max_new_tokens: int, batch_size: int, num_cpus: float, out_dir: Path,
+                 replicas: int | tuple[int, int] = 1, resource: str | None = None) -> dict:
     """Greedy answers of one model on ``questions``; writes predictions and metrics under ``out_dir/<run>``."""
     import ray
 
@@ -61,8 +62,8 @@ def evaluate_run(run: str, questions: list[Question], prompt_fn: Callable[[Quest
     by_id = {q.id: q for q in questions}
     ds = ray.data.from_items([eval_request(q, prompt_fn(q)) for q in questions])
     out = generate(ds, replace(spec, enable_prefix_caching=True), Sampling(temperature=0.0,
-                   max_new_tokens=max_new_tokens, logprobs=False), replicas=1, batch_size=batch_size,
-                   num_cpus=num_cpus, run=f"eval:{run}")
+                   max_new_tokens=max_new_tokens, logprobs=False), replicas=replicas, batch_size=batch_size,
+                   num_cpus=num_cpus, run=f"eval:{run}", resource=resource)
     rows = []
     for batch in stream_batches(out, total=len(questions), label=f"eval {run}"):
         rows.extend(score(run, by_id, str(qid), str(text)) for qid, text in zip(batch["question_id"], batch["text"]))

@@ -186,13 +186,15 @@ def stage_eval(exp: Experiment) -> list[dict]:
     for run in runs:
         trained = "student" in run
         model = str(exp.dir / "students" / run["student"] / "model") if trained else exp.resolve_model(run["model_ref"])
-        spec = engine_spec(cfg.teacher, model, use_gpu=cfg.resources.teacher_gpus > 0)
+        spec = engine_spec(cfg.teacher, model)
         if run["kind"] != "teacher":
-            spec = replace(spec, tensor_parallel_size=1, chat_template=False)
+            spec = replace(spec, tensor_parallel_size=1, pipeline_parallel_size=1, chat_template=False)
         prompt_fn = (lambda q: teacher_prompt(q, shots[q.task])) if run["kind"] == "teacher" else student_prompt
+        teacher = run["kind"] == "teacher"
         results.append(evaluate_run(run["run"], questions, prompt_fn, spec, max_new_tokens=cfg.eval.max_new_tokens,
                                     batch_size=cfg.eval.batch_size, num_cpus=cfg.resources.engine_cpus,
-                                    out_dir=exp.dir / "eval"))
+                                    out_dir=exp.dir / "eval", replicas=replica_range(cfg.teacher) if teacher else 1,
+                                    resource=cfg.teacher.resource if teacher else None))
     return results
 
 

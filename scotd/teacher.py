@@ -70,12 +70,23 @@ def from_response(row: dict) -> dict:
     }
 
 
-def engine_spec(cfg: TeacherConfig, model_path: str, use_gpu: bool) -> EngineSpec:
+def engine_spec(cfg: TeacherConfig, model_path: str) -> EngineSpec:
     return EngineSpec(model=model_path, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
-                      tensor_parallel_size=cfg.tensor_parallel_size,
-                      gpu_memory_utilization=cfg.gpu_memory_utilization, cpu_kvcache_gb=cfg.cpu_kvcache_gb,
-                      block_size=cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching, seed=cfg.seed,
-                      trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template, use_gpu=use_gpu)
+                      tensor_parallel_size=cfg.tensor_parallel_size, pipeline_parallel_size=cfg.pipeline_parallel_size,
+                      gpu_memory_utilization=cfg.gpu_memory_utilization, max_num_seqs=cfg.max_num_seqs,
+                      cpu_kvcache_gb=cfg.cpu_kvcache_gb, block_size=cfg.block_size,
+                      enable_prefix_caching=cfg.enable_prefix_caching, seed=cfg.seed,
+                      trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template, use_gpu=cfg.use_gpu)
+
+
+def replica_range(cfg: TeacherConfig) -> int | tuple[int, int]:
+    """Ray Data ``concurrency``: a fixed pool, or (min, max) for an autoscaling pool."""
+    if cfg.max_replicas is None or cfg.max_replicas == cfg.num_replicas:
+        return cfg.num_replicas
+    if cfg.max_replicas < cfg.num_replicas:
+        raise ValueError(f"teacher.max_replicas ({cfg.max_replicas}) is below teacher.num_replicas "
+                         f"({cfg.num_replicas})")
+    return (cfg.num_replicas, cfg.max_replicas)
 
 
 def finished_question_ids(samples_dir: Path) -> set[str]:
@@ -109,10 +120,11 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
     if pending:
         requests = [to_request(q, exemplars[q.task], cfg, n) for q in pending]
         ds = ray.data.from_items(requests)
-        out = generate(ds, engine_spec(cfg, model_path, resources.teacher_gpus > 0),
+        out = generate(ds, engine_spec(cfg, model_path),
                        Sampling(temperature=cfg.temperature if temperature is None else temperature,
                                 top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens),
-                       replicas=cfg.num_replicas, batch_size=cfg.batch_size, num_cpus=resources.engine_cpus)
+                       replicas=replica_range(cfg), batch_size=cfg.batch_size, num_cpus=resources.engine_cpus,
+                       resource=cfg.resource)
         counters = throughput_counters()
         first_output = None
         by_question: dict[str, list[dict]] = {}
@@ -144,7 +156,7 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
     ended = time.monotonic()
     wall_s = ended - started
     summary = summarize_samples(samples_dir, wall_s=wall_s, **totals, num_sampled_now=len(pending))
-    if pending and first_output and ended > first_output[0]:
+    if pending and first_output and ended > first_output[0] and totals["generated_tokens"] > first_output[1]:
         # Driver batches hold one engine call's rows, so this excludes the first call (and the engine start-up).
         summary["steady_generated_tokens_per_s"] = ((totals["generated_tokens"] - first_output[1])
                                                     / (ended - first_output[0]))

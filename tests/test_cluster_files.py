@@ -245,8 +245,9 @@ def teacher_resource_on_gpu_nodes(config: dict) -> Problems:
     }
     if not offering:
         return [f"no node type offers the {TEACHER_RESOURCE!r} resource"]
-    return [f"{name} offers {TEACHER_RESOURCE!r} but no GPU" for name, r in offering.items()
-            if not r.get("GPU")]
+    # scotd's engine replicas ask for one unit per GPU they use, so a node must offer exactly one per GPU.
+    return [f"{name} offers {r[TEACHER_RESOURCE]} {TEACHER_RESOURCE!r} units for {r.get('GPU', 0)} GPUs "
+            "(want one per GPU)" for name, r in offering.items() if r[TEACHER_RESOURCE] != r.get("GPU")]
 
 
 # For each rule, copies it must reject: (case id, mutation, text expected in a problem).
@@ -292,6 +293,8 @@ AUTOSCALER_RULE_BREAKERS: dict[Rule, list[tuple[str, Mutation, str]]] = {
     ],
     teacher_resource_on_gpu_nodes: [
         ("teacher-resource-missing", setting(f"{TEACHER}.resources", {"GPU": 8}), "no node type"),
+        ("teacher-resource-one-per-node", setting(f"{TEACHER}.resources", {"GPU": 8, "teacher": 1}), "one per GPU"),
+        ("teacher-resource-on-cpu-node", setting(f"{TEACHER}.resources", {"CPU": 8, "teacher": 8}), "one per GPU"),
     ],
 }
 
@@ -434,8 +437,8 @@ def rayjob_teacher_resource(job: dict) -> Problems:
     if not (raw.startswith('"') and raw.endswith('"')):
         return [f"teacher-gpu: resources must be JSON wrapped in double quotes: {raw!r}"]
     resources = json.loads(raw[1:-1].replace('\\"', '"'))
-    if resources.get(TEACHER_RESOURCE) != 1 or not gpus_requested(teacher):
-        return [f"teacher-gpu must request GPUs and offer {{{TEACHER_RESOURCE!r}: 1}}"]
+    if not gpus_requested(teacher) or resources.get(TEACHER_RESOURCE) != gpus_requested(teacher):
+        return [f"teacher-gpu must request GPUs and offer one {TEACHER_RESOURCE!r} unit per GPU"]
     return []
 
 
@@ -505,6 +508,8 @@ RAYJOB_RULE_BREAKERS: dict[Rule, list[tuple[str, Mutation, str]]] = {
     ],
     rayjob_teacher_resource: [
         ("teacher-resource-unquoted", setting(f"{KR_TEACHER_PARAMS}.resources", "{}"), "quotes"),
+        ("teacher-resource-one-per-pod", setting(f"{KR_TEACHER_PARAMS}.resources", '"{\\"teacher\\": 1}"'),
+         "one 'teacher' unit per GPU"),
     ],
     rayjob_not_exposed: [
         ("head-load-balancer", setting(f"{HEAD}.serviceType", "LoadBalancer"), "LoadBalancer"),

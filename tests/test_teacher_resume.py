@@ -1,0 +1,75 @@
+"""Kill a real sampling run part-way (SIGKILL of the driver) and rerun the same command: the rerun samples only the
+questions that were not finished, and the corpus holds every (question, sample index) exactly once.
+
+Real stack: the tiny teacher in vLLM's CPU engine inside a Ray Data actor on the session's Ray head."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from scotd.schema import SAMPLE_SCHEMA
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS, N, BLOCK = 96, 4, 4
+
+
+def teacher_command(out, shared_data) -> list[str]:
+    csqa = shared_data / "commonsenseqa"
+    return [sys.executable, "-m", "scotd.cli", "run", str(REPO / "configs" / "tiny.yaml"), "--stages", "tasks,teacher",
+            f"output.dir={out}", f"tasks.0.train={csqa / 'train_rand_split.jsonl'}",
+            f"tasks.0.eval={csqa / 'dev_rand_split.jsonl'}", f"tasks.0.max_train={QUESTIONS}",
+            f"teacher.num_samples={N}", f"teacher.batch_size={BLOCK}"]
+
+
+def blocks(samples_dir) -> dict[str, str]:
+    """Block file name -> sha256 of its bytes."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(samples_dir.glob("*.parquet"))}
+
+
+def test_sigkilled_sampling_run_resumes_without_redoing_or_duplicating(ray_cluster, shared_data, tmp_path):
+    out = tmp_path / "exp"
+    samples_dir = out / "teacher" / "samples"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address}
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(teacher_command(out, shared_data), env=env, cwd=REPO, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while not list(samples_dir.glob("*.parquet")):
+            assert first.poll() is None, f"sampling run exited early: {(tmp_path / 'first.log').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "no block written in 10 minutes"
+            time.sleep(0.1)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        log.close()
+    before = blocks(samples_dir)
+    done = set(pq.read_table(samples_dir, columns=["question_id"]).column("question_id").to_pylist())
+    assert 0 < len(done) < QUESTIONS, f"kill was not part-way: {len(done)} of {QUESTIONS} questions finished"
+    assert not (out / "teacher" / "sampling_summary.json").exists()
+
+    rerun = subprocess.run(teacher_command(out, shared_data), env=env, cwd=REPO, capture_output=True, text=True,
+                           timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+
+    after = blocks(samples_dir)
+    assert {name: after[name] for name in before} == before, "blocks finished before the kill were rewritten"
+    summary = json.loads((out / "teacher" / "sampling_summary.json").read_text())
+    assert summary["questions_sampled_this_run"] == QUESTIONS - len(done)
+    assert summary["questions"] == QUESTIONS and summary["samples"] == QUESTIONS * N
+
+    samples = pq.read_table(samples_dir, schema=SAMPLE_SCHEMA)
+    keys = list(zip(samples["question_id"].to_pylist(), samples["sample_index"].to_pylist()))
+    assert len(keys) == len(set(keys)) == QUESTIONS * N
+    train = pq.read_table(out / "questions" / "train.parquet").column("question_id").to_pylist()
+    assert set(samples["question_id"].to_pylist()) == set(train)
+    assert all(sorted(i for q, i in keys if q == qid) == list(range(N)) for qid in train[:10])
