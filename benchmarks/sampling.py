@@ -1,13 +1,20 @@
 """Teacher sampling throughput, side by side in one run on the same model and prompts.
 
     .venv/bin/python benchmarks/sampling.py [--model tiny|offline:<key>|PATH] [--questions 64] [--n 4]
+                                            [--sweep 100,1000] [--gpu]
 
-Measures generated tokens/s of
-  1. scotd's sampling stage (Ray Data + vLLM actor, resumable block writing, parsing),
-  2. bare ``vllm.LLM.generate`` in one process with the same SamplingParams (the ceiling),
-  3. a plain transformers ``generate`` loop (what one would write without an engine), on a subset,
-and prints the ratios 1/2 and 2/3 (engine start-up excluded from every timing). Also N = 1, 5 (and --n) for
-the bare engine: time per generated token, showing the prompt is not paid N times.
+Measures, in one process and one Ray session:
+  1. bare ``vllm.LLM.generate`` (the ceiling): the same prompts and SamplingParams as the stage, n = 1, 5, 30
+     and --n, each from an empty prefix cache, as a plain call and as scotd's engine call (each prompt computed
+     once before the n samples); time per generated token: flat in n when the prompt is not paid n times;
+  2. scotd's sampling stage (Ray Data + vLLM actor, resumable blocks, parsing, metrics) on the same questions:
+     generated tokens/s after its first engine call (engine start-up excluded, as for the bare engine) and the
+     ratio to the bare engine's plain call at the same n (goal >= 0.95);
+  3. the stage on --sweep question counts (default 100 and 1000): throughput and the driver's resident memory,
+     which should both stay flat as the question count grows;
+  4. a plain transformers ``generate`` loop (what one would write without an engine) on --hf-questions questions:
+     the ratio bare engine / transformers (goal >= 10x).
+Prints a JSON object; benchmarks/RESULTS.md records runs.
 """
 
 from __future__ import annotations
@@ -23,71 +30,100 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+DATA = REPO.parent / "shared" / "data" / "commonsenseqa" / "train_rand_split.jsonl"
+
+
+def rss_mb() -> float:
+    """Resident memory of this (the driver's) process."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--n", type=int, default=4)
-    parser.add_argument("--hf-questions", type=int, default=8, help="questions for the transformers baseline")
+    parser.add_argument("--bare-n", default="1,5,30", help="n values for the bare engine's per-token cost")
+    parser.add_argument("--sweep", default="100,1000", help="question counts for the stage's scaling check ('' = skip)")
+    parser.add_argument("--hf-questions", type=int, default=4, help="questions for the transformers baseline")
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "commonsenseqa" / "dev_rand_split.jsonl"))
+    parser.add_argument("--batch-size", type=int, default=16, help="questions per engine call in the stage")
+    parser.add_argument("--gpu", action="store_true", help="GPU engine (vLLM's GPU build)")
+    parser.add_argument("--data", default=str(DATA))
     args = parser.parse_args()
 
     import ray
 
     from scotd.config import ResourcesConfig, TeacherConfig
-    from scotd.engine import EngineSpec, Sampling, build_llm
+    from scotd.engine import build_llm, resolve_dtype, warm_prefix_cache
     from scotd.prompts import load_exemplars, stop_strings, teacher_prompt
     from scotd.tasks import load_questions
     from scotd.teacher import engine_spec, question_seed, sample_rationales
 
-    questions = load_questions(args.data, "commonsenseqa", "csqa").questions[: args.questions]
+    sweep = [int(x) for x in args.sweep.split(",") if x]
+    pool = load_questions(args.data, "commonsenseqa", "csqa").questions[: max([args.questions, *sweep])]
+    questions = pool[: args.questions]
     shots = load_exemplars("commonsenseqa", "csqa")[:3]
     work = Path(tempfile.mkdtemp(prefix="scotd-bench-"))
-    model = resolve(args.model, questions, shots, work)
+    model = resolve(args.model, pool, shots, work)
     cfg = TeacherConfig(model=model, num_samples=args.n, max_new_tokens=args.max_new_tokens, max_model_len=1024,
-                        batch_size=max(1, args.questions // 4), cpu_kvcache_gb=2)
-    results = {"model": args.model, "questions": len(questions), "n": args.n}
+                        batch_size=args.batch_size, cpu_kvcache_gb=2, use_gpu=args.gpu)
+    spec = engine_spec(cfg, model)
+    results: dict = {"model": args.model, "dtype": resolve_dtype(spec), "questions": len(questions), "n": args.n,
+                     "max_new_tokens": args.max_new_tokens}
 
-    # 2. bare engine, same prompts and params (built first so its start-up is not timed)
+    # 1. bare engine (built before timing: start-up excluded)
     from vllm import SamplingParams
 
-    llm = build_llm(engine_spec(cfg, model))
+    llm = build_llm(spec)
     prompts = [teacher_prompt(q, shots) for q in questions]
 
-    def bare(n: int) -> tuple[float, int]:
+    def bare(n: int, warm: bool) -> dict:
+        """One ``generate`` call over all questions from an empty prefix cache; ``warm``: scotd's engine call
+        (prompts computed once first, timed too), otherwise the plain call a user would write."""
         params = [SamplingParams(n=n, temperature=1.0, max_tokens=args.max_new_tokens, seed=question_seed(0, q.id),
                                  stop=stop_strings(len(q.choices)), include_stop_str_in_output=True, logprobs=0)
                   for q in questions]
+        llm.reset_prefix_cache()
         started = time.perf_counter()
+        if warm:
+            warm_prefix_cache(llm, prompts, many_samples=n > 1)
         outs = llm.generate(prompts, params, use_tqdm=False)
-        return time.perf_counter() - started, sum(len(c.token_ids) for o in outs for c in o.outputs)
+        seconds = time.perf_counter() - started
+        tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
+        prompt_tokens = sum(len(o.prompt_token_ids) for o in outs)
+        return {"s": round(seconds, 2), "generated_tokens": tokens, "tok_per_s": tokens / seconds,
+                "ms_per_generated_token": 1000 * seconds / tokens, "prompt_tokens": prompt_tokens}
 
-    bare(1)  # warm-up
-    for n in sorted({1, 5, args.n}):
-        seconds, tokens = bare(n)
-        results[f"bare_n{n}"] = {"s": seconds, "tokens": tokens, "tok_per_s": tokens / seconds,
-                                 "ms_per_token": 1000 * seconds / tokens}
+    bare(1, warm=False)  # warm-up (kernels, allocator)
+    for n in sorted({*(int(x) for x in args.bare_n.split(",")), args.n}):
+        results[f"bare_n{n}"] = bare(n, warm=False)
+        results[f"warmed_n{n}"] = bare(n, warm=True)
     del llm
 
-    # 1. scotd's stage on a local Ray cluster, in four engine calls; its steady rate is measured after the first
-    # call returned, which leaves the actor's engine start-up out as the bare engine's is.
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    out = work / "stage"
-    started = time.perf_counter()
-    summary = sample_rationales(questions, {"csqa": shots}, cfg, ResourcesConfig(), model, out)
-    stage_total = time.perf_counter() - started
-    ray.shutdown()
-    results["stage"] = {"s_total_with_engine_start": stage_total, "summary": summary}
+    # 2. scotd's stage on a local Ray cluster
+    ray.init(address="local", num_cpus=4, num_gpus=1 if args.gpu else 0, include_dashboard=False,
+             log_to_driver=False)
+    summary = sample_rationales(questions, {"csqa": shots}, cfg, ResourcesConfig(), model, work / "stage")
+    results["stage"] = summary
+    results["ratio_stage_over_bare"] = summary["steady_generated_tokens_per_s"] / results[f"bare_n{args.n}"]["tok_per_s"]
 
-    # 3. transformers generate loop on a subset
-    hf_s, hf_tokens = hf_generate(model, prompts[: args.hf_questions], args.n, args.max_new_tokens)
-    results["transformers"] = {"s": hf_s, "tokens": hf_tokens, "tok_per_s": hf_tokens / hf_s,
-                               "questions": args.hf_questions}
-    bare_n = results[f"bare_n{args.n}"]["tok_per_s"]
-    results["ratio_stage_over_bare"] = summary["steady_generated_tokens_per_s"] / bare_n
-    results["ratio_bare_over_transformers"] = bare_n / results["transformers"]["tok_per_s"]
+    # 3. scaling with the question count: throughput and driver memory
+    for count in sweep:
+        before = rss_mb()
+        s = sample_rationales(pool[:count], {"csqa": shots}, cfg, ResourcesConfig(), model, work / f"sweep{count}")
+        results[f"sweep_{count}"] = {"steady_tok_per_s": s.get("steady_generated_tokens_per_s"),
+                                     "tok_per_s_with_start": s["generated_tokens_per_s"], "wall_s": s["wall_s"],
+                                     "driver_rss_mb_before": round(before), "driver_rss_mb_after": round(rss_mb())}
+    ray.shutdown()
+
+    # 4. transformers generate loop on a subset
+    hf = hf_generate(model, prompts[: args.hf_questions], args.n, args.max_new_tokens, resolve_dtype(spec), args.gpu)
+    results["transformers"] = {**hf, "questions": args.hf_questions}
+    results["ratio_bare_over_transformers"] = results[f"bare_n{args.n}"]["tok_per_s"] / hf["tok_per_s"]
     print(json.dumps(results, indent=2))
 
 
@@ -104,20 +140,23 @@ def resolve(ref: str, questions, shots, work: Path) -> str:
     return resolve_model(ref, Path(os.path.expanduser("~/.cache/scotd")))
 
 
-def hf_generate(model: str, prompts: list[str], n: int, max_new_tokens: int) -> tuple[float, int]:
+def hf_generate(model: str, prompts: list[str], n: int, max_new_tokens: int, dtype: str, gpu: bool) -> dict:
+    """The loop a user would write: one ``generate`` call per question with n return sequences, same dtype."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = "cuda" if gpu else "cpu"
     tok = AutoTokenizer.from_pretrained(model)
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16)
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(device)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     started, tokens = time.perf_counter(), 0
     for prompt in prompts:
-        ids = tok(prompt, return_tensors="pt")
+        ids = tok(prompt, return_tensors="pt").to(device)
         out = lm.generate(**ids, do_sample=True, temperature=1.0, max_new_tokens=max_new_tokens,
-                          num_return_sequences=n, pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        new = out[:, ids["input_ids"].shape[1]:]
-        tokens += int((new != (tok.pad_token_id or tok.eos_token_id)).sum())
-    return time.perf_counter() - started, tokens
+                          num_return_sequences=n, pad_token_id=pad)
+        tokens += int((out[:, ids["input_ids"].shape[1]:] != pad).sum())
+    seconds = time.perf_counter() - started
+    return {"s": round(seconds, 2), "generated_tokens": tokens, "tok_per_s": tokens / seconds}
 
 
 if __name__ == "__main__":

@@ -163,6 +163,22 @@ def throughput_counters() -> dict:
     return {name: Counter(f"scotd_{name}", description=text, tag_keys=("run",)) for name, text in described.items()}
 
 
+def warm_prefix_cache(llm, prompts: list[str], many_samples: bool) -> None:
+    """Compute each prompt once before sampling, so that the prompt is paid once per question.
+
+    The prefix cache only serves blocks that are already computed: requests scheduled in the same engine step
+    (a batch of questions, and the N parallel samples of each) would all prefill their full prompt side by
+    side. So: one request computes the shared few-shot prefix, then one single-token request per question
+    computes its own block; the N samples then find the whole prompt in the cache.
+    """
+    from vllm import SamplingParams
+
+    warm = SamplingParams(max_tokens=1, temperature=0.0)
+    llm.generate(prompts[:1], warm, use_tqdm=False)
+    if many_samples and len(prompts) > 1:
+        llm.generate(prompts[1:], warm, use_tqdm=False)
+
+
 class VLLMGenerator:
     """Ray Data callable class: one vLLM engine per actor, one ``generate`` call per batch of prompts."""
 
@@ -182,21 +198,6 @@ class VLLMGenerator:
         return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                   add_generation_prompt=True)
 
-    def _warm_prefix_cache(self, prompts: list[str], many_samples: bool) -> None:
-        """Compute each prompt once before sampling, so that the prompt is paid once per question.
-
-        The prefix cache only serves blocks that are already computed: requests scheduled in the same engine step
-        (a batch of questions, and the N parallel samples of each) would all prefill their full prompt side by
-        side. So: one request computes the shared few-shot prefix, then one single-token request per question
-        computes its own block; the N samples then find the whole prompt in the cache.
-        """
-        from vllm import SamplingParams
-
-        warm = SamplingParams(max_tokens=1, temperature=0.0)
-        self.llm.generate(prompts[:1], warm, use_tqdm=False)
-        if many_samples and len(prompts) > 1:
-            self.llm.generate(prompts[1:], warm, use_tqdm=False)
-
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from vllm import SamplingParams
 
@@ -212,7 +213,7 @@ class VLLMGenerator:
         ]
         prompts = [self._prompt(str(p)) for p in batch["prompt"]]
         if self.spec.enable_prefix_caching:
-            self._warm_prefix_cache(prompts, many_samples=any(int(n) > 1 for n in batch["n"]))
+            warm_prefix_cache(self.llm, prompts, many_samples=any(int(n) > 1 for n in batch["n"]))
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         keep = [k for k in batch if k not in ("prompt", "seed", "n", "stop")]
         rows: dict[str, list] = {k: [] for k in keep}
@@ -244,13 +245,13 @@ def generate(ds, spec: EngineSpec, sampling: Sampling, *, replicas: int | tuple[
         concurrency=replicas,
         num_cpus=num_cpus,
     )
-    gpus = gpus_per_replica(spec)
-    if gpus == 1:
+    bundles = replica_bundles(spec, resource, num_cpus)
+    if len(bundles) > 1:
+        kwargs["ray_remote_args_fn"] = _placement(bundles)
+    elif spec.use_gpu:
         kwargs["num_gpus"] = 1
         if resource:
-            kwargs["resources"] = {resource: 1}
-    elif gpus > 1:
-        kwargs["ray_remote_args_fn"] = _multi_gpu_placement(gpus, resource)
+            kwargs["resources"] = {resource: 1.0}
     return ds.map_batches(VLLMGenerator, **kwargs)
 
 
@@ -258,15 +259,24 @@ def gpus_per_replica(spec: EngineSpec) -> int:
     return spec.tensor_parallel_size * spec.pipeline_parallel_size if spec.use_gpu else 0
 
 
-def _multi_gpu_placement(gpus: int, resource: str | None):
-    """Each replica gets a placement group of ``gpus`` one-GPU bundles on one node (vLLM's Ray executor uses it)."""
+def replica_bundles(spec: EngineSpec, resource: str | None, num_cpus: float) -> list[dict[str, float]]:
+    """Resources of one engine replica, one bundle per GPU (the actor's CPUs go with the first one); a CPU engine
+    is one bundle of CPUs. ``resource`` (a custom resource such as ``teacher``) is asked once per GPU."""
+    gpus = gpus_per_replica(spec)
+    if gpus == 0:
+        return [{"CPU": num_cpus}]
+    gpu = {"GPU": 1.0, **({resource: 1.0} if resource else {})}
+    return [{"CPU": num_cpus, **gpu}] + [dict(gpu) for _ in range(gpus - 1)]
+
+
+def _placement(bundles: list[dict[str, float]]):
+    """A multi-GPU replica runs in its own placement group of one-GPU bundles on one node: vLLM's Ray executor
+    starts its tensor/pipeline-parallel workers in the group the actor was scheduled in."""
 
     def remote_args() -> dict:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        gpu = {"GPU": 1, **({resource: 1} if resource else {})}
-        bundles = [{"CPU": 1, **gpu}] + [gpu] * (gpus - 1)
         pg = ray.util.placement_group(bundles, strategy="STRICT_PACK")
         return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)}
 

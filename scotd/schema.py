@@ -43,6 +43,7 @@ SAMPLE_SCHEMA = pa.schema([
     pa.field("gold_index", pa.int32()),
     pa.field("correct", pa.bool_(), nullable=False),
     pa.field("logprob_sum", pa.float64()),  # teacher log-probability of the completion's tokens
+    pa.field("logprob_mean", pa.float64()),  # logprob_sum / num_tokens (the likelihood selector's score)
     pa.field("num_tokens", pa.int32(), nullable=False),  # generated tokens
     pa.field("finish_reason", pa.string()),
 ])
@@ -56,6 +57,7 @@ CORPUS_SCHEMA = pa.schema([
     pa.field("rationale", pa.string(), nullable=False),
     pa.field("label_index", pa.int32(), nullable=False),  # gold (supervised) or the teacher's answer (few-shot)
     pa.field("logprob_sum", pa.float64()),
+    pa.field("logprob_mean", pa.float64()),
     pa.field("num_tokens", pa.int32(), nullable=False),
 ])
 

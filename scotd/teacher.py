@@ -65,6 +65,7 @@ def from_response(row: dict) -> dict:
         "gold_index": gold,
         "correct": parsed.index is not None and parsed.index == gold,
         "logprob_sum": None if logprob is None else float(logprob),
+        "logprob_mean": None if logprob is None or not int(row["num_tokens"]) else float(logprob) / int(row["num_tokens"]),
         "num_tokens": int(row["num_tokens"]),
         "finish_reason": None if row["finish_reason"] is None else str(row["finish_reason"]),
     }

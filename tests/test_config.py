@@ -5,7 +5,7 @@ import pytest
 from scotd.config import ConfigError, ExperimentConfig, describe, dump_config, load_config
 from tests.conftest import REPO
 
-SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+SHIPPED = sorted((REPO / "configs").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -16,7 +16,16 @@ def test_every_shipped_config_loads(path):
 
 
 def test_shipped_configs_found():
-    assert any(p.name == "tiny.yaml" for p in SHIPPED)
+    assert {"tiny.yaml", "demo.yaml", "csqa-qwen7b.yaml", "csqa-llama70b-tp4.yaml"} <= {p.name for p in SHIPPED}
+
+
+def test_gpu_teacher_configs_use_gpus_and_stay_on_teacher_nodes():
+    for name in ("csqa-qwen7b.yaml", "csqa-llama70b-tp4.yaml"):
+        cfg = load_config(REPO / "configs" / "gpu" / name)
+        assert cfg.teacher.use_gpu and cfg.teacher.resource == "teacher" and cfg.teacher.num_samples == 30
+        assert cfg.teacher.max_replicas and cfg.teacher.max_replicas > cfg.teacher.num_replicas
+        assert all(s.use_gpu for s in cfg.students)
+    assert load_config(REPO / "configs" / "gpu" / "csqa-llama70b-tp4.yaml").teacher.tensor_parallel_size == 4
 
 
 def write(tmp_path, text):

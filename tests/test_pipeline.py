@@ -77,6 +77,7 @@ def test_teacher_samples_every_question_n_times(tiny_run):
     assert len(keys) == len(set(keys)) == cfg.tasks[0].max_train * cfg.teacher.num_samples
     rows = samples.to_pylist()
     assert all(r["num_tokens"] > 0 and r["logprob_sum"] is not None and r["logprob_sum"] < 0 for r in rows)
+    assert all(abs(r["logprob_mean"] - r["logprob_sum"] / r["num_tokens"]) < 1e-9 for r in rows)
     assert any(r["parsed_index"] is not None for r in rows)  # the tiny teacher learned the answer format
     for r in rows:  # text, parse and correctness agree
         assert (r["parse_error"] is None) == (r["parsed_index"] is not None)

@@ -111,7 +111,8 @@ def train_loop_per_worker(config: dict) -> None:
         seqs = epoch_sequences(encoded, epoch=epoch, seed=cfg.seed, rank=rank, world_size=world,
                                max_length=cfg.max_length)
         batches = make_batches(seqs, cfg.micro_batch_size, seed=cfg.seed * 7919 + epoch)
-        started, loss_sum, real, padded, target_tokens = time.monotonic(), 0.0, 0, 0, 0
+        started_at, started = time.time(), time.monotonic()
+        loss_sum, real, padded, target_tokens = 0.0, 0, 0, 0
         for batch in batches:
             inputs, num_real = collate(batch, pad_id)
             inputs = {k: v.to(engine.device) for k, v in inputs.items()}
@@ -125,7 +126,8 @@ def train_loop_per_worker(config: dict) -> None:
         elapsed = time.monotonic() - started
         metrics = {"epoch": epoch + 1, "loss": loss_sum / max(1, len(batches)), "micro_batches": len(batches),
                    "tokens_per_s": real * world / elapsed, "real_token_share": real / max(1, padded),
-                   "target_tokens": target_tokens, "lr": scheduler.get_last_lr()[0], "epoch_s": elapsed}
+                   "target_tokens": target_tokens, "lr": scheduler.get_last_lr()[0], "epoch_s": elapsed,
+                   "started_at": started_at, "ended_at": time.time()}
         _report(engine, tokenizer, cfg, config, metrics, rank)
     if resume_dir:
         shutil.rmtree(resume_dir, ignore_errors=True)

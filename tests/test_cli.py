@@ -1,0 +1,34 @@
+"""The ``scotd`` command line: overrides before or after options, errors as exit codes with the reason."""
+
+import pyarrow.parquet as pq
+import pytest
+
+from scotd.cli import main
+from tests.conftest import REPO
+
+TINY = str(REPO / "configs" / "tiny.yaml")
+
+
+def test_overrides_may_follow_the_stages_option(tmp_path, shared_data, capsys):
+    csqa = shared_data / "commonsenseqa"
+    code = main(["run", TINY, "--stages", "tasks", f"output.dir={tmp_path}", "tasks.0.max_train=5",
+                 f"tasks.0.train={csqa / 'train_rand_split.jsonl'}", f"tasks.0.eval={csqa / 'dev_rand_split.jsonl'}"])
+    assert code == 0
+    assert pq.read_table(tmp_path / "questions" / "train.parquet").num_rows == 5
+    assert f"artifacts: {tmp_path}" in capsys.readouterr().out
+
+
+def test_config_command_prints_overridden_values(capsys):
+    assert main(["config", TINY, "teacher.num_samples=7"]) == 0
+    assert "num_samples: 7" in capsys.readouterr().out
+
+
+def test_unknown_option_is_rejected(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", TINY, "--stage", "tasks"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --stage tasks" in capsys.readouterr().err
+
+
+def test_bad_override_key_exits_2_naming_the_key(capsys):
+    assert main(["config", TINY, "teacher.num_sample=7"]) == 2
+    assert "teacher.num_sample" in capsys.readouterr().err
