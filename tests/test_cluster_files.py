@@ -24,7 +24,8 @@ import jsonschema
 import pytest
 import yaml
 
-CLUSTER_DIR = Path(__file__).resolve().parents[1] / "cluster"
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER_DIR = REPO / "cluster"
 AUTOSCALER_FILES = ("aws.yaml", "gcp.yaml")
 KUBERAY_FILES = ("kuberay-rayjob.yaml",)
 
@@ -356,8 +357,10 @@ def rayjob_required_fields(job: dict) -> Problems:
     entrypoint = spec.get("entrypoint")
     if not isinstance(entrypoint, str) or not entrypoint.strip():
         problems.append("spec.entrypoint is required")
-    elif not re.fullmatch(r"python jobs/distill\.py configs/[\w.-]+\.yaml", entrypoint.strip()):
+    elif not re.fullmatch(r"python jobs/distill\.py configs/[\w./-]+\.yaml", entrypoint.strip()):
         problems.append(f"entrypoint should run jobs/distill.py on a config: {entrypoint!r}")
+    elif not (REPO / entrypoint.split()[-1]).is_file():
+        problems.append(f"entrypoint's config {entrypoint.split()[-1]} is not in the repository")
     head = spec.get("rayClusterSpec", {}).get("headGroupSpec")
     if not isinstance(head, dict):
         return [*problems, "spec.rayClusterSpec.headGroupSpec is required"]

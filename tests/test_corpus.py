@@ -12,6 +12,7 @@ def sample(qid, idx, rationale, parsed, gold, error=None):
     return {"question_id": qid, "task": "t", "sample_index": idx, "question": f"{qid}?", "choices": ["x", "y", "z"],
             "text": f" {rationale} So the answer is: (?)", "rationale": rationale, "parsed_index": parsed,
             "parse_error": error, "gold_index": gold, "correct": parsed == gold, "logprob_sum": -1.0 * idx,
+            "logprob_mean": -0.2 * idx,
             "num_tokens": 5, "finish_reason": "stop"}
 
 

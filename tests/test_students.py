@@ -33,7 +33,8 @@ def corpus(shared_data, tmp_path_factory):
     questions = load_questions(shared_data / "commonsenseqa" / "train_rand_split.jsonl", "commonsenseqa",
                                "csqa").questions[:96]
     rows = [{"question_id": q.id, "task": q.task, "sample_index": k, "question": q.text, "choices": list(q.choices),
-             "rationale": text, "label_index": q.answer_index, "logprob_sum": -10.0, "num_tokens": 12}
+             "rationale": text, "label_index": q.answer_index, "logprob_sum": -10.0, "logprob_mean": -0.8,
+             "num_tokens": 12}
             for q in questions
             for k, text in enumerate((f"The question asks about {q.choices[q.answer_index]}.",
                                       f"Of the choices only {q.choices[q.answer_index]} fits."))]
