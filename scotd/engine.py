@@ -9,7 +9,7 @@ few-shot exemplar prefix across questions.
 Rows in: ``prompt`` (str), ``seed`` (int), ``n`` (int), ``stop`` (JSON list of strings) and any pass-through
 columns (scalars only: lists travel as JSON text, so ragged lists never become Ray tensor columns).
 Rows out: one per completion: the pass-through columns + ``sample_index``, ``text``, ``num_tokens``,
-``logprob_sum``, ``finish_reason``, ``num_prompt_tokens``.
+``logprob_sum``, ``finish_reason``, ``num_prompt_tokens``, ``call_started_at`` (wall clock, for rates).
 """
 
 from __future__ import annotations
@@ -201,6 +201,7 @@ class VLLMGenerator:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from vllm import SamplingParams
 
+        call_started_at = time.time()
         if not self.spec.use_gpu:
             # Thread counts are per calling thread, and Ray may call this from another thread than __init__.
             _use_bound_cores(os.environ["VLLM_CPU_OMP_THREADS_BIND"])
@@ -228,6 +229,9 @@ class VLLMGenerator:
                 rows["logprob_sum"].append(comp.cumulative_logprob)
                 rows["finish_reason"].append(comp.finish_reason)
                 rows["num_prompt_tokens"].append(len(out.prompt_token_ids or ()))
+        # When this call started: the caller measures its steady rate from the first call's start, which leaves
+        # the engine start-up out (as for a bare engine) and keeps every overhead between calls in.
+        rows["call_started_at"] = [call_started_at] * len(rows["text"])
         self.counters["rationales"].inc(len(rows["text"]), tags=self.tags)
         self.counters["generated_tokens"].inc(sum(rows["num_tokens"]), tags=self.tags)
         self.counters["prompt_tokens"].inc(sum(len(o.prompt_token_ids or ()) for o in outputs), tags=self.tags)

@@ -127,7 +127,7 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
                        replicas=replica_range(cfg), batch_size=cfg.batch_size, num_cpus=resources.engine_cpus,
                        resource=cfg.resource)
         counters = throughput_counters()
-        first_output = None
+        first_call_at = float("inf")  # wall clock when the first engine call started (after engine start-up)
         by_question: dict[str, list[dict]] = {}
         complete: list[dict] = []
         for batch in stream_batches(out, total=len(pending), label="teacher", batch_size=cfg.batch_size * n):
@@ -145,8 +145,7 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
                     counters["parse_failures"].inc(tags={"run": "teacher"})
                 if len(rows) == n:
                     complete.extend(by_question.pop(str(row["question_id"])))
-            if first_output is None:  # the first engine call is done: the steady rate is measured from here
-                first_output = (time.monotonic(), totals["generated_tokens"])
+            first_call_at = min(first_call_at, float(batch["call_started_at"].min()))
             if len(complete) >= block_questions * n:
                 _write_block(samples_dir, complete)
                 complete = []
@@ -154,13 +153,12 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
             _write_block(samples_dir, complete)
         if by_question:
             raise RuntimeError(f"teacher: {len(by_question)} questions came back with fewer than {n} samples")
-    ended = time.monotonic()
+    ended, ended_at = time.monotonic(), time.time()
     wall_s = ended - started
     summary = summarize_samples(samples_dir, wall_s=wall_s, **totals, num_sampled_now=len(pending))
-    if pending and first_output and ended > first_output[0] and totals["generated_tokens"] > first_output[1]:
-        # Driver batches hold one engine call's rows, so this excludes the first call (and the engine start-up).
-        summary["steady_generated_tokens_per_s"] = ((totals["generated_tokens"] - first_output[1])
-                                                    / (ended - first_output[0]))
+    if pending and ended_at > first_call_at:
+        # From the first engine call's start to the end: engine start-up excluded, all stage overheads included.
+        summary["steady_generated_tokens_per_s"] = totals["generated_tokens"] / (ended_at - first_call_at)
     (out_dir / "sampling_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
