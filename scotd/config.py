@@ -108,6 +108,15 @@ class StudentConfig:
     method: Literal["scotd", "label_only"] = opt(
         "scotd", "scotd: target is a sampled rationale + answer; label_only: target is the answer letter only."
     )
+    selector: Literal["all", "first_n", "random", "likelihood", "diverse", "open_ended"] = opt(
+        "all", "Which kept rationales a SCoTD student trains on (scotd/selectors.py): all; first_n = those among the "
+        "first selector_k samples (the N-sweep); random / likelihood / diverse: selector_k per question; "
+        "open_ended: 1-9 per question by quintile of rationale variety."
+    )
+    selector_k: int = opt(5, "Rationales per question for random/likelihood/diverse; N for first_n (paper: 5).")
+    embedding_model: str = opt(
+        "offline:smollm2-135m-instruct", "Sentence embeddings for selector 'diverse' (mean of last hidden layer)."
+    )
     epochs: int = opt(3, "Passes over the training questions; each pass draws one kept rationale per question.")
     learning_rate: float = opt(2e-5, "Peak AdamW learning rate (paper: 2e-5).")
     weight_decay: float = opt(0.0, "AdamW weight decay.")

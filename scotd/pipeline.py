@@ -162,13 +162,39 @@ def stage_students(exp: Experiment) -> list[dict]:
         if (out / "model" / STUDENT_META).exists():
             log.info("student %s: already trained, skipping", s.name)
             continue
-        rows = exp.dir / "corpus" / ("corpus.parquet" if s.method == "scotd" else "labels.parquet")
+        rows, selection = student_rows(exp, s)
         meta = {"prompt_format": {"input": student_prompt(_EXAMPLE), "target": render_answer("<rationale>", 0)
                                   if s.method == "scotd" else render_answer(None, 0)},
-                "base_model": s.model, "corpus_summary": _read_json(exp.dir / "corpus" / "summary.json")}
+                "base_model": s.model, "corpus_summary": _read_json(exp.dir / "corpus" / "summary.json"),
+                "selection": selection}
         jobs.append({"cfg": s, "model_path": exp.resolve_model(s.model), "rows_path": str(rows),
                      "out_dir": str(out), "storage_path": str(exp.dir / "ray_train"), "meta": meta})
     return train_students(jobs) if jobs else []
+
+
+def student_rows(exp: Experiment, s) -> tuple[Path, dict]:
+    """The file a student trains on: the label file (label-only), the corpus, or the corpus after the student's
+    selector (written to ``students/<name>/train_rows.parquet``), with counts of what was kept."""
+    from scotd.schema import CORPUS_SCHEMA
+    from scotd.selectors import by_question, hf_embedder, select
+
+    corpus = exp.dir / "corpus" / "corpus.parquet"
+    if s.method != "scotd":
+        return exp.dir / "corpus" / "labels.parquet", {"selector": "labels"}
+    if s.selector == "all":
+        return corpus, {"selector": "all"}
+    rows = read_table(corpus, CORPUS_SCHEMA).to_pylist()
+    embed = hf_embedder(exp.resolve_model(s.embedding_model)) if s.selector == "diverse" else None
+    kept = select(rows, s.selector, k=s.selector_k, seed=s.seed, embed=embed)
+    if not kept:
+        raise RuntimeError(f"student {s.name}: selector {s.selector} (k={s.selector_k}) kept no rationale")
+    out = exp.dir / "students" / s.name / "train_rows.parquet"
+    write_table(to_table(kept, CORPUS_SCHEMA), out)
+    questions = len(by_question(kept))
+    summary = {"selector": s.selector, "k": s.selector_k, "rationales": len(kept), "questions": questions,
+               "per_question": len(kept) / questions, "of_rationales": len(rows)}
+    log.info("student %s: %s", s.name, summary)
+    return out, summary
 
 
 _EXAMPLE = Question("example", "example", "{question}", ("{choice 1}", "{choice 2}"), 0)

@@ -80,3 +80,33 @@ def test_runtime_env_ships_the_checkout_without_the_venv():
 
     env = yaml.safe_load((REPO / "jobs" / "runtime_env.yaml").read_text())
     assert env["working_dir"] == "." and ".venv/" in env["excludes"] and "env_vars" not in env
+
+
+def test_each_student_trains_on_its_selection_of_the_corpus(tmp_path):
+    from scotd.pipeline import student_rows
+    from scotd.schema import CORPUS_SCHEMA, to_table, write_table
+
+    rows = [{"question_id": f"q{q}", "task": "t", "sample_index": i, "question": "?", "choices": ["a", "b"],
+             "rationale": f"reason {q} {i}", "label_index": 0, "logprob_sum": -i * 5.0, "logprob_mean": -float(i),
+             "num_tokens": 5} for q in range(4) for i in range(0, 20, 2)]  # 10 kept of 20 samples per question
+    cfg = load_config(write_cfg(tmp_path, "a.jsonl"), [
+        f"output.dir={tmp_path / 'out'}",
+        "students=[{name: all}, {name: n6, selector: first_n, selector_k: 6}, "
+        "{name: top2, selector: likelihood, selector_k: 2}, {name: rand3, selector: random, selector_k: 3}, "
+        "{name: labels, method: label_only, selector: random}]"])
+    exp = Experiment(cfg)
+    write_table(to_table(rows, CORPUS_SCHEMA), exp.dir / "corpus" / "corpus.parquet")
+    chosen = {}
+    for student in cfg.students:
+        path, summary = student_rows(exp, student)
+        chosen[student.name] = (path, summary)
+    assert chosen["all"] == (exp.dir / "corpus" / "corpus.parquet", {"selector": "all"})
+    assert chosen["labels"][0] == exp.dir / "corpus" / "labels.parquet"
+
+    def read(name):
+        return pq.read_table(chosen[name][0]).to_pylist()
+
+    assert sorted({r["sample_index"] for r in read("n6")}) == [0, 2, 4]
+    assert {r["sample_index"] for r in read("top2")} == {0, 2}  # highest mean log-prob: -0 and -2
+    assert len(read("rand3")) == 12 and chosen["rand3"][1] == {
+        "selector": "random", "k": 3, "rationales": 12, "questions": 4, "per_question": 3.0, "of_rationales": 40}
