@@ -1,6 +1,8 @@
-"""Report stage: recompute every number from the saved predictions and write report.json + report.md.
+"""Report stage: recompute every number from the saved predictions and write report.json, report.md and a bar chart.
 
-Accuracy intervals are Wilson score intervals at 95 % (binomial; sensible at small n and near 0 or 1).
+Accuracy intervals are Wilson score intervals at 95 % (binomial; sensible at small n and near 0 or 1). Differences
+between a SCoTD student and the other rows are tested on the same questions with McNemar's exact test (two-sided
+binomial test on the questions where exactly one of the two is right); p >= 0.05 is marked "within noise".
 """
 
 from __future__ import annotations
@@ -26,12 +28,44 @@ def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, fl
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def mcnemar_p(only_first: int, only_second: int) -> float:
+    """Exact two-sided McNemar p-value from the discordant counts (questions only one of two models got right)."""
+    n = only_first + only_second
+    if n == 0:
+        return 1.0
+    k = min(only_first, only_second)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_differences(rows: list[dict], predictions: dict[str, dict[str, bool]]) -> list[dict]:
+    """Each SCoTD row against every other row, on the questions both answered."""
+    out = []
+    for a in rows:
+        if a["kind"] != "scotd":
+            continue
+        for b in rows:
+            if b is a:
+                continue
+            pa, pb = predictions[a["run"]], predictions[b["run"]]
+            shared = sorted(pa.keys() & pb.keys())
+            only_a = sum(pa[q] and not pb[q] for q in shared)
+            only_b = sum(pb[q] and not pa[q] for q in shared)
+            p = mcnemar_p(only_a, only_b)
+            out.append({"run": a["run"], "versus": b["run"], "questions": len(shared),
+                        "difference": (only_a - only_b) / len(shared) if shared else 0.0,
+                        "only_run_right": only_a, "only_versus_right": only_b, "p_value": p,
+                        "within_noise": p >= 0.05})
+    return out
+
+
 def build_report(exp_dir: Path, runs: list[dict]) -> dict:
     """``runs``: [{"run": label, "kind": teacher|untrained|label_only|scotd, "model": ...}] in table order."""
-    rows = []
+    rows, correct_by_run = [], {}
     for spec in runs:
         path = exp_dir / "eval" / spec["dir"] / "predictions.parquet"
         preds = pq.read_table(path).to_pylist()
+        correct_by_run[spec["run"]] = {p["question_id"]: bool(p["correct"]) for p in preds}
         m = metrics_of(preds)
         low, high = wilson_interval(m["correct"], m["total"])
         by_task: dict[str, list[dict]] = {}
@@ -39,7 +73,7 @@ def build_report(exp_dir: Path, runs: list[dict]) -> dict:
             by_task.setdefault(p["task"], []).append(p)
         rows.append({**spec, **m, "ci95": [low, high], "predictions": str(path.relative_to(exp_dir)),
                      "by_task": {t: metrics_of(ps)["accuracy"] for t, ps in sorted(by_task.items())}})
-    report = {"experiment": exp_dir.name, "rows": rows}
+    report = {"experiment": exp_dir.name, "rows": rows, "differences": paired_differences(rows, correct_by_run)}
     corpus_summary = exp_dir / "corpus" / "summary.json"
     if corpus_summary.exists():
         report["corpus"] = json.loads(corpus_summary.read_text())
@@ -58,6 +92,18 @@ def render_markdown(report: dict) -> str:
         low, high = r["ci95"]
         lines.append(f"| {r['run']} | {r['kind']} | {r['model']} | {100 * r['accuracy']:.1f} % | "
                      f"{100 * low:.1f}-{100 * high:.1f} | {r['correct']} / {r['total']} | {r['parse_failures']} |")
+    if report.get("chart"):
+        lines += ["", f"![accuracy by run]({report['chart']})"]
+    differences = report.get("differences")
+    if differences:
+        lines += ["", "## SCoTD against the other rows", "",
+                  "Same questions; McNemar's exact test on the questions only one of the two got right.", "",
+                  "| SCoTD run | versus | difference | only SCoTD right | only other right | p | |",
+                  "|---|---|---|---|---|---|---|"]
+        for d in differences:
+            lines.append(f"| {d['run']} | {d['versus']} | {100 * d['difference']:+.1f} points | {d['only_run_right']} "
+                         f"| {d['only_versus_right']} | {d['p_value']:.3f} | "
+                         f"{'within noise' if d['within_noise'] else 'significant'} |")
     corpus = report.get("corpus")
     if corpus:
         lines += ["", "## Corpus", "",
@@ -74,8 +120,33 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_accuracy(report: dict, path: Path) -> None:
+    """Bar chart of accuracy per run with the 95 % intervals as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    colours = {"teacher": "#4c72b0", "untrained": "#8c8c8c", "label_only": "#dd8452", "scotd": "#55a868"}
+    acc = [100 * r["accuracy"] for r in rows]
+    err = [[a - 100 * r["ci95"][0] for a, r in zip(acc, rows)], [100 * r["ci95"][1] - a for a, r in zip(acc, rows)]]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(rows)), 3.6))
+    ax.bar(range(len(rows)), acc, yerr=err, capsize=4, color=[colours.get(r["kind"], "#937860") for r in rows])
+    ax.set_xticks(range(len(rows)), [r["run"] for r in rows], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy (%), 95 % CI")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{report['experiment']}: {rows[0]['total'] if rows else 0} evaluation questions", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_report(exp_dir: Path, runs: list[dict]) -> dict:
     report = build_report(exp_dir, runs)
+    if report["rows"]:
+        plot_accuracy(report, exp_dir / "report.png")
+        report["chart"] = "report.png"
     (exp_dir / "report.json").write_text(json.dumps(report, indent=2))
     (exp_dir / "report.md").write_text(render_markdown(report))
     return report

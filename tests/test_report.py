@@ -3,7 +3,7 @@ import json
 import pytest
 
 from scotd.evaluate import metrics_of, score
-from scotd.report import render_markdown, wilson_interval, write_report
+from scotd.report import mcnemar_p, render_markdown, wilson_interval, write_report
 from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
 from scotd.tasks import Question
 
@@ -26,6 +26,18 @@ def test_report_recounts_predictions(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text()) == report
     md = (tmp_path / "report.md").read_text()
     assert md == render_markdown(report) and "| a | scotd | m | 33.3 % |" in md and "| 9 / 9 |" in md
+    # a is right on q0, q3, q6 only; b on all 9: 6 discordant questions, all for b
+    assert report["differences"] == [{"run": "a", "versus": "b", "questions": 9, "difference": -6 / 9,
+                                      "only_run_right": 0, "only_versus_right": 6, "p_value": 2 / 64,
+                                      "within_noise": False}]
+    assert "| a | b | -66.7 points | 0 | 6 | 0.031 | significant |" in md
+    png = (tmp_path / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000 and "![accuracy by run](report.png)" in md
+
+
+@pytest.mark.parametrize("b, c, p", [(0, 0, 1.0), (3, 3, 1.0), (0, 6, 2 / 64), (1, 9, 22 / 1024), (5, 0, 2 / 32)])
+def test_mcnemar_exact(b, c, p):
+    assert mcnemar_p(b, c) == pytest.approx(p)
 
 
 def test_metrics_count_parse_failures():
