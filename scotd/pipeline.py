@@ -202,7 +202,7 @@ _EXAMPLE = Question("example", "example", "{question}", ("{choice 1}", "{choice 
 
 def stage_eval(exp: Experiment) -> list[dict]:
     from scotd.evaluate import evaluate_run
-    from scotd.teacher import engine_spec
+    from scotd.teacher import engine_spec, replica_range
 
     cfg = exp.cfg
     questions = exp.questions("eval")
