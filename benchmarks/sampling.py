@@ -102,7 +102,7 @@ def main() -> None:
     for n in sorted({*(int(x) for x in args.bare_n.split(",")), args.n}):
         results[f"bare_n{n}"] = bare(n, warm=False)
         results[f"warmed_n{n}"] = bare(n, warm=True)
-    del llm
+    llm = None  # free the engine before the stage starts its own
 
     # 2. scotd's stage on a local Ray cluster
     ray.init(address="local", num_cpus=4, num_gpus=1 if args.gpu else 0, include_dashboard=False,

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 
 from scotd.config import ConfigError, ExperimentConfig, describe, dump_config, load_config
