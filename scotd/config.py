@@ -136,6 +136,11 @@ class StudentConfig:
 class EvalConfig:
     max_new_tokens: int = opt(128, "Generation budget per evaluation answer.")
     batch_size: int = opt(32, "Questions per engine call.")
+    self_consistency: int = opt(
+        0, "Also evaluate every run by self-consistency: this many sampled answers, majority vote (paper: 30); "
+        "0 = greedy only."
+    )
+    self_consistency_temperature: float = opt(0.7, "Sampling temperature of the self-consistency answers.")
     teacher: bool = opt(True, "Evaluate the teacher (few-shot, greedy) as a reference row.")
     untrained: bool = opt(True, "Evaluate each distinct student base model before training (zero-shot, greedy).")
 

@@ -1,8 +1,9 @@
-"""Evaluation stage: every model answers the evaluation split greedily through the same Ray Data + vLLM path.
+"""Evaluation stage: every model answers the evaluation split through the same Ray Data + vLLM path.
 
 Runs: the teacher (few-shot prompt), each distinct student base model before training (zero-shot student prompt)
-and each trained student. Each run writes ``eval/<run>/predictions.parquet`` (PREDICTION_SCHEMA) and
-``metrics.json``; the report recomputes its numbers from the predictions.
+and each trained student; greedily, and with ``eval.self_consistency = k`` also by self-consistency (k sampled
+answers, majority vote over the parsed answers). Each run writes ``eval/<run>/predictions.parquet``
+(PREDICTION_SCHEMA) and ``metrics.json``; the report recomputes its numbers from the predictions.
 """
 
 from __future__ import annotations
@@ -27,9 +28,28 @@ def run_dir_name(run: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", run)
 
 
-def eval_request(q: Question, prompt: str) -> dict:
-    return {"prompt": prompt, "seed": 0, "n": 1, "stop": json.dumps(stop_strings(len(q.choices))),
+def eval_request(q: Question, prompt: str, samples: int = 1, seed: int = 0) -> dict:
+    return {"prompt": prompt, "seed": seed, "n": samples, "stop": json.dumps(stop_strings(len(q.choices))),
             "question_id": q.id}
+
+
+def vote(texts: list[str], num_choices: int) -> tuple[int, bool]:
+    """Self-consistency: the position in ``texts`` of the answer to report and whether the vote was tied.
+
+    The majority answer among the parseable completions wins; a tie goes to the answer that appeared first (a
+    deterministic rule that favours no letter). If nothing parses, the first completion is reported (a failure).
+    """
+    parsed = [parse_answer(t, num_choices).index for t in texts]
+    counts: dict[int, int] = {}
+    for index in parsed:
+        if index is not None:
+            counts[index] = counts.get(index, 0) + 1
+    if not counts:
+        return 0, False
+    best = max(counts.values())
+    winners = [i for i, c in counts.items() if c == best]
+    first = min(parsed.index(w) for w in winners)  # dict order is first appearance, min() makes it explicit
+    return first, len(winners) > 1
 
 
 def score(run: str, questions: dict[str, Question], qid: str, text: str) -> dict:
@@ -51,8 +71,10 @@ def metrics_of(rows: list[dict]) -> dict:
 
 def evaluate_run(run: str, questions: list[Question], prompt_fn: Callable[[Question], str], spec: EngineSpec,
                  *, max_new_tokens: int, batch_size: int, num_cpus: float, out_dir: Path,
-                 replicas: int | tuple[int, int] = 1, resource: str | None = None) -> dict:
-    """Greedy answers of one model on ``questions``; writes predictions and metrics under ``out_dir/<run>``."""
+                 replicas: int | tuple[int, int] = 1, resource: str | None = None, samples: int = 1,
+                 temperature: float = 0.0) -> dict:
+    """Answers of one model on ``questions``: greedy (``samples=1``), or the majority vote of ``samples`` answers
+    sampled at ``temperature``; writes predictions and metrics under ``out_dir/<run>``."""
     import ray
 
     run_dir = out_dir / run_dir_name(run)
@@ -60,16 +82,26 @@ def evaluate_run(run: str, questions: list[Question], prompt_fn: Callable[[Quest
         log.info("eval %s: already done, skipping", run)
         return json.loads((run_dir / "metrics.json").read_text())
     by_id = {q.id: q for q in questions}
-    ds = ray.data.from_items([eval_request(q, prompt_fn(q)) for q in questions])
-    out = generate(ds, replace(spec, enable_prefix_caching=True), Sampling(temperature=0.0,
-                   max_new_tokens=max_new_tokens, logprobs=False), replicas=replicas, batch_size=batch_size,
-                   num_cpus=num_cpus, run=f"eval:{run}", resource=resource)
-    rows = []
+    from scotd.teacher import question_seed
+
+    ds = ray.data.from_items([eval_request(q, prompt_fn(q), samples, question_seed(0, q.id)) for q in questions])
+    out = generate(ds, replace(spec, enable_prefix_caching=True), Sampling(temperature=temperature if samples > 1
+                   else 0.0, max_new_tokens=max_new_tokens, logprobs=False), replicas=replicas,
+                   batch_size=batch_size, num_cpus=num_cpus, run=f"eval:{run}", resource=resource)
+    texts: dict[str, list[tuple[int, str]]] = {}
     for batch in stream_batches(out, total=len(questions), label=f"eval {run}"):
-        rows.extend(score(run, by_id, str(qid), str(text)) for qid, text in zip(batch["question_id"], batch["text"]))
-    rows.sort(key=lambda r: r["question_id"])
+        for qid, index, text in zip(batch["question_id"], batch["sample_index"], batch["text"]):
+            texts.setdefault(str(qid), []).append((int(index), str(text)))
+    rows, ties = [], 0
+    for qid, answers in sorted(texts.items()):
+        ordered = [t for _, t in sorted(answers)]
+        chosen, tied = vote(ordered, len(by_id[qid].choices)) if samples > 1 else (0, False)
+        rows.append(score(run, by_id, qid, ordered[chosen]))
+        ties += tied
     write_table(to_table(rows, PREDICTION_SCHEMA), run_dir / "predictions.parquet")
-    metrics = {"run": run, "model": spec.model, **metrics_of(rows)}
+    metrics = {"run": run, "model": spec.model, "samples": samples, **metrics_of(rows)}
+    if samples > 1:
+        metrics.update(temperature=temperature, tied_votes=ties)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("eval %s: accuracy %.1f%% (%d/%d), parse failures %d", run, 100 * metrics["accuracy"],
              metrics["correct"], metrics["total"], metrics["parse_failures"])

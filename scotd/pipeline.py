@@ -220,7 +220,8 @@ def stage_eval(exp: Experiment) -> list[dict]:
         results.append(evaluate_run(run["run"], questions, prompt_fn, spec, max_new_tokens=cfg.eval.max_new_tokens,
                                     batch_size=cfg.eval.batch_size, num_cpus=cfg.resources.engine_cpus,
                                     out_dir=exp.dir / "eval", replicas=replica_range(cfg.teacher) if teacher else 1,
-                                    resource=cfg.teacher.resource if teacher else None))
+                                    resource=cfg.teacher.resource if teacher else None, samples=run["samples"],
+                                    temperature=cfg.eval.self_consistency_temperature))
     return results
 
 
@@ -236,6 +237,9 @@ def eval_runs(cfg: ExperimentConfig) -> list[dict]:
             runs.append({"run": f"untrained:{model}", "kind": "untrained", "model_ref": model})
     for s in cfg.students:
         runs.append({"run": s.name, "kind": s.method, "model_ref": s.model, "student": s.name})
+    k = cfg.eval.self_consistency
+    runs = [{**r, "samples": 1} for r in runs] + ([{**r, "run": f"{r['run']} sc@{k}", "samples": k} for r in runs]
+                                                  if k > 1 else [])
     for r in runs:
         r["dir"] = run_dir_name(r["run"])
     return runs

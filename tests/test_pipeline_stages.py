@@ -56,6 +56,14 @@ def test_eval_runs_order_and_dedup_of_untrained_models(tmp_path):
         ("a", "scotd"), ("b", "label_only"), ("c", "scotd")]
 
 
+def test_self_consistency_adds_a_voted_run_for_every_run(tmp_path):
+    cfg = load_config(write_cfg(tmp_path, "a.jsonl"), ["students=[{name: a, model: m1}]", "eval.self_consistency=5"])
+    runs = eval_runs(cfg)
+    assert [(r["run"], r["samples"]) for r in runs] == [
+        ("teacher", 1), ("untrained:m1", 1), ("a", 1), ("teacher sc@5", 5), ("untrained:m1 sc@5", 5), ("a sc@5", 5)]
+    assert len({r["dir"] for r in runs}) == len(runs)
+
+
 def test_stage_job_entry_point_runs_one_stage(tmp_path):
     import subprocess
     import sys

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from scotd.evaluate import metrics_of, score
+from scotd.evaluate import metrics_of, score, vote
 from scotd.report import mcnemar_p, render_markdown, wilson_interval, write_report
 from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
 from scotd.tasks import Question
@@ -45,3 +45,13 @@ def test_metrics_count_parse_failures():
     rows = [score("r", q, "q", "gibberish"), score("r", q, "q", " (a)")]
     assert metrics_of(rows) == {"total": 2, "correct": 1, "accuracy": 0.5, "parse_failures": 1,
                                 "parse_failure_rate": 0.5}
+
+
+@pytest.mark.parametrize("texts, chosen, tied", [
+    ([" (b)", " So the answer is: (a)", " (b)"], 0, False),         # majority b, first shown at 0
+    ([" x", " (c)", " (a)", " (a)", " (c)"], 1, True),               # c and a tie 2-2: c appeared first
+    ([" nothing", " (a)", " none"], 1, False),                      # unparseable answers do not vote
+    ([" nothing", " none"], 0, False),                              # nothing parses: the first, a failure
+])
+def test_self_consistency_vote(texts, chosen, tied):
+    assert vote(texts, 3) == (chosen, tied)
