@@ -87,6 +87,10 @@ class TeacherConfig:
         None, "KV block size; CPU default 32 so prefix caching also covers the question (see STACK-NOTES)."
     )
     enable_prefix_caching: bool = opt(True, "Reuse the few-shot prefix's KV cache across questions and samples.")
+    greedy_rationales: bool = opt(
+        False, "Also write one greedy rationale per training question (teacher/greedy): the greedy-CoT baseline's "
+        "corpus (students with selector: greedy)."
+    )
     chat_template: bool = opt(False, "Wrap the prompt in the tokenizer's chat template (instruction-tuned teachers).")
     trust_remote_code: bool = opt(False, "Allow model repos to run their own code (off unless you trust the repo).")
 
@@ -108,10 +112,11 @@ class StudentConfig:
     method: Literal["scotd", "label_only"] = opt(
         "scotd", "scotd: target is a sampled rationale + answer; label_only: target is the answer letter only."
     )
-    selector: Literal["all", "first_n", "random", "likelihood", "diverse", "open_ended"] = opt(
+    selector: Literal["all", "first_n", "random", "likelihood", "diverse", "open_ended", "greedy"] = opt(
         "all", "Which kept rationales a SCoTD student trains on (scotd/selectors.py): all; first_n = those among the "
         "first selector_k samples (the N-sweep); random / likelihood / diverse: selector_k per question; "
-        "open_ended: 1-9 per question by quintile of rationale variety."
+        "open_ended: 1-9 per question by quintile of rationale variety; greedy: the teacher's one greedy rationale "
+        "per question (needs teacher.greedy_rationales)."
     )
     selector_k: int = opt(5, "Rationales per question for random/likelihood/diverse; N for first_n (paper: 5).")
     embedding_model: str = opt(

@@ -142,15 +142,24 @@ def stage_tasks(exp: Experiment) -> dict:
 def stage_teacher(exp: Experiment) -> dict:
     from scotd.teacher import sample_rationales
 
-    model = exp.resolve_model(exp.cfg.teacher.model)
-    return sample_rationales(exp.questions("train"), exp.all_exemplars(), exp.cfg.teacher, exp.cfg.resources,
-                             model, exp.dir / "teacher")
+    cfg = exp.cfg.teacher
+    model = exp.resolve_model(cfg.model)
+    summary = sample_rationales(exp.questions("train"), exp.all_exemplars(), cfg, exp.cfg.resources, model,
+                                exp.dir / "teacher")
+    if cfg.greedy_rationales:
+        summary["greedy"] = sample_rationales(exp.questions("train"), exp.all_exemplars(), cfg, exp.cfg.resources,
+                                              model, exp.dir / "teacher" / "greedy", num_samples=1, temperature=0.0)
+    return summary
 
 
 def stage_corpus(exp: Experiment) -> dict:
     from scotd.corpus import build_corpus
 
-    return build_corpus(exp.dir / "teacher" / "samples", exp.cfg.corpus, exp.dir / "corpus")
+    summary = build_corpus(exp.dir / "teacher" / "samples", exp.cfg.corpus, exp.dir / "corpus")
+    greedy = exp.dir / "teacher" / "greedy" / "samples"
+    if greedy.exists():
+        summary["greedy"] = build_corpus(greedy, exp.cfg.corpus, exp.dir / "corpus" / "greedy")
+    return summary
 
 
 def stage_students(exp: Experiment) -> list[dict]:
@@ -183,6 +192,12 @@ def student_rows(exp: Experiment, s) -> tuple[Path, dict]:
         return exp.dir / "corpus" / "labels.parquet", {"selector": "labels"}
     if s.selector == "all":
         return corpus, {"selector": "all"}
+    if s.selector == "greedy":
+        greedy = exp.dir / "corpus" / "greedy" / "corpus.parquet"
+        if not greedy.exists():
+            raise ValueError(f"student {s.name}: selector greedy needs teacher.greedy_rationales: true "
+                             f"({greedy} is missing)")
+        return greedy, {"selector": "greedy"}
     rows = read_table(corpus, CORPUS_SCHEMA).to_pylist()
     embed = hf_embedder(exp.resolve_model(s.embedding_model)) if s.selector == "diverse" else None
     kept = select(rows, s.selector, k=s.selector_k, seed=s.seed, embed=embed)

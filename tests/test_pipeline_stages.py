@@ -118,3 +118,17 @@ def test_each_student_trains_on_its_selection_of_the_corpus(tmp_path):
     assert {r["sample_index"] for r in read("top2")} == {0, 2}  # highest mean log-prob: -0 and -2
     assert len(read("rand3")) == 12 and chosen["rand3"][1] == {
         "selector": "random", "k": 3, "rationales": 12, "questions": 4, "per_question": 3.0, "of_rationales": 40}
+
+
+def test_greedy_cot_student_needs_the_greedy_corpus(tmp_path):
+    from scotd.pipeline import student_rows
+
+    cfg = load_config(write_cfg(tmp_path, "a.jsonl"), [f"output.dir={tmp_path / 'out'}",
+                                                       "students=[{name: g, selector: greedy}]"])
+    exp = Experiment(cfg)
+    with pytest.raises(ValueError, match="teacher.greedy_rationales"):
+        student_rows(exp, cfg.students[0])
+    greedy = exp.dir / "corpus" / "greedy" / "corpus.parquet"
+    greedy.parent.mkdir(parents=True)
+    greedy.write_bytes(b"")
+    assert student_rows(exp, cfg.students[0]) == (greedy, {"selector": "greedy"})
