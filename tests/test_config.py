@@ -14,7 +14,8 @@ def test_every_shipped_config_loads(path):
 
 
 def test_shipped_configs_found():
-    assert {"tiny.yaml", "demo.yaml", "csqa-qwen7b.yaml", "csqa-llama70b-tp4.yaml"} <= {p.name for p in SHIPPED}
+    assert {"tiny.yaml", "demo.yaml", "ablations-tiny.yaml", "csqa-qwen7b.yaml", "csqa-llama70b-tp4.yaml",
+            "csqa.yaml", "openbookqa.yaml", "quarel.yaml"} <= {p.name for p in SHIPPED}
 
 
 def test_gpu_teacher_configs_use_gpus_and_stay_on_teacher_nodes():
@@ -86,3 +87,19 @@ def test_every_field_is_documented():
     assert len(lines) > 40
     assert all("#" in line and line.split("#", 1)[1].strip() for line in lines if "=" in line)
     assert any(line.startswith("teacher.num_samples = 30") for line in lines)
+
+
+@pytest.mark.parametrize("task", ["csqa", "openbookqa", "quarel"])
+def test_paper_grid_configs_cover_sizes_methods_and_ablations(task):
+    cfg = load_config(REPO / "configs" / "paper" / f"{task}.yaml")
+    assert cfg.teacher.num_samples == 30 and cfg.teacher.greedy_rationales and cfg.eval.self_consistency == 30
+    grid = {(s.model, s.method, s.selector, s.selector_k if s.selector in ("first_n", "random", "likelihood",
+                                                                          "diverse") else None)
+            for s in cfg.students}
+    for model in ("facebook/opt-125m", "facebook/opt-350m", "facebook/opt-1.3b"):
+        expected = {("label_only", "all", None), ("scotd", "greedy", None), ("scotd", "all", None),
+                    ("scotd", "open_ended", None)} | {("scotd", "first_n", n) for n in (1, 5, 10, 20)} | {
+                    ("scotd", sel, 5) for sel in ("random", "likelihood", "diverse")}
+        assert {g[1:] for g in grid if g[0] == model} == expected, model
+    assert all((s.batch_size, s.learning_rate, s.warmup_steps, s.grad_clip, s.max_length) == (32, 2e-5, 500, 0.5, 700)
+               for s in cfg.students)
