@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from scotd.cpu import normal_priority
+
 log = logging.getLogger(__name__)
 
 
@@ -122,6 +124,7 @@ def build_llm(spec: EngineSpec):
         for key, value in cpu_engine_env(spec).items():
             os.environ.setdefault(key, value)
         _use_bound_cores(os.environ["VLLM_CPU_OMP_THREADS_BIND"])
+        normal_priority()
     from vllm import LLM
 
     kwargs: dict[str, Any] = dict(
@@ -203,8 +206,9 @@ class VLLMGenerator:
 
         call_started_at = time.time()
         if not self.spec.use_gpu:
-            # Thread counts are per calling thread, and Ray may call this from another thread than __init__.
+            # Thread counts and priorities are per thread, and Ray calls this from another thread than __init__.
             _use_bound_cores(os.environ["VLLM_CPU_OMP_THREADS_BIND"])
+            normal_priority()
         s = self.sampling
         params = [
             SamplingParams(n=int(n), temperature=s.temperature, top_p=s.top_p if s.temperature > 0 else 1.0,

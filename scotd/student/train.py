@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from scotd.config import StudentConfig
+from scotd.cpu import normal_priority
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = StudentConfig(**config["student"])
     if not cfg.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        normal_priority()  # Ray's worker niceness makes the OpenMP team wait for preempted threads
     import deepspeed
     import pyarrow.parquet as pq
     import ray.train
