@@ -35,15 +35,23 @@ def required(help: str) -> Any:
 @dataclass(frozen=True)
 class TaskConfig:
     name: str = required("Task label used in ids, reports and exemplar lookup (e.g. csqa).")
-    format: Literal["commonsenseqa", "openbookqa", "arc", "quarel", "strategyqa", "jsonl", "hf"] = required(
-        "File format of the task's data: an official benchmark format, generic JSONL, or a Hugging Face dataset."
+    format: Literal["commonsenseqa", "openbookqa", "arc", "quarel", "strategyqa", "jsonl", "imdb", "hf"] = required(
+        "File format of the task's data: an official benchmark format, generic JSONL, the IMDb contrast-set TSV "
+        "(Sentiment<TAB>Text), or a Hugging Face dataset."
     )
-    train: str = opt("", "Training questions: a file path/URI, or for format=hf 'dataset_name:split'.")
+    train: str = opt(
+        "", "Training questions: a file path, or for format=hf 'dataset_name:split'. Empty: an evaluation-only "
+        "task (a contrast set, or a held-out task the students never train on)."
+    )
     eval: str = opt("", "Held-out evaluation questions (same forms as train).")
     exemplars: str = opt(
         "", "Few-shot exemplar file: a key of scotd/exemplars (e.g. commonsenseqa) or a path. Default: the format's."
     )
     num_exemplars: int | None = opt(None, "Use only the first K exemplars in the teacher prompt (None = all).")
+    student_shots: int = opt(
+        0, "Exemplars (with rationales) shown to students before each evaluation question of this task: in-context "
+        "examples for a held-out task, as the paper did for SST-2. 0 = the plain student prompt."
+    )
     max_train: int | None = opt(None, "Keep the first N training questions (after removing exemplar questions).")
     max_eval: int | None = opt(None, "Keep the first N evaluation questions.")
     skip_bad_rows: bool = opt(False, "Skip malformed rows and report their count instead of failing on the first.")

@@ -120,7 +120,7 @@ def stage_tasks(exp: Experiment) -> dict:
     summary, splits = {}, {"train": [], "eval": []}
     for task in exp.cfg.tasks:
         shots = {normalize_text(e.question.text) for e in exp.exemplars(task)}
-        train, skipped_train = load_task_split(task, "train", exp.cache)
+        train, skipped_train = load_task_split(task, "train", exp.cache) if task.train else ([], 0)
         kept = [q for q in train if normalize_text(q.text) not in shots]
         evaluation, skipped_eval = load_task_split(task, "eval", exp.cache)
         train_ids = {q.id for q in kept}
@@ -223,6 +223,7 @@ def stage_eval(exp: Experiment) -> list[dict]:
     questions = exp.questions("eval")
     runs = eval_runs(cfg)
     shots = exp.all_exemplars()
+    student_shots = {t.name: t.student_shots for t in cfg.tasks}
     results = []
     for run in runs:
         trained = "student" in run
@@ -230,7 +231,8 @@ def stage_eval(exp: Experiment) -> list[dict]:
         spec = engine_spec(cfg.teacher, model)
         if run["kind"] != "teacher":
             spec = replace(spec, tensor_parallel_size=1, pipeline_parallel_size=1, chat_template=False)
-        prompt_fn = (lambda q: teacher_prompt(q, shots[q.task])) if run["kind"] == "teacher" else student_prompt
+        prompt_fn = ((lambda q: teacher_prompt(q, shots[q.task])) if run["kind"] == "teacher"
+                     else (lambda q: student_prompt(q, shots[q.task][: student_shots[q.task]])))
         teacher = run["kind"] == "teacher"
         results.append(evaluate_run(run["run"], questions, prompt_fn, spec, max_new_tokens=cfg.eval.max_new_tokens,
                                     batch_size=cfg.eval.batch_size, num_cpus=cfg.resources.engine_cpus,

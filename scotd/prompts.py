@@ -52,9 +52,9 @@ def teacher_prompt(q: Question, exemplars: list[Exemplar] | tuple[Exemplar, ...]
     return "\n\n".join([*shots, render_question(q)])
 
 
-def student_prompt(q: Question) -> str:
-    """The student sees the question alone, no exemplars."""
-    return render_question(q)
+def student_prompt(q: Question, exemplars: list[Exemplar] | tuple[Exemplar, ...] = ()) -> str:
+    """The student sees the question alone; on a held-out task, optionally after in-context exemplars."""
+    return teacher_prompt(q, exemplars) if exemplars else render_question(q)
 
 
 def stop_strings(num_choices: int, extra: tuple[str, ...] = ("\n\n",)) -> list[str]:

@@ -92,6 +92,13 @@ def render_markdown(report: dict) -> str:
         low, high = r["ci95"]
         lines.append(f"| {r['run']} | {r['kind']} | {r['model']} | {100 * r['accuracy']:.1f} % | "
                      f"{100 * low:.1f}-{100 * high:.1f} | {r['correct']} / {r['total']} | {r['parse_failures']} |")
+    tasks = sorted({t for r in report["rows"] for t in r["by_task"]})
+    if len(tasks) > 1:
+        lines += ["", "## By task", "", "Accuracy per task (contrast sets and held-out tasks are tasks of their own).", "",
+                  "| run | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        for r in report["rows"]:
+            cells = [f"{100 * r['by_task'][t]:.1f} %" if t in r["by_task"] else "" for t in tasks]
+            lines.append(f"| {r['run']} | " + " | ".join(cells) + " |")
     if report.get("chart"):
         lines += ["", f"![accuracy by run]({report['chart']})"]
     differences = report.get("differences")

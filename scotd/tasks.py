@@ -8,6 +8,7 @@ row faults into ``TaskDataError("file:line: fault")`` or, with ``skip_bad_rows``
 from __future__ import annotations
 
 import hashlib
+import csv
 import json
 import logging
 import re
@@ -173,6 +174,21 @@ def parse_hf_multiple_choice(obj: dict, task: str) -> Question:
     return parse_generic(obj, task)
 
 
+SENTIMENT_CHOICES = ("positive", "negative")
+
+
+def parse_sentiment(obj: dict, task: str) -> Question:
+    """A review with a ``Sentiment`` (Positive/Negative) and ``Text`` column (IMDb contrast-set TSV files)."""
+    label = _text(obj.get("Sentiment"), "Sentiment").strip().lower()
+    if label not in SENTIMENT_CHOICES:
+        raise RowError(f"Sentiment must be Positive or Negative, got {obj.get('Sentiment')!r}")
+    review = " ".join(_text(obj.get("Text"), "Text").replace("<br />", " ").split())
+    if not review:
+        raise RowError("empty Text")
+    return Question("", task, f'What is the sentiment of this movie review? "{review}"', SENTIMENT_CHOICES,
+                    SENTIMENT_CHOICES.index(label))
+
+
 ROW_PARSERS: dict[str, Callable[[dict, str], Question]] = {
     "commonsenseqa": parse_multiple_choice,
     "openbookqa": parse_multiple_choice,
@@ -180,12 +196,14 @@ ROW_PARSERS: dict[str, Callable[[dict, str], Question]] = {
     "quarel": parse_quarel,
     "strategyqa": parse_strategyqa,
     "jsonl": parse_generic,
+    "imdb": parse_sentiment,
     "hf": parse_hf_multiple_choice,
 }
 
 # The exemplar file each format uses unless the task names another.
 DEFAULT_EXEMPLARS = {"commonsenseqa": "commonsenseqa", "openbookqa": "openbookqa", "arc": "arc",
-                     "quarel": "quarel", "strategyqa": "strategyqa", "jsonl": "generic", "hf": "generic"}
+                     "quarel": "quarel", "strategyqa": "strategyqa", "jsonl": "generic", "hf": "generic",
+                     "imdb": "imdb"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -214,6 +232,30 @@ def iter_json_records(path: Path) -> Iterator[tuple[int, Any]]:
             yield number, json.loads(line)
         except json.JSONDecodeError as err:
             yield number, RowError(f"bad JSON: {err.msg} (column {err.colno})")
+
+
+def iter_tsv_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, {header: value} or RowError) for a tab-separated file with a header line (one record per
+    line; fields may be quoted CSV-style)."""
+    lines = path.read_bytes().split(b"\n")
+    try:
+        header = lines[0].decode("utf-8").rstrip("\r").split("\t")
+    except UnicodeDecodeError:
+        raise TaskDataError(f"{path}:1: header is not UTF-8") from None
+    for number, raw in enumerate(lines[1:], start=2):
+        if not raw.strip():
+            continue
+        try:
+            # csv handles quoted fields ("...""..."), as the IMDb contrast files quote some reviews.
+            fields = next(csv.reader([raw.decode("utf-8").rstrip("\r")], delimiter="\t"))
+        except UnicodeDecodeError as err:
+            yield number, RowError(f"not UTF-8 (byte {err.start})")
+            continue
+        if len(fields) != len(header):
+            yield number, RowError(f"expected {len(header)} tab-separated fields ({', '.join(header)}), "
+                                   f"got {len(fields)}")
+            continue
+        yield number, dict(zip(header, fields))
 
 
 def _iter_json_array(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
@@ -252,7 +294,7 @@ def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool
         raise TaskDataError(f"{path}: file not found")
     parser = ROW_PARSERS[fmt]
     questions, skipped, seen = [], [], set()
-    for line, obj in iter_json_records(path):
+    for line, obj in iter_tsv_records(path) if fmt == "imdb" else iter_json_records(path):
         try:
             if isinstance(obj, RowError):
                 raise obj

@@ -132,3 +132,28 @@ def test_greedy_cot_student_needs_the_greedy_corpus(tmp_path):
     greedy.parent.mkdir(parents=True)
     greedy.write_bytes(b"")
     assert student_rows(exp, cfg.students[0]) == (greedy, {"selector": "greedy"})
+
+
+def test_evaluation_only_task_and_in_context_examples_for_students(tmp_path, shared_data):
+    """A contrast set (or held-out task) is a task without training data; student_shots puts that task's exemplars
+    in front of the student's evaluation questions."""
+    from scotd.prompts import load_exemplars, student_prompt
+
+    folder = shared_data / "imdb_contrast"
+    (tmp_path / "exp.yaml").write_text(
+        "tasks:\n"
+        f"  - {{name: csqa, format: commonsenseqa, train: {shared_data / 'commonsenseqa' / 'train_rand_split.jsonl'},"
+        f" eval: {shared_data / 'commonsenseqa' / 'dev_rand_split.jsonl'}, max_train: 5, max_eval: 3}}\n"
+        f"  - {{name: imdb, format: imdb, eval: {folder / 'dev_original.tsv'}, max_eval: 4, student_shots: 2}}\n"
+        f"  - {{name: imdb-contrast, format: imdb, eval: {folder / 'dev_contrast.tsv'}, max_eval: 4}}\n"
+        f"students: [{{name: s}}]\noutput: {{dir: {tmp_path / 'out'}}}\n")
+    exp = Experiment(load_config(tmp_path / "exp.yaml"))
+    summary = stage_tasks(exp)
+    assert [summary[t]["train"] for t in ("csqa", "imdb", "imdb-contrast")] == [5, 0, 0]
+    assert [q.task for q in exp.questions("eval")] == ["csqa"] * 3 + ["imdb"] * 4 + ["imdb-contrast"] * 4
+    assert {q.task for q in exp.questions("train")} == {"csqa"}
+    q = exp.questions("eval")[3]
+    shots = load_exemplars("imdb", "imdb")[:2]
+    prompt = student_prompt(q, shots)
+    assert prompt.startswith("Q: " + shots[0].question.text) and prompt.endswith(student_prompt(q))
+    assert prompt.count("So the answer is:") == 2

@@ -55,3 +55,13 @@ def test_metrics_count_parse_failures():
 ])
 def test_self_consistency_vote(texts, chosen, tied):
     assert vote(texts, 3) == (chosen, tied)
+
+
+def test_report_has_a_per_task_table_when_there_are_several_tasks(tmp_path):
+    questions = {f"q{i}": Question(f"q{i}", "orig" if i < 4 else "contrast", "?", ("x", "y"), 0) for i in range(8)}
+    rows = [score("a", questions, qid, " (a)" if i in (0, 1, 2, 4) else " (b)") for i, qid in enumerate(questions)]
+    write_table(to_table(rows, PREDICTION_SCHEMA), tmp_path / "eval" / "a" / "predictions.parquet")
+    report = write_report(tmp_path, [{"run": "a", "kind": "scotd", "model": "m", "dir": "a"}])
+    assert report["rows"][0]["by_task"] == {"contrast": 0.25, "orig": 0.75}
+    assert "| run | contrast | orig |" in (tmp_path / "report.md").read_text()
+    assert "| a | 25.0 % | 75.0 % |" in (tmp_path / "report.md").read_text()

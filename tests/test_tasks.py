@@ -151,3 +151,25 @@ def test_hash_split_is_fixed_and_roughly_80_10_10():
     counts = Counter(hash_split(f"id-{i}") for i in range(5000))
     assert hash_split("id-7") == hash_split("id-7")
     assert 0.07 < counts["eval"] / 5000 < 0.13 and 0.07 < counts["dev"] / 5000 < 0.13
+
+
+def test_imdb_contrast_files_pair_rows_with_flipped_labels(shared_data):
+    folder = shared_data / "imdb_contrast"
+    original = load_questions(folder / "dev_original.tsv", "imdb", "imdb").questions
+    contrast = load_questions(folder / "dev_contrast.tsv", "imdb", "imdb-contrast").questions
+    assert len(original) == len(contrast) == 100
+    assert all(o.choices == c.choices == ("positive", "negative") for o, c in zip(original, contrast))
+    assert all(o.answer_index != c.answer_index for o, c in zip(original, contrast))  # minimal edit flips the label
+    assert all("<br />" not in q.text and q.text.startswith("What is the sentiment") for q in original + contrast)
+    assert [q.id for q in original[:2]] == ["imdb-2", "imdb-3"]  # data lines after the header
+
+
+@pytest.mark.parametrize("line, fault", [("Positive\tgood\textra", "expected 2 tab-separated fields"),
+                                         ("Neutral\tfine", "Sentiment must be Positive or Negative"),
+                                         ("Negative\t<br />", "empty Text")])
+def test_imdb_tsv_faults_name_file_and_line(tmp_path, line, fault):
+    path = tmp_path / "reviews.tsv"
+    path.write_text(f"Sentiment\tText\nPositive\tA fine film.\n{line}\n")
+    with pytest.raises(TaskDataError, match=rf"reviews.tsv:3: {fault}"):
+        load_questions(path, "imdb", "imdb")
+    assert load_questions(path, "imdb", "imdb", skip_bad_rows=True).num_skipped == 1
