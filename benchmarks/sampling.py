@@ -61,7 +61,7 @@ def main() -> None:
     from scotd.engine import build_llm, resolve_dtype, warm_prefix_cache
     from scotd.prompts import load_exemplars, stop_strings, teacher_prompt
     from scotd.tasks import load_questions
-    from scotd.teacher import engine_spec, question_seed, sample_rationales
+    from scotd.teacher import engine_spec, sample_rationales
 
     sweep = [int(x) for x in args.sweep.split(",") if x]
     pool = load_questions(args.data, "commonsenseqa", "csqa").questions[: max([args.questions, *sweep])]
@@ -84,7 +84,9 @@ def main() -> None:
     def bare(n: int, warm: bool) -> dict:
         """One ``generate`` call over all questions from an empty prefix cache; ``warm``: scotd's engine call
         (prompts computed once first, timed too), otherwise the plain call a user would write."""
-        params = [SamplingParams(n=n, temperature=1.0, max_tokens=args.max_new_tokens, seed=question_seed(0, q.id),
+        # No per-request seeds here: vLLM 0.32's CPU runner fails ("CPU Generator does not use offset") when a
+        # seeded request's prompt is prefilled in chunks, which a plain call over many long prompts does.
+        params = [SamplingParams(n=n, temperature=1.0, max_tokens=args.max_new_tokens,
                                  stop=stop_strings(len(q.choices)), include_stop_str_in_output=True, logprobs=0)
                   for q in questions]
         llm.reset_prefix_cache()

@@ -210,10 +210,14 @@ class VLLMGenerator:
             _use_bound_cores(os.environ["VLLM_CPU_OMP_THREADS_BIND"])
             normal_priority()
         s = self.sampling
+        sampled = s.temperature > 0
+        # Seeds only where sampling: greedy needs none, and vLLM 0.32's CPU runner fails on a seeded request whose
+        # prompt is prefilled in chunks (the prefix-cache warm-up keeps sampled prompts from being chunked).
         params = [
-            SamplingParams(n=int(n), temperature=s.temperature, top_p=s.top_p if s.temperature > 0 else 1.0,
-                           max_tokens=s.max_new_tokens, seed=int(seed), stop=json.loads(str(stop)),
-                           include_stop_str_in_output=True, logprobs=0 if s.logprobs else None)
+            SamplingParams(n=int(n), temperature=s.temperature, top_p=s.top_p if sampled else 1.0,
+                           max_tokens=s.max_new_tokens, seed=int(seed) if sampled else None,
+                           stop=json.loads(str(stop)), include_stop_str_in_output=True,
+                           logprobs=0 if s.logprobs else None)
             for n, seed, stop in zip(batch["n"], batch["seed"], batch["stop"])
         ]
         prompts = [self._prompt(str(p)) for p in batch["prompt"]]
