@@ -54,6 +54,11 @@ class TaskConfig:
     )
     max_train: int | None = opt(None, "Keep the first N training questions (after removing exemplar questions).")
     max_eval: int | None = opt(None, "Keep the first N evaluation questions.")
+    max_dev: int = opt(
+        0, "Development questions for choosing each student's checkpoint: the dataset's dev part for offline: "
+        "datasets, else carved from the training questions by a hash of their ids (and not trained on). Students "
+        "report their dev accuracy after every epoch. 0 = no dev split: the report shows the last checkpoint."
+    )
     skip_bad_rows: bool = opt(False, "Skip malformed rows and report their count instead of failing on the first.")
 
 
@@ -155,6 +160,10 @@ class EvalConfig:
     )
     self_consistency_temperature: float = opt(0.7, "Sampling temperature of the self-consistency answers.")
     teacher: bool = opt(True, "Evaluate the teacher (few-shot, greedy) as a reference row.")
+    checkpoint: Literal["best", "last"] = opt(
+        "best", "Which checkpoint of each student the report's main rows show when a dev split exists: the one with "
+        "the best dev accuracy or the last one. Both are evaluated; the report lists both."
+    )
     untrained: bool = opt(True, "Evaluate each distinct student base model before training (zero-shot, greedy).")
 
 

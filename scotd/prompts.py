@@ -62,6 +62,12 @@ def stop_strings(num_choices: int, extra: tuple[str, ...] = ("\n\n",)) -> list[s
     return [*extra, *(f"{ANSWER_PHRASE} ({letter(i)})" for i in range(num_choices))]
 
 
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """``text`` up to and including the earliest stop string, as the engine returns it (pure)."""
+    ends = [i + len(stop) for stop in stops if (i := text.find(stop)) >= 0]
+    return text[: min(ends)] if ends else text
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Parsing.
 

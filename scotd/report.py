@@ -60,7 +60,8 @@ def paired_differences(rows: list[dict], predictions: dict[str, dict[str, bool]]
 
 
 def build_report(exp_dir: Path, runs: list[dict]) -> dict:
-    """``runs``: [{"run": label, "kind": teacher|untrained|label_only|scotd, "model": ...}] in table order."""
+    """``runs``: [{"run": label, "kind": teacher|untrained|label_only|scotd, "model": ..., "dir": eval folder,
+    "extra": only in the checkpoint table}] in table order."""
     rows, correct_by_run = [], {}
     for spec in runs:
         path = exp_dir / "eval" / spec["dir"] / "predictions.parquet"
@@ -73,7 +74,10 @@ def build_report(exp_dir: Path, runs: list[dict]) -> dict:
             by_task.setdefault(p["task"], []).append(p)
         rows.append({**spec, **m, "ci95": [low, high], "predictions": str(path.relative_to(exp_dir)),
                      "by_task": {t: metrics_of(ps)["accuracy"] for t, ps in sorted(by_task.items())}})
-    report = {"experiment": exp_dir.name, "rows": rows, "differences": paired_differences(rows, correct_by_run)}
+    main = [r for r in rows if not r.get("extra")]
+    report = {"experiment": exp_dir.name, "rows": main, "extra_rows": [r for r in rows if r.get("extra")],
+              "differences": paired_differences(main, correct_by_run),
+              "checkpoints": checkpoint_selection(exp_dir, rows)}
     corpus_summary = exp_dir / "corpus" / "summary.json"
     if corpus_summary.exists():
         report["corpus"] = json.loads(corpus_summary.read_text())
@@ -81,6 +85,24 @@ def build_report(exp_dir: Path, runs: list[dict]) -> dict:
     if timings.exists():
         report["stage_seconds"] = json.loads(timings.read_text())
     return report
+
+
+def checkpoint_selection(exp_dir: Path, rows: list[dict]) -> list[dict]:
+    """Per trained student: dev accuracy by epoch, the best and last epochs, which one the main table shows and the
+    evaluation accuracy of each checkpoint that was evaluated."""
+    out = []
+    for r in rows:
+        if r.get("extra") or "student" not in r:
+            continue
+        path = exp_dir / "students" / r["student"] / "checkpoints.json"
+        chosen = json.loads(path.read_text()) if path.exists() else {}
+        accuracy = {r["checkpoint"]: r["accuracy"]}
+        accuracy.update({x["checkpoint"]: x["accuracy"] for x in rows
+                         if x.get("extra") and x.get("student") == r["student"] and "sc@" not in x["run"]})
+        out.append({"run": r["run"], "shown": r["checkpoint"], "last_epoch": chosen.get("last_epoch"),
+                    "best_epoch": chosen.get("best_epoch"), "dev_questions": chosen.get("dev_questions", 0),
+                    "dev": chosen.get("dev", []), "eval_accuracy": accuracy})
+    return out
 
 
 def render_markdown(report: dict) -> str:
@@ -111,6 +133,25 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {d['run']} | {d['versus']} | {100 * d['difference']:+.1f} points | {d['only_run_right']} "
                          f"| {d['only_versus_right']} | {d['p_value']:.3f} | "
                          f"{'within noise' if d['within_noise'] else 'significant'} |")
+    selection = [c for c in report.get("checkpoints", []) if "sc@" not in c["run"]]
+    if any(c["dev"] for c in selection):
+        lines += ["", "## Checkpoint selection", "",
+                  "Each student's dev accuracy (greedy, on questions held out of training) after every epoch; the "
+                  "main table shows the checkpoint named in 'shown' (config eval.checkpoint). Ties go to fewer parse "
+                  "failures, then to the later epoch.", "",
+                  "| student | dev accuracy by epoch | best epoch | last epoch | shown | eval accuracy, best | "
+                  "eval accuracy, last |", "|---|---|---|---|---|---|---|"]
+        for c in selection:
+            by_epoch = ", ".join(f"{d['epoch']}: {100 * d['dev_accuracy']:.1f} %" for d in c["dev"])
+            acc = c["eval_accuracy"]
+            same = c["best_epoch"] == c["last_epoch"]
+            best = acc.get("best", acc.get("last") if same else None)
+            last = acc.get("last", acc.get("best") if same else None)
+            cell = lambda v: "" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+            lines.append(f"| {c['run']} | {by_epoch} (n={c['dev_questions']}) | {c['best_epoch']} | "
+                         f"{c['last_epoch']} | {c['shown']} | {cell(best)} | {cell(last)} |")
+    else:
+        lines += ["", "Students are shown at their last checkpoint (no dev split configured: tasks[].max_dev)."]
     corpus = report.get("corpus")
     if corpus:
         lines += ["", "## Corpus", "",

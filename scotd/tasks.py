@@ -354,3 +354,16 @@ def load_hf_questions(spec: str, task: str, *, skip_bad_rows: bool = False) -> L
                 raise TaskDataError(f"{spec}:{number}: {err}") from None
             skipped.append(f"{spec}:{number}: {err}")
     return LoadResult(questions, len(skipped), skipped[:20])
+
+
+def carve_dev(train: list[Question], count: int) -> tuple[list[Question], list[Question]]:
+    """(train without dev, dev): the ``count`` training questions whose id hashes lowest become the dev split.
+
+    Depends only on the ids, so the same questions are held out in every run and on every machine; the training
+    questions keep their order.
+    """
+    if count <= 0:
+        return list(train), []
+    ranked = sorted(train, key=lambda q: hashlib.sha256(q.id.encode()).digest())
+    dev_ids = {q.id for q in ranked[:count]}
+    return [q for q in train if q.id not in dev_ids], [q for q in train if q.id in dev_ids]

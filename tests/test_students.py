@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from scotd.config import StudentConfig
 from scotd.prompts import student_prompt
 from scotd.schema import CORPUS_SCHEMA, to_table, write_table
-from scotd.student.train import STUDENT_META, train_students
+from scotd.student.train import STUDENT_META, best_key, train_students
 from scotd.tasks import load_questions
 from scotd.tiny import ensure_tiny_model
 
@@ -44,18 +44,28 @@ def corpus(shared_data, tmp_path_factory):
     return folder, model
 
 
-def job(folder, model, name: str, **overrides) -> dict:
+def job(folder, model, name: str, dev=None, **overrides) -> dict:
     settings = dict(method="scotd", learning_rate=3e-3, batch_size=8, micro_batch_size=8, warmup_steps=2,
                     grad_clip=1.0, max_length=128)
     cfg = StudentConfig(name=name, model=str(model), **{**settings, **overrides})
     return {"cfg": cfg, "model_path": str(model), "rows_path": str(folder / "corpus.parquet"),
-            "out_dir": str(folder / name), "storage_path": str(folder / "ray_train"), "meta": {"base_model": "tiny"}}
+            "out_dir": str(folder / name), "storage_path": str(folder / "ray_train"), "meta": {"base_model": "tiny"},
+            **({"dev": dev, "dev_max_new_tokens": 24} if dev else {})}
 
 
-def test_zero2_and_zero3_students_train_in_parallel(ray_cluster, corpus):
+def dev_questions(shared_data, count=12):
+    """Dev questions from the CommonsenseQA dev file (not in the training corpus)."""
+    questions = load_questions(shared_data / "commonsenseqa" / "dev_rand_split.jsonl", "commonsenseqa",
+                               "csqa").questions[:count]
+    return [{"prompt": student_prompt(q), "num_choices": len(q.choices), "answer_index": q.answer_index}
+            for q in questions]
+
+
+def test_zero2_and_zero3_students_train_in_parallel(ray_cluster, corpus, shared_data):
     folder, model = corpus
-    results = train_students([job(folder, model, "zero2", zero_stage=2, epochs=3),
-                              job(folder, model, "zero3", zero_stage=3, epochs=3)])
+    dev = dev_questions(shared_data)
+    results = train_students([job(folder, model, "zero2", zero_stage=2, epochs=3, dev=dev),
+                              job(folder, model, "zero3", zero_stage=3, epochs=3, dev=dev)])
     initial = load_file(str(model / "model.safetensors"))
     spans = []
     for result, stage in zip(results, (2, 3)):
@@ -70,6 +80,16 @@ def test_zero2_and_zero3_students_train_in_parallel(ray_cluster, corpus):
         meta = json.loads(open(os.path.join(result["model_dir"], STUDENT_META)).read())
         assert meta["student"]["zero_stage"] == stage and meta["epochs_done"] == 3
         spans.append((history[0]["started_at"], history[-1]["ended_at"]))
+        # dev accuracy after every epoch; the best checkpoint is the epoch best_key ranks first, exported when it
+        # is not the last one
+        assert all(h["dev_questions"] == len(dev) and 0 <= h["dev_accuracy"] <= 1 for h in history), history
+        selection = json.loads(open(os.path.join(os.path.dirname(result["model_dir"]), "checkpoints.json")).read())
+        assert selection["last_epoch"] == 3 and selection["dev_questions"] == len(dev)
+        assert selection["best_epoch"] == max(history, key=best_key)["epoch"]
+        best_dir = os.path.join(os.path.dirname(result["model_dir"]), "model-best")
+        assert os.path.isdir(best_dir) == (selection["best_epoch"] != 3)
+        if os.path.isdir(best_dir):
+            assert json.loads(open(os.path.join(best_dir, STUDENT_META)).read())["epochs_done"] == selection["best_epoch"]
     (start_a, end_a), (start_b, end_b) = spans
     assert start_a < end_b and start_b < end_a, f"the two students did not train at the same time: {spans}"
 

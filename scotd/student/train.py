@@ -126,13 +126,70 @@ def train_loop_per_worker(config: dict) -> None:
             padded += inputs["input_ids"].numel()
             target_tokens += int((inputs["labels"] != -100).sum())
         elapsed = time.monotonic() - started
-        metrics = {"epoch": epoch + 1, "loss": loss_sum / max(1, len(batches)), "micro_batches": len(batches),
+        dev = dev_metrics(engine.module, tokenizer, config["dev"], config["dev_max_new_tokens"], rank, world,
+                          batch_size=cfg.micro_batch_size, synced=cfg.zero_stage == 3) if config.get("dev") else {}
+        metrics = {**dev, "epoch": epoch + 1, "loss": loss_sum / max(1, len(batches)), "micro_batches": len(batches),
                    "tokens_per_s": real * world / elapsed, "real_token_share": real / max(1, padded),
                    "target_tokens": target_tokens, "lr": scheduler.get_last_lr()[0], "epoch_s": elapsed,
                    "started_at": started_at, "ended_at": time.time()}
         _report(engine, tokenizer, cfg, config, metrics, rank)
     if resume_dir:
         shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+def dev_metrics(model, tokenizer, dev: list[dict], max_new_tokens: int, rank: int, world: int, *, batch_size: int,
+                synced: bool) -> dict:
+    """Greedy answers of the model in training to the dev questions (``{"prompt", "num_choices", "answer_index"}``),
+    split over the ranks and summed: ``dev_accuracy`` chooses the checkpoint, ``dev_parse_failures`` explains it.
+
+    Ranks answer equally many questions (the last ones wrap around and are not counted) so that ZeRO-3 ranks, which
+    gather each layer's weights together, run the same number of forward passes (``synced``).
+    """
+    import torch
+    import torch.distributed as dist
+
+    from scotd.prompts import cut_at_stop, parse_answer, stop_strings
+
+    per_rank = -(-len(dev) // world)
+    mine = [(dev[(rank + k * world) % len(dev)], rank + k * world < len(dev)) for k in range(per_rank)]
+    texts = greedy_answers(model, tokenizer, [q["prompt"] for q, _ in mine], max_new_tokens, batch_size=batch_size,
+                           synced=synced and world > 1)
+    correct = failures = counted = 0
+    for (q, real), text in zip(mine, texts):
+        if not real:
+            continue
+        parsed = parse_answer(cut_at_stop(text, stop_strings(q["num_choices"])), q["num_choices"])
+        counted += 1
+        correct += parsed.index is not None and parsed.index == q["answer_index"]
+        failures += parsed.index is None
+    totals = torch.tensor([correct, failures, counted], dtype=torch.long, device=model.device)
+    if world > 1:
+        dist.all_reduce(totals)
+    correct, failures, counted = (int(v) for v in totals)
+    return {"dev_accuracy": correct / max(1, counted), "dev_parse_failures": failures, "dev_questions": counted}
+
+
+def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, *, batch_size: int,
+                   synced: bool = False) -> list[str]:
+    """Greedy completions of ``prompts`` by a transformers model, in left-padded batches."""
+    import torch
+
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # decoder-only batches pad on the left
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    texts: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(prompts), batch_size):
+            inputs = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True).to(model.device)
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
+                                     synced_gpus=synced)
+            texts += tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return texts
 
 
 def _report(engine, tokenizer, cfg: StudentConfig, config: dict, metrics: dict, rank: int) -> None:
@@ -154,34 +211,60 @@ def _report(engine, tokenizer, cfg: StudentConfig, config: dict, metrics: dict, 
 
 
 def fit_student(cfg: StudentConfig, model_path: str, rows_path: str, out_dir: str, storage_path: str,
-                meta: dict) -> dict:
-    """Train one student with ``TorchTrainer`` and export the final checkpoint to ``out_dir/model``."""
+                meta: dict, dev: list[dict] | None = None, dev_max_new_tokens: int = 128) -> dict:
+    """Train one student with ``TorchTrainer``; export the last checkpoint to ``out_dir/model`` and, with ``dev``
+    questions, the checkpoint with the best dev accuracy to ``out_dir/model-best`` when it is another epoch
+    (``out_dir/checkpoints.json`` says which epochs they are)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    dev = dev or []
+    # With a dev split Ray keeps the best-scoring checkpoint besides the latest; without, the last two.
+    keep = (CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="dev_accuracy", checkpoint_score_order="max")
+            if dev else CheckpointConfig(num_to_keep=2))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"student": asdict(cfg), "model_path": model_path, "rows_path": rows_path, "meta": meta,
-                           "history_path": str(Path(out_dir) / "history.jsonl")},
+                           "history_path": str(Path(out_dir) / "history.jsonl"), "dev": dev,
+                           "dev_max_new_tokens": dev_max_new_tokens},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(name=cfg.name, storage_path=storage_path,
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             checkpoint_config=keep,
                              failure_config=FailureConfig(max_failures=2)),
     )
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"student {cfg.name}: training ended without a checkpoint ({result.error})")
-    final = Path(out_dir) / "model"
-    tmp = Path(out_dir) / ".model.tmp"
+    history = [json.loads(line) for line in (Path(out_dir) / "history.jsonl").read_text().splitlines()]
+    last_epoch = int(result.metrics["epoch"])
+    selection = {"last_epoch": last_epoch, "best_epoch": None, "dev_questions": len(dev),
+                 "dev": [{k: h[k] for k in ("epoch", "dev_accuracy", "dev_parse_failures") if k in h}
+                         for h in {h["epoch"]: h for h in history}.values() if "dev_accuracy" in h]}
+    if dev:
+        best, best_metrics = max(result.best_checkpoints, key=lambda cm: best_key(cm[1]))
+        selection["best_epoch"] = int(best_metrics["epoch"])
+        if selection["best_epoch"] != last_epoch:
+            _export(best, Path(out_dir) / "model-best")
+    (Path(out_dir) / "checkpoints.json").write_text(json.dumps(selection, indent=2))
+    final = _export(result.checkpoint, Path(out_dir) / "model")  # last: its presence marks the student done
+    return {"name": cfg.name, "model_dir": str(final), "history": history, "selection": selection}
+
+
+def best_key(metrics: dict) -> tuple:
+    """Order of checkpoints by dev result: accuracy, then fewer parse failures, then the later epoch (pure)."""
+    return metrics["dev_accuracy"], -metrics.get("dev_parse_failures", 0), metrics["epoch"]
+
+
+def _export(checkpoint, final: Path) -> Path:
+    tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    result.checkpoint.to_directory(str(tmp))
+    checkpoint.to_directory(str(tmp))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    history = [json.loads(line) for line in (Path(out_dir) / "history.jsonl").read_text().splitlines()]
-    return {"name": cfg.name, "model_dir": str(final), "history": history}
+    return final
 
 
 def train_students(jobs: list[dict]) -> list[dict]:
