@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             report = exp.dir / "report.md"
             if report.exists() and "report" in stages:
                 print(report.read_text())
-            print(f"artifacts: {exp.dir}")
+            print(f"artifacts: {exp.mirror.uri} (local copy: {exp.dir})" if exp.mirror.uri else f"artifacts: {exp.dir}")
         elif args.command == "report":
             config = load_config(args.experiment_dir / "config.yaml")
             exp = pipeline.run(config, ("report",))

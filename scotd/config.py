@@ -160,11 +160,20 @@ class EvalConfig:
     )
     self_consistency_temperature: float = opt(0.7, "Sampling temperature of the self-consistency answers.")
     teacher: bool = opt(True, "Evaluate the teacher (few-shot, greedy) as a reference row.")
+    judge_pairs: tuple[tuple[str, ...], ...] = opt(
+        (), "Pairs of evaluation runs whose rationales a judge model compares question by question, e.g. "
+        "[[scotd, teacher], [scotd, scotd-n1]] (scotd/judge.py); the pairs are also exported for people to rate."
+    )
+    judge_model: str = opt("", "The judge (same forms as teacher.model); empty: the teacher.")
     checkpoint: Literal["best", "last"] = opt(
         "best", "Which checkpoint of each student the report's main rows show when a dev split exists: the one with "
         "the best dev accuracy or the last one. Both are evaluated; the report lists both."
     )
     untrained: bool = opt(True, "Evaluate each distinct student base model before training (zero-shot, greedy).")
+    untrained_shots: int = opt(
+        0, "Also evaluate each untrained student base model few-shot: this many exemplars with rationales before "
+        "each question (the paper's few-shot prompted student). 0 = zero-shot only."
+    )
 
 
 @dataclass(frozen=True)

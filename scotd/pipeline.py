@@ -51,9 +51,12 @@ class Experiment:
     """Paths and helpers shared by the stages of one experiment folder."""
 
     def __init__(self, cfg: ExperimentConfig):
+        from scotd.storage import Mirror, local_copy
+
         self.cfg = cfg
-        self.dir = Path(cfg.output.dir).expanduser().resolve()
         self.cache = Path(cfg.output.cache_dir).expanduser()
+        self.dir = local_copy(cfg.output.dir, self.cache)  # output.dir itself, or the local copy of its URI
+        self.mirror = Mirror(cfg.output.dir, self.dir)
 
     def exemplars(self, task: TaskConfig) -> list[Exemplar]:
         found = load_exemplars(task.exemplars or DEFAULT_EXEMPLARS[task.format], task.name)
@@ -162,11 +165,13 @@ def stage_teacher(exp: Experiment) -> dict:
 
     cfg = exp.cfg.teacher
     model = exp.resolve_model(cfg.model)
+    push = lambda block: exp.mirror.push(str(block.relative_to(exp.dir)))  # noqa: E731 - each block as written
     summary = sample_rationales(exp.questions("train"), exp.all_exemplars(), cfg, exp.cfg.resources, model,
-                                exp.dir / "teacher")
+                                exp.dir / "teacher", on_block=push)
     if cfg.greedy_rationales:
         summary["greedy"] = sample_rationales(exp.questions("train"), exp.all_exemplars(), cfg, exp.cfg.resources,
-                                              model, exp.dir / "teacher" / "greedy", num_samples=1, temperature=0.0)
+                                              model, exp.dir / "teacher" / "greedy", num_samples=1, temperature=0.0,
+                                              on_block=push)
     return summary
 
 
@@ -198,8 +203,10 @@ def stage_students(exp: Experiment) -> list[dict]:
                                   if s.method == "scotd" else render_answer(None, 0)},
                 "base_model": s.model, "corpus_summary": _read_json(exp.dir / "corpus" / "summary.json"),
                 "selection": selection}
-        jobs.append({"cfg": s, "model_path": exp.resolve_model(s.model), "rows_path": str(rows),
-                     "out_dir": str(out), "storage_path": str(exp.dir / "ray_train"), "meta": meta,
+        exp.mirror.push(str(rows.relative_to(exp.dir)))  # workers on other nodes read it from output.dir
+        jobs.append({"cfg": s, "model_path": exp.resolve_model(s.model),
+                     "rows_path": exp.mirror.remote(str(rows.relative_to(exp.dir))), "out_dir": str(out),
+                     "storage_path": exp.mirror.remote("ray_train"), "meta": meta,
                      "dev": dev, "dev_max_new_tokens": exp.cfg.eval.max_new_tokens})
     return train_students(jobs) if jobs else []
 
@@ -255,15 +262,42 @@ def stage_eval(exp: Experiment) -> list[dict]:
         spec = engine_spec(cfg.teacher, model)
         if run["kind"] != "teacher":
             spec = replace(spec, tensor_parallel_size=1, pipeline_parallel_size=1, chat_template=False)
+        k = run.get("shots")  # a few-shot prompted untrained student; otherwise the task's student_shots
         prompt_fn = ((lambda q: teacher_prompt(q, shots[q.task])) if run["kind"] == "teacher"
-                     else (lambda q: student_prompt(q, shots[q.task][: student_shots[q.task]])))
+                     else (lambda q, k=k: student_prompt(q, shots[q.task][: k if k else student_shots[q.task]])))
         teacher = run["kind"] == "teacher"
         results.append(evaluate_run(run["run"], questions, prompt_fn, spec, max_new_tokens=cfg.eval.max_new_tokens,
                                     batch_size=cfg.eval.batch_size, num_cpus=cfg.resources.engine_cpus,
                                     out_dir=exp.dir / "eval", replicas=replica_range(cfg.teacher) if teacher else 1,
                                     resource=cfg.teacher.resource if teacher else None, samples=run["samples"],
                                     temperature=cfg.eval.self_consistency_temperature, run_dir=run["dir"]))
+        exp.mirror.push(f"eval/{run['dir']}")
+    if cfg.eval.judge_pairs:
+        stage_judge(exp, runs)
     return results
+
+
+def stage_judge(exp: Experiment, runs: list[dict]) -> list[dict]:
+    """The pairwise rationale judge over ``eval.judge_pairs`` (greedy predictions of both runs)."""
+    from scotd.judge import judge_runs
+    from scotd.teacher import engine_spec, replica_range
+
+    cfg = exp.cfg
+    by_run = {r["run"]: r for r in runs if r["samples"] == 1}
+    for i, pair in enumerate(cfg.eval.judge_pairs):
+        missing = [name for name in pair if name not in by_run]
+        if len(pair) != 2 or missing:
+            raise ValueError(f"eval.judge_pairs.{i}: expected two evaluation runs of {sorted(by_run)}, got "
+                             f"{list(pair)}")
+    spec = engine_spec(cfg.teacher, exp.resolve_model(cfg.eval.judge_model or cfg.teacher.model))
+    preds = lambda run: read_table(exp.dir / "eval" / by_run[run]["dir"] / "predictions.parquet").to_pylist()  # noqa: E731
+    summaries = []
+    for a, b in cfg.eval.judge_pairs:
+        summaries.append(judge_runs(exp.questions("eval"), a, b, preds(a), preds(b), spec, out_dir=exp.dir / "judge",
+                                    num_cpus=cfg.resources.engine_cpus, batch_size=cfg.eval.batch_size,
+                                    seed=cfg.teacher.seed, replicas=replica_range(cfg.teacher),
+                                    resource=cfg.teacher.resource))
+    return summaries
 
 
 def eval_runs(cfg: ExperimentConfig, exp_dir: Path | None = None) -> list[dict]:
@@ -281,6 +315,10 @@ def eval_runs(cfg: ExperimentConfig, exp_dir: Path | None = None) -> list[dict]:
     if cfg.eval.untrained:
         for model in dict.fromkeys(s.model for s in cfg.students):
             runs.append({"run": f"untrained:{model}", "kind": "untrained", "model_ref": model})
+            if cfg.eval.untrained_shots:
+                k = cfg.eval.untrained_shots
+                runs.append({"run": f"untrained:{model} {k}-shot", "kind": "untrained", "model_ref": model,
+                             "shots": k})
     extra = []
     for s in cfg.students:
         row = {"run": s.name, "kind": s.method, "model_ref": s.model, "student": s.name, "model_subdir": "model"}
@@ -308,11 +346,19 @@ def eval_runs(cfg: ExperimentConfig, exp_dir: Path | None = None) -> list[dict]:
 def stage_report(exp: Experiment) -> dict:
     from scotd.report import write_report
 
+    students = {s.name: s for s in exp.cfg.students}
     runs = [{"run": r["run"], "kind": r["kind"], "model": r["model_ref"], "dir": r["dir"], "extra": r["extra"],
-             **({"student": r["student"], "checkpoint": r["checkpoint"], "epoch": r["epoch"]} if "student" in r else {})}
+             **({"student": r["student"], "checkpoint": r["checkpoint"], "epoch": r["epoch"],
+                 "selector": students[r["student"]].selector, "selector_k": students[r["student"]].selector_k,
+                 "num_samples": exp.cfg.teacher.num_samples} if "student" in r else {})}
             for r in eval_runs(exp.cfg, exp.dir)]
     return write_report(exp.dir, runs)
 
+
+# What each stage writes, relative to the experiment folder (pushed to output.dir when it is a URI).
+STAGE_OUTPUTS = {"tasks": ("questions",), "teacher": ("teacher", "models"), "corpus": ("corpus",),
+                 "students": ("students", "models"), "eval": ("eval", "judge"),
+                 "report": ("report.json", "report.md", "report.png", "report-n-curve.png", "report-selectors.png")}
 
 STAGE_FUNCTIONS = {"tasks": stage_tasks, "teacher": stage_teacher, "corpus": stage_corpus,
                    "students": stage_students, "eval": stage_eval, "report": stage_report}
@@ -329,6 +375,7 @@ def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES) -> Experiment:
         raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
     exp = Experiment(cfg)
     exp.dir.mkdir(parents=True, exist_ok=True)
+    exp.mirror.pull()  # a rerun from a fresh machine resumes from what output.dir already holds
     (exp.dir / "config.yaml").write_text(dump_config(cfg))
     timings_path = exp.dir / "timings.json"
     timings = _read_json(timings_path) or {}
@@ -340,8 +387,10 @@ def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES) -> Experiment:
             STAGE_FUNCTIONS[stage](exp)
             timings[stage] = round(time.monotonic() - started, 1)
             timings_path.write_text(json.dumps(timings, indent=2))
+            exp.mirror.push(*STAGE_OUTPUTS[stage], "config.yaml", "timings.json")
     if "report" in stages:
         stage_report(exp)  # again, so the report carries this run's final stage timings
+        exp.mirror.push(*STAGE_OUTPUTS["report"])
     return exp
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -38,6 +39,30 @@ def mcnemar_p(only_first: int, only_second: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def bootstrap_interval(flags: list[bool], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of an accuracy from per-question correctness (resampling questions)."""
+    if not flags:
+        return (0.0, 0.0)
+    rng = random.Random(seed)
+    n = len(flags)
+    stats = sorted(sum(flags[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    return (stats[int(0.025 * resamples)], stats[int(0.975 * resamples) - 1])
+
+
+def paired_bootstrap(a: list[bool], b: list[bool], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of accuracy(a) - accuracy(b), resampling the shared questions."""
+    if not a:
+        return (0.0, 0.0)
+    rng = random.Random(seed)
+    n = len(a)
+    diffs = []
+    for _ in range(resamples):
+        picks = [rng.randrange(n) for _ in range(n)]
+        diffs.append(sum(a[i] - b[i] for i in picks) / n)
+    diffs.sort()
+    return (diffs[int(0.025 * resamples)], diffs[int(0.975 * resamples) - 1])
+
+
 def paired_differences(rows: list[dict], predictions: dict[str, dict[str, bool]]) -> list[dict]:
     """Each SCoTD row against every other row, on the questions both answered."""
     out = []
@@ -52,8 +77,10 @@ def paired_differences(rows: list[dict], predictions: dict[str, dict[str, bool]]
             only_a = sum(pa[q] and not pb[q] for q in shared)
             only_b = sum(pb[q] and not pa[q] for q in shared)
             p = mcnemar_p(only_a, only_b)
+            low, high = paired_bootstrap([pa[q] for q in shared], [pb[q] for q in shared])
             out.append({"run": a["run"], "versus": b["run"], "questions": len(shared),
                         "difference": (only_a - only_b) / len(shared) if shared else 0.0,
+                        "bootstrap95": [low, high],
                         "only_run_right": only_a, "only_versus_right": only_b, "p_value": p,
                         "within_noise": p >= 0.05})
     return out
@@ -72,12 +99,15 @@ def build_report(exp_dir: Path, runs: list[dict]) -> dict:
         by_task: dict[str, list[dict]] = {}
         for p in preds:
             by_task.setdefault(p["task"], []).append(p)
-        rows.append({**spec, **m, "ci95": [low, high], "predictions": str(path.relative_to(exp_dir)),
+        flags = [bool(p["correct"]) for p in sorted(preds, key=lambda p: p["question_id"])]
+        rows.append({**spec, **m, "ci95": [low, high], "bootstrap95": list(bootstrap_interval(flags)),
+                     "predictions": str(path.relative_to(exp_dir)),
                      "by_task": {t: metrics_of(ps)["accuracy"] for t, ps in sorted(by_task.items())}})
     main = [r for r in rows if not r.get("extra")]
     report = {"experiment": exp_dir.name, "rows": main, "extra_rows": [r for r in rows if r.get("extra")],
-              "differences": paired_differences(main, correct_by_run),
+              "differences": paired_differences(main, correct_by_run), "studies": studies(main),
               "checkpoints": checkpoint_selection(exp_dir, rows)}
+    report["judge"] = [json.loads(p.read_text()) for p in sorted((exp_dir / "judge").glob("*/summary.json"))]
     corpus_summary = exp_dir / "corpus" / "summary.json"
     if corpus_summary.exists():
         report["corpus"] = json.loads(corpus_summary.read_text())
@@ -85,6 +115,33 @@ def build_report(exp_dir: Path, runs: list[dict]) -> dict:
     if timings.exists():
         report["stage_seconds"] = json.loads(timings.read_text())
     return report
+
+
+def studies(rows: list[dict]) -> dict:
+    """The paper's comparisons, read off the greedy student rows (each row names its model, method, selector and
+    selector_k; ``num_samples`` is the teacher's N, which selector "all" uses):
+
+    - ``n_curve``: accuracy against N for SCoTD students trained on the first N samples (selector first_n) or all;
+    - ``selectors``: accuracy per corpus selector (random, likelihood, diverse, open_ended) next to all N;
+    - ``methods``: accuracy per method (label-only, greedy CoT, SCoTD) and student model.
+    """
+    students = [r for r in rows if "student" in r and "sc@" not in r["run"]]
+    n_curve, selectors, methods = [], [], []
+    for r in students:
+        base = {"run": r["run"], "model": r["model"], "accuracy": r["accuracy"], "total": r["total"]}
+        selector = r.get("selector", "all")
+        if r["kind"] == "scotd" and selector in ("first_n", "all") and r.get("num_samples"):
+            n_curve.append({**base, "n": r["selector_k"] if selector == "first_n" else r["num_samples"]})
+        if r["kind"] == "scotd" and selector in ("all", "random", "likelihood", "diverse", "open_ended"):
+            selectors.append({**base, "selector": selector, "k": r.get("selector_k")})
+        if r["kind"] == "label_only" or selector in ("all", "greedy"):
+            method = {"label_only": "label-only", "scotd": "greedy CoT" if selector == "greedy" else "SCoTD"}
+            methods.append({**base, "method": method[r["kind"]]})
+    n_curve.sort(key=lambda x: (x["model"], x["n"]))
+    return {"n_curve": n_curve if len({x["n"] for x in n_curve}) > 1 else [],
+            "selectors": selectors if len({x["selector"] for x in selectors}) > 1 else [],
+            "methods": methods if len({x["method"] for x in methods}) > 1 or len({x["model"] for x in methods}) > 1
+            else []}
 
 
 def checkpoint_selection(exp_dir: Path, rows: list[dict]) -> list[dict]:
@@ -107,13 +164,16 @@ def checkpoint_selection(exp_dir: Path, rows: list[dict]) -> list[dict]:
 
 def render_markdown(report: dict) -> str:
     lines = [f"# scotd report: {report['experiment']}", "",
-             "Greedy accuracy on the evaluation split; 95 % Wilson intervals.", "",
-             "| run | kind | model | accuracy | 95 % CI | correct / total | parse failures |",
-             "|---|---|---|---|---|---|---|"]
+             "Greedy accuracy on the evaluation split; 95 % intervals: Wilson score and percentile bootstrap "
+             "(2,000 resamples of the questions).", "",
+             "| run | kind | model | accuracy | 95 % CI | bootstrap 95 % | correct / total | parse failures |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         low, high = r["ci95"]
+        b_low, b_high = r.get("bootstrap95", (0.0, 0.0))
         lines.append(f"| {r['run']} | {r['kind']} | {r['model']} | {100 * r['accuracy']:.1f} % | "
-                     f"{100 * low:.1f}-{100 * high:.1f} | {r['correct']} / {r['total']} | {r['parse_failures']} |")
+                     f"{100 * low:.1f}-{100 * high:.1f} | {100 * b_low:.1f}-{100 * b_high:.1f} | "
+                     f"{r['correct']} / {r['total']} | {r['parse_failures']} |")
     tasks = sorted({t for r in report["rows"] for t in r["by_task"]})
     if len(tasks) > 1:
         lines += ["", "## By task", "", "Accuracy per task (contrast sets and held-out tasks are tasks of their own).", "",
@@ -126,13 +186,50 @@ def render_markdown(report: dict) -> str:
     differences = report.get("differences")
     if differences:
         lines += ["", "## SCoTD against the other rows", "",
-                  "Same questions; McNemar's exact test on the questions only one of the two got right.", "",
-                  "| SCoTD run | versus | difference | only SCoTD right | only other right | p | |",
-                  "|---|---|---|---|---|---|---|"]
+                  "Same questions; McNemar's exact test on the questions only one of the two got right, and a "
+                  "paired bootstrap interval of the difference.", "",
+                  "| SCoTD run | versus | difference | bootstrap 95 % | only SCoTD right | only other right | p | |",
+                  "|---|---|---|---|---|---|---|---|"]
         for d in differences:
-            lines.append(f"| {d['run']} | {d['versus']} | {100 * d['difference']:+.1f} points | {d['only_run_right']} "
+            b_low, b_high = d.get("bootstrap95", (0.0, 0.0))
+            lines.append(f"| {d['run']} | {d['versus']} | {100 * d['difference']:+.1f} points | "
+                         f"{100 * b_low:+.1f} to {100 * b_high:+.1f} | {d['only_run_right']} "
                          f"| {d['only_versus_right']} | {d['p_value']:.3f} | "
                          f"{'within noise' if d['within_noise'] else 'significant'} |")
+    study = report.get("studies", {})
+    if study.get("methods"):
+        models = list(dict.fromkeys(x["model"] for x in study["methods"]))
+        names = list(dict.fromkeys(x["method"] for x in study["methods"]))
+        cell = {(x["method"], x["model"]): x["accuracy"] for x in study["methods"]}
+        lines += ["", "## Method by student model", "", "| method | " + " | ".join(models) + " |",
+                  "|---|" + "---|" * len(models)]
+        lines += [f"| {m} | " + " | ".join(f"{100 * cell[(m, mo)]:.1f} %" if (m, mo) in cell else ""
+                                          for mo in models) + " |" for m in names]
+    if study.get("n_curve"):
+        lines += ["", "## Rationales per question (N-curve)", "",
+                  "SCoTD students trained on the first N samples of each question (after filtering).", "",
+                  "| model | N | run | accuracy |", "|---|---|---|---|"]
+        lines += [f"| {x['model']} | {x['n']} | {x['run']} | {100 * x['accuracy']:.1f} % |" for x in study["n_curve"]]
+        if report.get("chart_n_curve"):
+            lines += ["", f"![accuracy against N]({report['chart_n_curve']})"]
+    if study.get("selectors"):
+        lines += ["", "## Corpus selectors", "", "Same sampled corpus, different rationales kept per question.", "",
+                  "| model | selector | k | run | accuracy |", "|---|---|---|---|---|"]
+        lines += [f"| {x['model']} | {x['selector']} | {x['k'] if x['selector'] != 'all' else 'all'} | {x['run']} | "
+                  f"{100 * x['accuracy']:.1f} % |" for x in study["selectors"]]
+        if report.get("chart_selectors"):
+            lines += ["", f"![accuracy by selector]({report['chart_selectors']})"]
+    if report.get("judge"):
+        lines += ["", "## Rationale quality (pairwise judge)", "",
+                  "The judge compared the two runs' rationales for each question both answered with one, shown in a "
+                  "random order; sign test on the pairs it did not call a tie. The same pairs are in "
+                  "judge/<a>__vs__<b>/pairs.jsonl for people to rate.", "",
+                  "| run a | run b | judge | pairs | a better | b better | ties | unparsed | p | |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for j in report["judge"]:
+            lines.append(f"| {j['a']} | {j['b']} | {j['judge']} | {j['pairs']} | {j['wins_a']} | {j['wins_b']} | "
+                         f"{j['ties']} | {j['unparsed']} | {j['p_value']:.3f} | "
+                         f"{'within noise' if j['within_noise'] else 'significant'} |")
     selection = [c for c in report.get("checkpoints", []) if "sc@" not in c["run"]]
     if any(c["dev"] for c in selection):
         lines += ["", "## Checkpoint selection", "",
@@ -190,11 +287,47 @@ def plot_accuracy(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_study(points: list[dict], x: str, path: Path, title: str) -> None:
+    """Accuracy against ``x`` (N: a line per student model; selector: grouped bars per model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    models = list(dict.fromkeys(p["model"] for p in points))
+    if x == "n":
+        for model in models:
+            mine = sorted((p for p in points if p["model"] == model), key=lambda p: p["n"])
+            ax.plot([p["n"] for p in mine], [100 * p["accuracy"] for p in mine], marker="o", label=model)
+        ax.set_xlabel("rationales per question (N)")
+    else:
+        keys = list(dict.fromkeys(p[x] for p in points))
+        width = 0.8 / len(models)
+        for m, model in enumerate(models):
+            acc = {p[x]: 100 * p["accuracy"] for p in points if p["model"] == model}
+            ax.bar([k + m * width for k in range(len(keys))], [acc.get(key, 0.0) for key in keys], width, label=model)
+        ax.set_xticks([k + width * (len(models) - 1) / 2 for k in range(len(keys))], keys, fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_report(exp_dir: Path, runs: list[dict]) -> dict:
     report = build_report(exp_dir, runs)
     if report["rows"]:
         plot_accuracy(report, exp_dir / "report.png")
         report["chart"] = "report.png"
+    if report["studies"]["n_curve"]:
+        plot_study(report["studies"]["n_curve"], "n", exp_dir / "report-n-curve.png", "accuracy against N")
+        report["chart_n_curve"] = "report-n-curve.png"
+    if report["studies"]["selectors"]:
+        plot_study(report["studies"]["selectors"], "selector", exp_dir / "report-selectors.png",
+                   "accuracy by corpus selector")
+        report["chart_selectors"] = "report-selectors.png"
     (exp_dir / "report.json").write_text(json.dumps(report, indent=2))
     (exp_dir / "report.md").write_text(render_markdown(report))
     return report

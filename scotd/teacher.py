@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import pyarrow.parquet as pq
 
@@ -100,9 +101,11 @@ def finished_question_ids(samples_dir: Path) -> set[str]:
 
 def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemplar]], cfg: TeacherConfig,
                       resources: ResourcesConfig, model_path: str, out_dir: Path, *, block_questions: int | None = None,
-                      num_samples: int | None = None, temperature: float | None = None) -> dict:
+                      num_samples: int | None = None, temperature: float | None = None,
+                      on_block: Callable[[Path], None] | None = None) -> dict:
     """Sample ``num_samples`` (default ``cfg.num_samples``) rationales per question into ``out_dir/samples``.
 
+    ``on_block`` is called with each block file once it is complete (the job mirrors it to remote storage).
     Returns the sampling summary (also written to ``out_dir/sampling_summary.json``).
     """
     import ray
@@ -147,10 +150,10 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
                     complete.extend(by_question.pop(str(row["question_id"])))
             first_call_at = min(first_call_at, float(batch["call_started_at"].min()))
             if len(complete) >= block_questions * n:
-                _write_block(samples_dir, complete)
+                _written(_write_block(samples_dir, complete), on_block)
                 complete = []
         if complete:
-            _write_block(samples_dir, complete)
+            _written(_write_block(samples_dir, complete), on_block)
         if by_question:
             raise RuntimeError(f"teacher: {len(by_question)} questions came back with fewer than {n} samples")
     ended, ended_at = time.monotonic(), time.time()
@@ -163,9 +166,16 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
     return summary
 
 
-def _write_block(samples_dir: Path, rows: list[dict]) -> None:
+def _write_block(samples_dir: Path, rows: list[dict]) -> Path:
     rows.sort(key=lambda r: (r["question_id"], r["sample_index"]))
-    write_table(to_table(rows, SAMPLE_SCHEMA), samples_dir / f"block-{int(time.time())}-{uuid.uuid4().hex[:8]}.parquet")
+    path = samples_dir / f"block-{int(time.time())}-{uuid.uuid4().hex[:8]}.parquet"
+    write_table(to_table(rows, SAMPLE_SCHEMA), path)
+    return path
+
+
+def _written(path: Path, on_block: Callable[[Path], None] | None) -> None:
+    if on_block:
+        on_block(path)
 
 
 def summarize_samples(samples_dir: Path, *, wall_s: float, samples: int, generated_tokens: int,

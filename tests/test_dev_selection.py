@@ -8,8 +8,8 @@ import pytest
 
 from scotd.config import load_config
 from scotd.evaluate import score
-from scotd.pipeline import Experiment, eval_runs, format_texts, stage_tasks
-from scotd.prompts import cut_at_stop, load_exemplars, parse_answer, stop_strings, student_prompt
+from scotd.pipeline import Experiment, eval_runs, stage_tasks
+from scotd.prompts import cut_at_stop, stop_strings, student_prompt
 from scotd.report import write_report
 from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
 from scotd.student.train import best_key, dev_metrics

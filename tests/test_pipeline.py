@@ -21,12 +21,15 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tiny_run(ray_cluster, shared_data, tmp_path_factory):
     """Submit the tiny preset with `ray job submit` to the session's Ray head, as a user would, watching the scotd
-    sampling metrics on the head's Prometheus endpoint while it runs."""
+    sampling metrics on the head's Prometheus endpoint while it runs. ``output.dir`` is a file:// URI, so every
+    artifact goes through the storage mirror (scotd/storage.py) and Ray Train's checkpoints through pyarrow."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     out = tmp_path_factory.mktemp("tiny")
+    cache = tmp_path_factory.mktemp("cache")
     csqa = shared_data / "commonsenseqa"
-    overrides = [f"output.dir={out}", f"tasks.0.train={csqa / 'train_rand_split.jsonl'}",
+    overrides = [f"output.dir=file://{out}", f"output.cache_dir={cache}",
+                 f"tasks.0.train={csqa / 'train_rand_split.jsonl'}",
                  f"tasks.0.eval={csqa / 'dev_rand_split.jsonl'}"]
     job_id = f"scotd-tiny-{uuid.uuid4().hex[:8]}"
     subprocess.run([RAY, "job", "submit", "--address", ray_cluster.dashboard_url, "--submission-id", job_id,
@@ -58,7 +61,9 @@ def scrape_counter(url: str, name: str, **labels) -> float:
 
 def test_job_succeeded_printed_the_report_and_reported_metrics(tiny_run):
     cfg, out, logs, seen = tiny_run
-    assert "| scotd | scotd | tiny:student |" in logs and f"artifacts: {out}" in logs
+    assert "| scotd | scotd | tiny:student |" in logs and f"artifacts: file://{out} (local copy: " in logs
+    # Ray Train wrote the students' checkpoints to the URI itself
+    assert list((out / "ray_train" / "scotd").glob("checkpoint_*/scotd_student.json"))
     assert 0 < seen <= cfg.tasks[0].max_train * cfg.teacher.num_samples
 
 
@@ -137,16 +142,46 @@ def test_report_equals_recount_of_predictions(tiny_run):
     assert set(report["stage_seconds"]) == {"tasks", "teacher", "corpus", "students", "eval", "report"}
 
 
-def test_resolved_config_saved_and_rerun_skips_finished_work(tiny_run):
+def test_judge_compared_the_rationales_of_both_runs(tiny_run):
+    from scotd.judge import make_pairs
+    from scotd.tasks import Question
+
+    cfg, out, _, _ = tiny_run
+    folder = out / "judge" / "scotd__vs__teacher"
+    summary = json.loads((folder / "summary.json").read_text())
+    pairs = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
+    verdicts = pq.read_table(folder / "verdicts.parquet").to_pylist()
+    assert summary["pairs"] == len(pairs) == len(verdicts) > 0
+    assert summary["wins_a"] + summary["wins_b"] + summary["ties"] + summary["unparsed"] == len(pairs)
+    # the pairs are exactly those rebuilt from the two runs' saved predictions
+    questions = {r["question_id"]: Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]),
+                                            r["answer_index"])
+                 for r in pq.read_table(out / "questions" / "eval.parquet").to_pylist()}
+    preds = {run: pq.read_table(out / "eval" / run / "predictions.parquet").to_pylist() for run in ("scotd", "teacher")}
+    assert make_pairs(questions, "scotd", "teacher", preds["scotd"], preds["teacher"], cfg.teacher.seed) == pairs
+    assert all(v["text"] is not None for v in verdicts)  # the judge answered every pair (parseable or not)
+    report = json.loads((out / "report.json").read_text())
+    assert report["judge"] == [summary] and "## Rationale quality (pairwise judge)" in (out / "report.md").read_text()
+
+
+def test_resolved_config_saved_and_rerun_on_a_fresh_machine_skips_finished_work(tiny_run):
+    """A rerun whose local copy is gone (another machine) pulls the URI's artifacts and redoes nothing."""
+    import shutil
+    from pathlib import Path
+
     from scotd import pipeline
+    from scotd.storage import local_copy
 
     cfg, out, _, _ = tiny_run
     assert load_config(out / "config.yaml") == cfg
-    before = {p: p.stat().st_mtime_ns for p in (out / "teacher" / "samples").glob("*.parquet")}
-    pipeline.run(cfg, ("teacher", "students"))
+    shutil.rmtree(local_copy(cfg.output.dir, Path(cfg.output.cache_dir)))
+    watched = [*(out / "teacher" / "samples").glob("*.parquet"), out / "students" / "scotd" / "model" / "model.safetensors"]
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    exp = pipeline.run(cfg, ("teacher", "students"))
+    assert (exp.dir / "students" / "scotd" / "model" / "model.safetensors").exists()  # pulled back
     summary = json.loads((out / "teacher" / "sampling_summary.json").read_text())
     assert summary["questions_sampled_this_run"] == 0
-    assert {p: p.stat().st_mtime_ns for p in (out / "teacher" / "samples").glob("*.parquet")} == before
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
 
 
 def test_import_scotd_is_light():

@@ -157,3 +157,12 @@ def test_evaluation_only_task_and_in_context_examples_for_students(tmp_path, sha
     prompt = student_prompt(q, shots)
     assert prompt.startswith("Q: " + shots[0].question.text) and prompt.endswith(student_prompt(q))
     assert prompt.count("So the answer is:") == 2
+
+
+def test_few_shot_untrained_rows(tmp_path):
+    cfg = load_config(write_cfg(tmp_path, "a.jsonl"), ["students=[{name: a, model: m1}, {name: b, model: m2}]",
+                                                       "eval.untrained_shots=3"])
+    runs = eval_runs(cfg)
+    assert [(r["run"], r.get("shots")) for r in runs if r["kind"] == "untrained"] == [
+        ("untrained:m1", None), ("untrained:m1 3-shot", 3), ("untrained:m2", None), ("untrained:m2 3-shot", 3)]
+    assert len({r["dir"] for r in runs}) == len(runs)

@@ -1,5 +1,6 @@
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 from scotd.evaluate import metrics_of, score, vote
@@ -27,10 +28,12 @@ def test_report_recounts_predictions(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert md == render_markdown(report) and "| a | scotd | m | 33.3 % |" in md and "| 9 / 9 |" in md
     # a is right on q0, q3, q6 only; b on all 9: 6 discordant questions, all for b
+    low, high = report["differences"][0].pop("bootstrap95")
+    assert -1.0 <= low <= -6 / 9 <= high < 0  # the paired bootstrap interval holds the difference, excludes 0
     assert report["differences"] == [{"run": "a", "versus": "b", "questions": 9, "difference": -6 / 9,
                                       "only_run_right": 0, "only_versus_right": 6, "p_value": 2 / 64,
                                       "within_noise": False}]
-    assert "| a | b | -66.7 points | 0 | 6 | 0.031 | significant |" in md
+    assert f"| a | b | -66.7 points | {100 * low:+.1f} to {100 * high:+.1f} | 0 | 6 | 0.031 | significant |" in md
     png = (tmp_path / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000 and "![accuracy by run](report.png)" in md
 
@@ -65,3 +68,45 @@ def test_report_has_a_per_task_table_when_there_are_several_tasks(tmp_path):
     assert report["rows"][0]["by_task"] == {"contrast": 0.25, "orig": 0.75}
     assert "| run | contrast | orig |" in (tmp_path / "report.md").read_text()
     assert "| a | 25.0 % | 75.0 % |" in (tmp_path / "report.md").read_text()
+
+
+def test_bootstrap_intervals():
+    from scotd.report import bootstrap_interval, paired_bootstrap
+
+    low, high = bootstrap_interval([True] * 50 + [False] * 50)
+    assert 0.38 < low < 0.45 and 0.55 < high < 0.62  # about 0.5 +- 1.96 * 0.05
+    assert bootstrap_interval([True] * 10) == (1.0, 1.0) and bootstrap_interval([]) == (0.0, 0.0)
+    assert paired_bootstrap([True] * 20, [True] * 20) == (0.0, 0.0)
+    low, high = paired_bootstrap([True] * 40 + [False] * 60, [False] * 100)
+    assert 0.3 < low < 0.4 < high <= 0.5  # about 0.4 +- 1.96 * 0.049
+
+
+def test_study_tables_and_plots_from_a_finished_experiment(tmp_path):
+    """An N-sweep, the selectors and a label-only baseline: the tables are built from the rows, each number equals
+    the recount of its predictions file, and the plots are PNGs."""
+    questions = {f"q{i}": Question(f"q{i}", "t", "?", ("x", "y"), 0) for i in range(10)}
+    students = [("n1", "scotd", "first_n", 1, 3), ("n5", "scotd", "first_n", 5, 5), ("all", "scotd", "all", 5, 8),
+                ("rand", "scotd", "random", 5, 6), ("lik", "scotd", "likelihood", 5, 7),
+                ("labels", "label_only", "all", 5, 4)]
+    runs = []
+    for name, kind, selector, k, right in students:
+        rows = [score(name, questions, qid, " (a)" if i < right else " (b)") for i, qid in enumerate(questions)]
+        write_table(to_table(rows, PREDICTION_SCHEMA), tmp_path / "eval" / name / "predictions.parquet")
+        runs.append({"run": name, "kind": kind, "model": "m", "dir": name, "student": name, "checkpoint": "last",
+                     "epoch": 3, "selector": selector, "selector_k": k, "num_samples": 30})
+    report = write_report(tmp_path, runs)
+    study = report["studies"]
+    assert [(x["n"], x["accuracy"]) for x in study["n_curve"]] == [(1, 0.3), (5, 0.5), (30, 0.8)]
+    assert {x["selector"]: x["accuracy"] for x in study["selectors"]} == {"all": 0.8, "random": 0.6,
+                                                                          "likelihood": 0.7}
+    assert {x["method"]: x["accuracy"] for x in study["methods"]} == {"SCoTD": 0.8, "label-only": 0.4}
+    for table in study.values():
+        for x in table:
+            preds = pq.read_table(tmp_path / "eval" / x["run"] / "predictions.parquet")
+            assert x["accuracy"] == sum(preds["correct"].to_pylist()) / preds.num_rows
+    md = (tmp_path / "report.md").read_text()
+    assert "| m | 30 | all | 80.0 % |" in md and "| m | random | 5 | rand | 60.0 % |" in md
+    assert "| SCoTD | 80.0 % |" in md and "| label-only | 40.0 % |" in md
+    for png in ("report-n-curve.png", "report-selectors.png"):
+        data = (tmp_path / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000 and f"]({png})" in md

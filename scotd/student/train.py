@@ -79,12 +79,13 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
 
-    start_epoch, model_path = 0, config["model_path"]
+    start_epoch, model_path, history = 0, config["model_path"], []
     checkpoint = ray.train.get_checkpoint()
     resume_dir = None
     if checkpoint:
         resume_dir = checkpoint.to_directory()
-        start_epoch = json.loads((Path(resume_dir) / STUDENT_META).read_text())["epochs_done"]
+        resumed = json.loads((Path(resume_dir) / STUDENT_META).read_text())
+        start_epoch, history = resumed["epochs_done"], resumed.get("history", [])
         model_path = resume_dir
         log.info("rank %d: resuming %s after epoch %d", rank, cfg.name, start_epoch)
 
@@ -132,7 +133,8 @@ def train_loop_per_worker(config: dict) -> None:
                    "tokens_per_s": real * world / elapsed, "real_token_share": real / max(1, padded),
                    "target_tokens": target_tokens, "lr": scheduler.get_last_lr()[0], "epoch_s": elapsed,
                    "started_at": started_at, "ended_at": time.time()}
-        _report(engine, tokenizer, cfg, config, metrics, rank)
+        history.append(metrics)
+        _report(engine, tokenizer, cfg, config, metrics, history, rank)
     if resume_dir:
         shutil.rmtree(resume_dir, ignore_errors=True)
 
@@ -192,8 +194,11 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, *,
     return texts
 
 
-def _report(engine, tokenizer, cfg: StudentConfig, config: dict, metrics: dict, rank: int) -> None:
-    """Save an HF folder (rank 0) and report it; ZeRO-3 gathers the sharded weights on every rank first."""
+def _report(engine, tokenizer, cfg: StudentConfig, config: dict, metrics: dict, history: list[dict],
+            rank: int) -> None:
+    """Save an HF folder (rank 0) and report it; ZeRO-3 gathers the sharded weights on every rank first. The
+    checkpoint's metadata carries the metrics of every epoch so far; ``history.jsonl`` in the student's folder is
+    a progress log, written where that folder is on this worker's node."""
     import ray.train
 
     state = engine._zero3_consolidated_16bit_state_dict() if cfg.zero_stage == 3 else None
@@ -202,11 +207,14 @@ def _report(engine, tokenizer, cfg: StudentConfig, config: dict, metrics: dict, 
         if rank == 0:
             engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            meta = {**config["meta"], "student": asdict(cfg), "epochs_done": metrics["epoch"], "metrics": metrics}
+            meta = {**config["meta"], "student": asdict(cfg), "epochs_done": metrics["epoch"], "metrics": metrics,
+                    "history": history}
             (Path(tmp) / STUDENT_META).write_text(json.dumps(meta, indent=2))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            with open(config["history_path"], "a", encoding="utf-8") as history:
-                history.write(json.dumps(metrics) + "\n")
+            log_path = Path(config["history_path"])
+            if log_path.parent.is_dir():
+                with open(log_path, "a", encoding="utf-8") as progress:
+                    progress.write(json.dumps(metrics) + "\n")
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
@@ -238,18 +246,21 @@ def fit_student(cfg: StudentConfig, model_path: str, rows_path: str, out_dir: st
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"student {cfg.name}: training ended without a checkpoint ({result.error})")
-    history = [json.loads(line) for line in (Path(out_dir) / "history.jsonl").read_text().splitlines()]
     last_epoch = int(result.metrics["epoch"])
-    selection = {"last_epoch": last_epoch, "best_epoch": None, "dev_questions": len(dev),
-                 "dev": [{k: h[k] for k in ("epoch", "dev_accuracy", "dev_parse_failures") if k in h}
-                         for h in {h["epoch"]: h for h in history}.values() if "dev_accuracy" in h]}
+    selection = {"last_epoch": last_epoch, "best_epoch": None, "dev_questions": len(dev)}
     if dev:
         best, best_metrics = max(result.best_checkpoints, key=lambda cm: best_key(cm[1]))
         selection["best_epoch"] = int(best_metrics["epoch"])
         if selection["best_epoch"] != last_epoch:
             _export(best, Path(out_dir) / "model-best")
+    final = Path(out_dir) / "model"
+    tmp = _export(result.checkpoint, final.with_name(".model.last"))
+    history = json.loads((tmp / STUDENT_META).read_text())["history"]
+    selection["dev"] = [{k: h[k] for k in ("epoch", "dev_accuracy", "dev_parse_failures")}
+                        for h in history if "dev_accuracy" in h]
     (Path(out_dir) / "checkpoints.json").write_text(json.dumps(selection, indent=2))
-    final = _export(result.checkpoint, Path(out_dir) / "model")  # last: its presence marks the student done
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)  # last: its presence marks the student done
     return {"name": cfg.name, "model_dir": str(final), "history": history, "selection": selection}
 
 
@@ -270,6 +281,9 @@ def _export(checkpoint, final: Path) -> Path:
 def train_students(jobs: list[dict]) -> list[dict]:
     """Run every student's ``fit_student`` concurrently, each in its own Ray task; Ray schedules their workers."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    fit = ray.remote(num_cpus=0)(fit_student)
+    # On the driver's node: each task exports its student into the experiment folder there.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    fit = ray.remote(num_cpus=0, scheduling_strategy=here)(fit_student)
     return ray.get([fit.remote(**job) for job in jobs])

@@ -1,0 +1,131 @@
+"""Which of two rationales is better: an automatic pairwise judge and an export of the same pairs for people.
+
+The paper asked crowd workers to compare two rationales for the same question. Here a judge model (by default the
+teacher) sees the question, two rationales in an order drawn per question (seeded, so a rerun asks the same
+questions the same way) and answers ``(1)``, ``(2)`` or ``(tie)``. Verdicts are mapped back to the two runs; the
+report gives win rates and a two-sided sign test on the non-tied pairs (the exact binomial test McNemar uses).
+
+A pair is built only where both runs wrote a rationale (a completion with text before the answer phrase), so
+label-only students, which write none, cannot be judged. ``judge/<a>__vs__<b>/`` holds ``pairs.jsonl`` (what the
+judge saw, in the order it saw it, with a ``key`` column mapping positions to runs: hide it from annotators),
+``verdicts.parquet`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from pathlib import Path
+
+from scotd.prompts import parse_answer, render_question
+from scotd.report import mcnemar_p
+from scotd.tasks import Question
+
+log = logging.getLogger(__name__)
+
+INSTRUCTION = ("Two explanations answer the same multiple-choice question. Judge which explanation reasons better: "
+               "correct facts, steps that lead to the answer, no irrelevant or repeated text. Reply with (1), (2) or "
+               "(tie).")
+VERDICTS = ("1", "2", "tie")
+_VERDICT = re.compile(r"\(\s*(1|2|tie)\s*\)", re.I)
+
+
+def judge_prompt(q: Question, first: str, second: str) -> str:
+    return (f"{INSTRUCTION}\n\n{render_question(q)}\n\nExplanation (1): {first.strip()}\n\n"
+            f"Explanation (2): {second.strip()}\n\nBetter explanation:")
+
+
+def parse_verdict(text: str) -> str | None:
+    """``"1"``, ``"2"``, ``"tie"`` from the first parenthesised verdict, or None."""
+    found = _VERDICT.search(text or "")
+    return found.group(1).lower() if found else None
+
+
+def swapped(seed: int, question_id: str) -> bool:
+    """Whether run b's rationale is shown first for this question: a fair coin per (seed, question)."""
+    return hashlib.sha256(f"{seed}:{question_id}".encode()).digest()[0] & 1 == 1
+
+
+def make_pairs(questions: dict[str, Question], a: str, b: str, preds_a: list[dict], preds_b: list[dict],
+               seed: int = 0) -> list[dict]:
+    """One pair per question both runs wrote a rationale for, in the order the judge will see them."""
+    rationale = lambda p: parse_answer(p["text"], len(questions[p["question_id"]].choices)).rationale  # noqa: E731
+    by_b = {p["question_id"]: rationale(p) for p in preds_b}
+    pairs = []
+    for p in sorted(preds_a, key=lambda p: p["question_id"]):
+        qid = p["question_id"]
+        ra, rb = rationale(p), by_b.get(qid, "")
+        if not ra or not rb:
+            continue
+        flip = swapped(seed, qid)
+        first, second = (rb, ra) if flip else (ra, rb)
+        pairs.append({"question_id": qid, "question": render_question(questions[qid]), "first": first,
+                      "second": second, "key": {"1": b if flip else a, "2": a if flip else b}})
+    return pairs
+
+
+def tally(pairs: list[dict], verdicts: list[str | None], a: str, b: str) -> dict:
+    """Wins of each run, ties, unparsed verdicts and the sign-test p-value on the decided pairs."""
+    wins = {a: 0, b: 0}
+    ties = unparsed = 0
+    for pair, verdict in zip(pairs, verdicts, strict=True):
+        if verdict is None:
+            unparsed += 1
+        elif verdict == "tie":
+            ties += 1
+        else:
+            wins[pair["key"][verdict]] += 1
+    decided = wins[a] + wins[b]
+    p = mcnemar_p(wins[a], wins[b])
+    return {"a": a, "b": b, "pairs": len(pairs), "wins_a": wins[a], "wins_b": wins[b], "ties": ties,
+            "unparsed": unparsed, "win_rate_a": wins[a] / decided if decided else None,
+            "p_value": p, "within_noise": p >= 0.05}
+
+
+def pair_dir_name(a: str, b: str) -> str:
+    from scotd.evaluate import run_dir_name
+
+    return f"{run_dir_name(a)}__vs__{run_dir_name(b)}"
+
+
+def judge_runs(questions: list[Question], a: str, b: str, preds_a: list[dict], preds_b: list[dict], spec, *,
+               out_dir: Path, num_cpus: float, batch_size: int, seed: int = 0, max_new_tokens: int = 8,
+               replicas: int | tuple[int, int] = 1, resource: str | None = None) -> dict:
+    """Judge every pair through the batched engine path (greedy) and write the pair folder; reruns reuse it."""
+    import pyarrow as pa
+    import ray
+
+    from scotd.engine import Sampling, generate, stream_batches
+    from scotd.schema import write_table
+
+    folder = out_dir / pair_dir_name(a, b)
+    if (folder / "summary.json").exists():
+        return json.loads((folder / "summary.json").read_text())
+    by_id = {q.id: q for q in questions}
+    pairs = make_pairs(by_id, a, b, preds_a, preds_b, seed)
+    verdicts: dict[str, str] = {}
+    if pairs:
+        requests = [{"prompt": judge_prompt(by_id[p["question_id"]], p["first"], p["second"]), "seed": 0, "n": 1,
+                     "stop": json.dumps(["\n"]), "question_id": p["question_id"]} for p in pairs]
+        out = generate(ray.data.from_items(requests), spec, Sampling(temperature=0.0, max_new_tokens=max_new_tokens,
+                                                                    logprobs=False),
+                       replicas=replicas, batch_size=batch_size, num_cpus=num_cpus, run=f"judge:{a}:{b}",
+                       resource=resource)
+        for batch in stream_batches(out, total=len(pairs), label=f"judge {a} vs {b}"):
+            verdicts.update({str(q): str(t) for q, t in zip(batch["question_id"], batch["text"])})
+    parsed = [parse_verdict(verdicts.get(p["question_id"], "")) for p in pairs]
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "pairs.jsonl", "w", encoding="utf-8") as f:
+        for p in pairs:
+            f.write(json.dumps(p) + "\n")
+    write_table(pa.table({"question_id": [p["question_id"] for p in pairs],
+                          "text": [verdicts.get(p["question_id"], "") for p in pairs],
+                          "verdict": parsed,
+                          "winner": [p["key"].get(v) if v in ("1", "2") else v for p, v in zip(pairs, parsed)]}),
+                folder / "verdicts.parquet")
+    summary = {**tally(pairs, parsed, a, b), "judge": spec.model, "seed": seed}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.info("judge %s vs %s: %s", a, b, summary)
+    return summary
