@@ -1,9 +1,10 @@
 """Student training throughput, side by side in one run on the same model, data and batch size.
 
     .venv/bin/python benchmarks/training.py [--model offline:smollm2-135m-instruct|tiny|PATH] [--questions 64]
+        [--zero-stage 2] [--no-pair]
 
 Measures
-  1. scotd's training path (Ray Train TorchTrainer + DeepSpeed ZeRO-2, one worker) against a plain single-process
+  1. scotd's training path (Ray Train TorchTrainer + DeepSpeed ZeRO, stage 2 by default, one worker) against a plain single-process
      PyTorch loop (AdamW, same batches from scotd.student.data, same threads): real tokens/s of an epoch after
      start-up, their ratio (goal >= 0.9) and the real-token share of the batches (goal >= 0.9);
   2. two students trained in parallel (``train_students`` with both) against one after the other: wall time ratio.
@@ -79,6 +80,8 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--micro-batch-size", type=int, default=8)
     parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--zero-stage", type=int, default=2, choices=(0, 1, 2, 3))
+    parser.add_argument("--no-pair", action="store_true", help="skip the parallel-vs-sequential measurement")
     args = parser.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -96,20 +99,24 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     cfg = StudentConfig(name="bench", model=model, method="scotd", epochs=1, learning_rate=2e-5,
                         batch_size=args.micro_batch_size, micro_batch_size=args.micro_batch_size, warmup_steps=0,
-                        max_length=256, zero_stage=2, cpus_per_worker=float(cores))
+                        max_length=256, zero_stage=args.zero_stage, cpus_per_worker=float(cores))
 
     def job(c: StudentConfig) -> dict:
         return {"cfg": c, "model_path": model, "rows_path": str(rows), "out_dir": str(work / c.name),
                 "storage_path": str(work / "ray_train"), "meta": {}}
 
-    results: dict = {"model": args.model, "questions": len(questions), "cores": cores}
+    results: dict = {"model": args.model, "questions": len(questions), "cores": cores, "zero_stage": args.zero_stage}
     results["plain"] = plain_loop(cfg, model, rows)
 
     ray.init(address="local", num_cpus=max(4, 2 * cores), include_dashboard=False, log_to_driver=False)
     one = train_students([job(cfg)])[0]["history"][0]
-    results["scotd"] = {k: one[k] for k in ("epoch_s", "tokens_per_s", "real_token_share")}
+    results["scotd"] = {k: one.get(k) for k in ("epoch_s", "tokens_per_s", "real_token_share", "threads")}
     results["ratio_scotd_over_plain_tokens_per_s"] = one["tokens_per_s"] / results["plain"]["tokens_per_s"]
 
+    if args.no_pair:
+        ray.shutdown()
+        print(json.dumps(results, indent=2))
+        return
     # Parallel vs sequential: two students, each given half the cores when parallel, all when alone.
     half = max(1.0, cores / 2)
     pair = [replace(cfg, name="a", cpus_per_worker=half), replace(cfg, name="b", cpus_per_worker=half)]

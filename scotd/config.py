@@ -132,6 +132,11 @@ class StudentConfig:
         "per question (needs teacher.greedy_rationales)."
     )
     selector_k: int = opt(5, "Rationales per question for random/likelihood/diverse; N for first_n (paper: 5).")
+    setting: Literal["", "supervised", "fewshot"] = opt(
+        "", "This student's corpus setting when it differs from corpus.setting (both settings in one experiment, "
+        "from the same teacher samples); empty: corpus.setting. Label-only students in the fewshot setting learn "
+        "the teacher's majority answers."
+    )
     embedding_model: str = opt(
         "offline:smollm2-135m-instruct", "Sentence embeddings for selector 'diverse' (mean of last hidden layer)."
     )

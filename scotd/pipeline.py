@@ -179,6 +179,9 @@ def stage_corpus(exp: Experiment) -> dict:
     from scotd.corpus import build_corpus
 
     summary = build_corpus(exp.dir / "teacher" / "samples", exp.cfg.corpus, exp.dir / "corpus")
+    for setting in sorted({s.setting for s in exp.cfg.students} - {"", exp.cfg.corpus.setting}):
+        summary[setting] = build_corpus(exp.dir / "teacher" / "samples", replace(exp.cfg.corpus, setting=setting),
+                                        exp.dir / "corpus" / setting)
     greedy = exp.dir / "teacher" / "greedy" / "samples"
     if greedy.exists():
         summary["greedy"] = build_corpus(greedy, exp.cfg.corpus, exp.dir / "corpus" / "greedy")
@@ -217,11 +220,14 @@ def student_rows(exp: Experiment, s) -> tuple[Path, dict]:
     from scotd.schema import CORPUS_SCHEMA
     from scotd.selectors import by_question, hf_embedder, select
 
-    corpus = exp.dir / "corpus" / "corpus.parquet"
+    folder = exp.dir / "corpus"
+    if s.setting and s.setting != exp.cfg.corpus.setting:
+        folder = folder / s.setting  # the other setting's corpus, built by stage_corpus from the same samples
+    corpus = folder / "corpus.parquet"
     if s.method != "scotd":
-        return exp.dir / "corpus" / "labels.parquet", {"selector": "labels"}
+        return folder / "labels.parquet", {"selector": "labels", "setting": s.setting or exp.cfg.corpus.setting}
     if s.selector == "all":
-        return corpus, {"selector": "all"}
+        return corpus, {"selector": "all", "setting": s.setting or exp.cfg.corpus.setting}
     if s.selector == "greedy":
         greedy = exp.dir / "corpus" / "greedy" / "corpus.parquet"
         if not greedy.exists():
@@ -350,6 +356,7 @@ def stage_report(exp: Experiment) -> dict:
     runs = [{"run": r["run"], "kind": r["kind"], "model": r["model_ref"], "dir": r["dir"], "extra": r["extra"],
              **({"student": r["student"], "checkpoint": r["checkpoint"], "epoch": r["epoch"],
                  "selector": students[r["student"]].selector, "selector_k": students[r["student"]].selector_k,
+                 "setting": students[r["student"]].setting or exp.cfg.corpus.setting,
                  "num_samples": exp.cfg.teacher.num_samples} if "student" in r else {})}
             for r in eval_runs(exp.cfg, exp.dir)]
     return write_report(exp.dir, runs)

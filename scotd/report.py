@@ -136,7 +136,9 @@ def studies(rows: list[dict]) -> dict:
             selectors.append({**base, "selector": selector, "k": r.get("selector_k")})
         if r["kind"] == "label_only" or selector in ("all", "greedy"):
             method = {"label_only": "label-only", "scotd": "greedy CoT" if selector == "greedy" else "SCoTD"}
-            methods.append({**base, "method": method[r["kind"]]})
+            settings = {x.get("setting") for x in students}
+            suffix = f" ({r['setting']})" if len(settings) > 1 and r.get("setting") else ""
+            methods.append({**base, "method": method[r["kind"]] + suffix})
     n_curve.sort(key=lambda x: (x["model"], x["n"]))
     return {"n_curve": n_curve if len({x["n"] for x in n_curve}) > 1 else [],
             "selectors": selectors if len({x["selector"] for x in selectors}) > 1 else [],

@@ -108,7 +108,7 @@ def test_each_student_trains_on_its_selection_of_the_corpus(tmp_path):
     for student in cfg.students:
         path, summary = student_rows(exp, student)
         chosen[student.name] = (path, summary)
-    assert chosen["all"] == (exp.dir / "corpus" / "corpus.parquet", {"selector": "all"})
+    assert chosen["all"] == (exp.dir / "corpus" / "corpus.parquet", {"selector": "all", "setting": "supervised"})
     assert chosen["labels"][0] == exp.dir / "corpus" / "labels.parquet"
 
     def read(name):
@@ -166,3 +166,35 @@ def test_few_shot_untrained_rows(tmp_path):
     assert [(r["run"], r.get("shots")) for r in runs if r["kind"] == "untrained"] == [
         ("untrained:m1", None), ("untrained:m1 3-shot", 3), ("untrained:m2", None), ("untrained:m2 3-shot", 3)]
     assert len({r["dir"] for r in runs}) == len(runs)
+
+
+def test_students_of_both_settings_in_one_experiment(tmp_path):
+    """Supervised and few-shot students from the same teacher samples: each reads its own setting's corpus."""
+    from scotd.pipeline import stage_corpus, student_rows
+    from scotd.schema import SAMPLE_SCHEMA, to_table, write_table
+
+    def sample(q, i, parsed, gold=0):
+        return {"question_id": f"q{q}", "task": "t", "sample_index": i, "question": "?", "choices": ["a", "b"],
+                "text": "t", "rationale": f"r{q}{i}", "parsed_index": parsed, "gold_index": gold,
+                "parse_error": None if parsed is not None else "no_answer_phrase", "correct": parsed == gold,
+                "logprob_sum": -1.0, "logprob_mean": -0.5, "num_tokens": 2, "finish_reason": "stop"}
+
+    samples = [sample(0, 0, 0), sample(0, 1, 1), sample(0, 2, 1), sample(1, 0, None), sample(1, 1, 1)]
+    cfg = load_config(write_cfg(tmp_path, "a.jsonl"), [
+        f"output.dir={tmp_path / 'out'}",
+        "students=[{name: sup}, {name: few, setting: fewshot}, {name: few-labels, method: label_only, "
+        "setting: fewshot}, {name: sup-labels, method: label_only}]"])
+    exp = Experiment(cfg)
+    write_table(to_table(samples, SAMPLE_SCHEMA), exp.dir / "teacher" / "samples" / "block-1.parquet")
+    summary = stage_corpus(exp)
+    assert summary["setting"] == "supervised" and summary["fewshot"]["setting"] == "fewshot"
+    paths = {st.name: student_rows(exp, st) for st in cfg.students}
+    assert paths["sup"][0] == exp.dir / "corpus" / "corpus.parquet"
+    assert paths["few"] == (exp.dir / "corpus" / "fewshot" / "corpus.parquet", {"selector": "all",
+                                                                                   "setting": "fewshot"})
+    read = lambda name: pq.read_table(paths[name][0]).to_pylist()  # noqa: E731
+    assert [r["rationale"] for r in read("sup")] == ["r00"]  # only the correct sample
+    assert sorted(r["rationale"] for r in read("few")) == ["r00", "r01", "r02", "r11"]  # every parsed one
+    # few-shot labels are the teacher's majority answers (q0: b twice, a once; q1: b), supervised ones the gold
+    assert {r["question_id"]: r["answer_index"] for r in read("few-labels")} == {"q0": 1, "q1": 1}
+    assert {r["question_id"]: r["answer_index"] for r in read("sup-labels")} == {"q0": 0, "q1": 0}

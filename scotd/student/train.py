@@ -132,7 +132,7 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {**dev, "epoch": epoch + 1, "loss": loss_sum / max(1, len(batches)), "micro_batches": len(batches),
                    "tokens_per_s": real * world / elapsed, "real_token_share": real / max(1, padded),
                    "target_tokens": target_tokens, "lr": scheduler.get_last_lr()[0], "epoch_s": elapsed,
-                   "started_at": started_at, "ended_at": time.time()}
+                   "started_at": started_at, "ended_at": time.time(), "threads": torch.get_num_threads()}
         history.append(metrics)
         _report(engine, tokenizer, cfg, config, metrics, history, rank)
     if resume_dir:
