@@ -18,7 +18,7 @@ from pathlib import Path
 from scotd.config import ExperimentConfig, TaskConfig, dump_config
 from scotd.prompts import (Exemplar, load_exemplars, normalize_text, render_answer, render_question, student_prompt,
                            teacher_prompt)
-from scotd.schema import QUESTION_SCHEMA, read_table, to_table, write_table
+from scotd.schema import PREDICTION_SCHEMA, QUESTION_SCHEMA, read_table, to_table, write_table
 from scotd.tasks import (DEFAULT_EXEMPLARS, SPLITS, Question, carve_dev, hash_split, load_hf_questions,
                          load_questions)
 
@@ -296,7 +296,9 @@ def stage_judge(exp: Experiment, runs: list[dict]) -> list[dict]:
             raise ValueError(f"eval.judge_pairs.{i}: expected two evaluation runs of {sorted(by_run)}, got "
                              f"{list(pair)}")
     spec = engine_spec(cfg.teacher, exp.resolve_model(cfg.eval.judge_model or cfg.teacher.model))
-    preds = lambda run: read_table(exp.dir / "eval" / by_run[run]["dir"] / "predictions.parquet").to_pylist()  # noqa: E731
+    def preds(run: str) -> list[dict]:
+        return read_table(exp.dir / "eval" / by_run[run]["dir"] / "predictions.parquet", PREDICTION_SCHEMA).to_pylist()
+
     summaries = []
     for a, b in cfg.eval.judge_pairs:
         summaries.append(judge_runs(exp.questions("eval"), a, b, preds(a), preds(b), spec, out_dir=exp.dir / "judge",

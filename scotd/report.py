@@ -64,13 +64,15 @@ def paired_bootstrap(a: list[bool], b: list[bool], resamples: int = 2000, seed: 
 
 
 def paired_differences(rows: list[dict], predictions: dict[str, dict[str, bool]]) -> list[dict]:
-    """Each SCoTD row against every other row, on the questions both answered."""
+    """Each main SCoTD row (trained on all kept rationales) against every other row, on the questions both answered.
+    Ablation rows (selectors, the N-sweep) are compared with the main rows, not with each other; without a main
+    SCoTD row every SCoTD row is compared with the non-SCoTD rows."""
     out = []
-    for a in rows:
-        if a["kind"] != "scotd":
-            continue
+    scotd = [r for r in rows if r["kind"] == "scotd"]
+    main = [r for r in scotd if r.get("selector", "all") == "all"]
+    for a in main or scotd:
         for b in rows:
-            if b is a:
+            if b is a or (not main and b["kind"] == "scotd") or (b in main and rows.index(b) < rows.index(a)):
                 continue
             pa, pb = predictions[a["run"]], predictions[b["run"]]
             shared = sorted(pa.keys() & pb.keys())

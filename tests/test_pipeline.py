@@ -132,7 +132,8 @@ def test_students_learned_and_export_loads(tiny_run, student):
 def test_report_equals_recount_of_predictions(tiny_run):
     cfg, out, _, _ = tiny_run
     report = json.loads((out / "report.json").read_text())
-    assert [r["run"] for r in report["rows"]] == ["teacher", "untrained:tiny:student", "scotd", "label-only"]
+    assert [r["run"] for r in report["rows"]] == ["teacher", "untrained:tiny:student", "untrained:tiny:student 3-shot",
+                                                  "scotd", "label-only"]
     for row in report["rows"]:
         preds = pq.read_table(out / row["predictions"])
         assert preds.schema.equals(PREDICTION_SCHEMA) and preds.num_rows == cfg.tasks[0].max_eval
@@ -143,11 +144,13 @@ def test_report_equals_recount_of_predictions(tiny_run):
 
 
 def test_judge_compared_the_rationales_of_both_runs(tiny_run):
+    from scotd.evaluate import run_dir_name
     from scotd.judge import make_pairs
     from scotd.tasks import Question
 
     cfg, out, _, _ = tiny_run
-    folder = out / "judge" / "scotd__vs__teacher"
+    a, b = "untrained:tiny:student", "untrained:tiny:student 3-shot"
+    folder = out / "judge" / "untrained_tiny_student__vs__untrained_tiny_student_3-shot"
     summary = json.loads((folder / "summary.json").read_text())
     pairs = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
     verdicts = pq.read_table(folder / "verdicts.parquet").to_pylist()
@@ -157,8 +160,8 @@ def test_judge_compared_the_rationales_of_both_runs(tiny_run):
     questions = {r["question_id"]: Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]),
                                             r["answer_index"])
                  for r in pq.read_table(out / "questions" / "eval.parquet").to_pylist()}
-    preds = {run: pq.read_table(out / "eval" / run / "predictions.parquet").to_pylist() for run in ("scotd", "teacher")}
-    assert make_pairs(questions, "scotd", "teacher", preds["scotd"], preds["teacher"], cfg.teacher.seed) == pairs
+    preds = {run: pq.read_table(out / "eval" / run_dir_name(run) / "predictions.parquet").to_pylist() for run in (a, b)}
+    assert make_pairs(questions, a, b, preds[a], preds[b], cfg.teacher.seed) == pairs
     assert all(v["text"] is not None for v in verdicts)  # the judge answered every pair (parseable or not)
     report = json.loads((out / "report.json").read_text())
     assert report["judge"] == [summary] and "## Rationale quality (pairwise judge)" in (out / "report.md").read_text()

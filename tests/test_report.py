@@ -110,3 +110,16 @@ def test_study_tables_and_plots_from_a_finished_experiment(tmp_path):
     for png in ("report-n-curve.png", "report-selectors.png"):
         data = (tmp_path / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000 and f"]({png})" in md
+
+
+def test_ablation_rows_are_compared_with_the_main_scotd_row_only():
+    from scotd.report import paired_differences
+
+    rows = [{"run": "all", "kind": "scotd", "selector": "all"}, {"run": "n1", "kind": "scotd", "selector": "first_n"},
+            {"run": "rand", "kind": "scotd", "selector": "random"}, {"run": "labels", "kind": "label_only"}]
+    predictions = {r["run"]: {"q0": True, "q1": r["run"] == "all"} for r in rows}
+    assert [(d["run"], d["versus"]) for d in paired_differences(rows, predictions)] == [
+        ("all", "n1"), ("all", "rand"), ("all", "labels")]
+    # without a main row, each SCoTD row against the non-SCoTD rows
+    assert [(d["run"], d["versus"]) for d in paired_differences(rows[1:], predictions)] == [
+        ("n1", "labels"), ("rand", "labels")]
