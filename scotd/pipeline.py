@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from scotd.config import ExperimentConfig, TaskConfig, dump_config
-from scotd.prompts import (Exemplar, load_exemplars, normalize_text, render_answer, render_question, student_prompt,
+from scotd.prompts import (Exemplar, load_exemplars, normalize_text, render_answer, student_prompt,
                            teacher_prompt)
 from scotd.schema import PREDICTION_SCHEMA, QUESTION_SCHEMA, read_table, to_table, write_table
 from scotd.tasks import (DEFAULT_EXEMPLARS, SPLITS, Question, carve_dev, hash_split, load_hf_questions,
@@ -91,12 +91,14 @@ class Experiment:
 
 
 def format_texts(questions: list[Question], exemplars: dict[str, list[Exemplar]], limit: int = 64) -> list[str]:
-    """Texts that teach ``tiny:teacher`` the answer *format* only: a question, a rationale borrowed from an exemplar
-    and a random letter (so nothing about the right answers is learned)."""
+    """Texts that teach ``tiny:teacher`` the answer *format* only: the teacher's own few-shot prompt for a question,
+    then a rationale borrowed from an exemplar and a random letter (so nothing about the right answers is learned).
+    Fitted on the bare question instead, its greedy answer was a bare letter, which left greedy-CoT nothing."""
     import random
 
     rng = random.Random(0)
-    return [render_question(q) + render_answer(rng.choice(exemplars[q.task]).rationale, rng.randrange(len(q.choices)))
+    return [teacher_prompt(q, exemplars[q.task]) + render_answer(rng.choice(exemplars[q.task]).rationale,
+                                                                 rng.randrange(len(q.choices)))
             for q in questions[:limit]]
 
 

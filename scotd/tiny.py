@@ -2,9 +2,9 @@
 
 Both are 2-layer Llama models with a byte-level BPE tokenizer trained on the run's own question texts. A purely
 random teacher never writes the answer phrase, so every sample would fail to parse and the corpus would be empty;
-``tiny:teacher`` is therefore first fitted for a few seconds on *format* texts: training questions followed by an
-exemplar's rationale and a random letter ("... So the answer is: (x)"). It learns the shape of an answer and
-nothing about the questions: its answers stay at chance level.
+``tiny:teacher`` is therefore first fitted for under a minute on *format* texts: its own few-shot prompt for a
+training question followed by an exemplar's rationale and a random letter ("... So the answer is: (x)"). It learns
+the shape of an answer, greedy decoding included, and nothing about the questions: its answers stay at chance.
 ``tiny:student`` stays random. Neither says anything about the method's quality; they exercise the machinery.
 """
 
@@ -80,7 +80,7 @@ def ensure_tiny_model(role: str, folder: Path, corpus_texts: list[str], format_t
     model = build_model(tokenizer, seed)
     info = {"role": role, "seed": seed}
     if role == "teacher":
-        losses = fit_format(model, tokenizer, [t + tokenizer.eos_token for t in format_texts])
+        losses = fit_format(model, tokenizer, [t + tokenizer.eos_token for t in format_texts], steps=100)
         info["format_loss"] = [round(losses[0], 3), round(losses[-1], 3)]
         log.info("tiny teacher: format fit loss %.2f -> %.2f", losses[0], losses[-1])
     folder.mkdir(parents=True, exist_ok=True)
