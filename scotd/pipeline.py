@@ -208,9 +208,10 @@ def stage_students(exp: Experiment) -> list[dict]:
                                   if s.method == "scotd" else render_answer(None, 0)},
                 "base_model": s.model, "corpus_summary": _read_json(exp.dir / "corpus" / "summary.json"),
                 "selection": selection}
-        exp.mirror.push(str(rows.relative_to(exp.dir)))  # workers on other nodes read it from output.dir
+        relative = str(rows.relative_to(exp.dir))
+        exp.mirror.push(relative)  # workers on other nodes read it from output.dir
         jobs.append({"cfg": s, "model_path": exp.resolve_model(s.model),
-                     "rows_path": exp.mirror.remote(str(rows.relative_to(exp.dir))), "out_dir": str(out),
+                     "rows_path": exp.mirror.remote(relative), "out_dir": str(out),
                      "storage_path": exp.mirror.remote("ray_train"), "meta": meta,
                      "dev": dev, "dev_max_new_tokens": exp.cfg.eval.max_new_tokens})
     return train_students(jobs) if jobs else []
@@ -222,14 +223,15 @@ def student_rows(exp: Experiment, s) -> tuple[Path, dict]:
     from scotd.schema import CORPUS_SCHEMA
     from scotd.selectors import by_question, hf_embedder, select
 
+    setting = s.setting or exp.cfg.corpus.setting
     folder = exp.dir / "corpus"
-    if s.setting and s.setting != exp.cfg.corpus.setting:
-        folder = folder / s.setting  # the other setting's corpus, built by stage_corpus from the same samples
+    if setting != exp.cfg.corpus.setting:
+        folder = folder / setting  # the other setting's corpus, built by stage_corpus from the same samples
     corpus = folder / "corpus.parquet"
     if s.method != "scotd":
-        return folder / "labels.parquet", {"selector": "labels", "setting": s.setting or exp.cfg.corpus.setting}
+        return folder / "labels.parquet", {"selector": "labels", "setting": setting}
     if s.selector == "all":
-        return corpus, {"selector": "all", "setting": s.setting or exp.cfg.corpus.setting}
+        return corpus, {"selector": "all", "setting": setting}
     if s.selector == "greedy":
         greedy = exp.dir / "corpus" / "greedy" / "corpus.parquet"
         if not greedy.exists():
@@ -298,12 +300,14 @@ def stage_judge(exp: Experiment, runs: list[dict]) -> list[dict]:
             raise ValueError(f"eval.judge_pairs.{i}: expected two evaluation runs of {sorted(by_run)}, got "
                              f"{list(pair)}")
     spec = engine_spec(cfg.teacher, exp.resolve_model(cfg.eval.judge_model or cfg.teacher.model))
+    questions = exp.questions("eval")
+
     def preds(run: str) -> list[dict]:
         return read_table(exp.dir / "eval" / by_run[run]["dir"] / "predictions.parquet", PREDICTION_SCHEMA).to_pylist()
 
     summaries = []
     for a, b in cfg.eval.judge_pairs:
-        summaries.append(judge_runs(exp.questions("eval"), a, b, preds(a), preds(b), spec, out_dir=exp.dir / "judge",
+        summaries.append(judge_runs(questions, a, b, preds(a), preds(b), spec, out_dir=exp.dir / "judge",
                                     num_cpus=cfg.resources.engine_cpus, batch_size=cfg.eval.batch_size,
                                     seed=cfg.teacher.seed, replicas=replica_range(cfg.teacher),
                                     resource=cfg.teacher.resource))
