@@ -109,7 +109,8 @@ def test_killed_training_worker_resumes_from_its_checkpoint(ray_cluster, corpus)
     runner = threading.Thread(target=lambda: outcome.update(result=train_students([spec])[0]), daemon=True)
     runner.start()
     deadline = time.monotonic() + 600
-    # Wait for epoch 2: its line is written after epoch 1's checkpoint was reported (and persisted).
+    # Wait for epoch 2: its line is written after its report returned, and Ray's one-slot result queue lets that
+    # report in only once the controller has taken epoch 1's (persisted) checkpoint.
     while not history_path.exists() or len(history_path.read_text().splitlines()) < 2:
         assert runner.is_alive() and time.monotonic() < deadline, "training ended or stalled before epoch 2"
         time.sleep(0.1)

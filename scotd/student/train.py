@@ -211,11 +211,13 @@ def _report(engine, tokenizer, cfg: StudentConfig, config: dict, metrics: dict, 
                     "history": history}
             (Path(tmp) / STUDENT_META).write_text(json.dumps(meta, indent=2))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            log_path = Path(config["history_path"])
-            if log_path.parent.is_dir():
-                with open(log_path, "a", encoding="utf-8") as progress:
-                    progress.write(json.dumps(metrics) + "\n")
         ray.train.report(metrics, checkpoint=checkpoint)
+    # Written after ``report`` returns: Ray's result queue holds one report, so once epoch N's line is there the
+    # controller has taken epoch N-1's checkpoint, and a worker killed from then on resumes after it.
+    log_path = Path(config["history_path"])
+    if rank == 0 and log_path.parent.is_dir():
+        with open(log_path, "a", encoding="utf-8") as progress:
+            progress.write(json.dumps(metrics) + "\n")
 
 
 def fit_student(cfg: StudentConfig, model_path: str, rows_path: str, out_dir: str, storage_path: str,
