@@ -172,7 +172,11 @@ class EvalConfig:
     judge_model: str = opt("", "The judge (same forms as teacher.model); empty: the teacher.")
     checkpoint: Literal["best", "last"] = opt(
         "best", "Which checkpoint of each student the report's main rows show when a dev split exists: the one with "
-        "the best dev accuracy or the last one. Both are evaluated; the report lists both."
+        "the best dev accuracy or the last one. The other is evaluated too unless eval.both_checkpoints is off."
+    )
+    both_checkpoints: bool = opt(
+        True, "When a student's best dev checkpoint is not its last, also evaluate the one eval.checkpoint does not "
+        "name (a row of the report's checkpoint table); False saves that evaluation per such student."
     )
     untrained: bool = opt(True, "Evaluate each distinct student base model before training (zero-shot, greedy).")
     untrained_shots: int = opt(

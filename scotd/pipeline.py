@@ -319,7 +319,8 @@ def eval_runs(cfg: ExperimentConfig, exp_dir: Path | None = None) -> list[dict]:
 
     A student whose best dev checkpoint is another epoch than its last (``students/<name>/checkpoints.json``) is
     evaluated twice: the checkpoint ``eval.checkpoint`` names is its main row (labelled with the student's name), the
-    other is an extra row ``<name>@last`` or ``<name>@best`` that only the checkpoint-selection table shows.
+    other is an extra row ``<name>@last`` or ``<name>@best`` that only the checkpoint-selection table shows (none
+    with ``eval.both_checkpoints`` off).
     """
     from scotd.evaluate import run_dir_name
 
@@ -346,7 +347,8 @@ def eval_runs(cfg: ExperimentConfig, exp_dir: Path | None = None) -> list[dict]:
         shown = cfg.eval.checkpoint
         other = "last" if shown == "best" else "best"
         runs.append({**both[shown], "dir": run_dir_name(f"{s.name}@{shown}")})
-        extra.append({**both[other], "run": f"{s.name}@{other}", "extra": True})
+        if cfg.eval.both_checkpoints:
+            extra.append({**both[other], "run": f"{s.name}@{other}", "extra": True})
     k = cfg.eval.self_consistency
     runs = ([{**r, "samples": 1} for r in runs] + [{**r, "samples": 1} for r in extra]
             + ([{**r, "run": f"{r['run']} sc@{k}", "samples": k, "dir": run_dir_name(f"{r.get('dir', r['run'])} sc@{k}")}

@@ -248,7 +248,7 @@ def render_markdown(report: dict) -> str:
             same = c["best_epoch"] == c["last_epoch"]
             best = acc.get("best", acc.get("last") if same else None)
             last = acc.get("last", acc.get("best") if same else None)
-            cell = lambda v: "" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+            cell = lambda v: "not evaluated" if v is None else f"{100 * v:.1f} %"  # noqa: E731
             lines.append(f"| {c['run']} | {by_epoch} (n={c['dev_questions']}) | {c['best_epoch']} | "
                          f"{c['last_epoch']} | {c['shown']} | {cell(best)} | {cell(last)} |")
     else:

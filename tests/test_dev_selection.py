@@ -139,6 +139,22 @@ def test_a_student_whose_best_is_not_its_last_is_evaluated_twice(tmp_path, shown
     assert len({r["dir"] for r in runs.values()}) == len(runs)
 
 
+def test_both_checkpoints_off_evaluates_only_the_shown_checkpoint(tmp_path):
+    cfg = load_config(write_cfg(tmp_path), ["eval.both_checkpoints=false"])
+    select(tmp_path, "s", best=2)
+    runs = {r["run"]: r for r in eval_runs(cfg, tmp_path / "out")}
+    assert list(runs) == ["teacher", "untrained:offline:smollm2-135m-instruct", "s", "l"]
+    assert (runs["s"]["checkpoint"], runs["s"]["model_subdir"], runs["s"]["epoch"]) == ("best", "model-best", 2)
+    qs = {q.id: q for q in questions(4)}
+    r = runs["s"]
+    write_table(to_table([score("s", qs, qid, "(a)") for qid in qs], PREDICTION_SCHEMA),
+                tmp_path / "out" / "eval" / r["dir"] / "predictions.parquet")
+    write_report(tmp_path / "out", [{"run": "s", "kind": r["kind"], "model": r["model_ref"], "dir": r["dir"],
+                                     "extra": False, "student": "s", "checkpoint": "best", "epoch": 2}])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| s | 1: 25.0 %, 2: 50.0 %, 3: 25.0 % (n=8) | 2 | 3 | best | 50.0 % | not evaluated |" in md
+
+
 def test_report_shows_the_checkpoint_table_and_keeps_extra_rows_out_of_the_main_table(tmp_path):
     cfg = load_config(write_cfg(tmp_path))
     select(tmp_path, "s", best=2)
