@@ -128,7 +128,7 @@ def run_deepspeed(args, cfg, batches, pad_id, device):
     import deepspeed
     import torch
 
-    from scotd.student.train import deepspeed_config, warmup_linear
+    from scotd.student.train import deepspeed_config, single_rank_no_allreduce, warmup_linear
 
     model, config = build_model(args.arch, device, torch.bfloat16 if cfg.use_gpu else torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
@@ -136,6 +136,7 @@ def run_deepspeed(args, cfg, batches, pad_id, device):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(cfg.warmup_steps, len(batches)))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, 1))
+    single_rank_no_allreduce(engine, 1)
     engine.train()
     if args.compile:
         engine.compile(compile_kwargs={"dynamic": True})
