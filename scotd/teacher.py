@@ -133,7 +133,7 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
         first_call_at = float("inf")  # wall clock when the first engine call started (after engine start-up)
         by_question: dict[str, list[dict]] = {}
         complete: list[dict] = []
-        for batch in stream_batches(out, total=len(pending), label="teacher", batch_size=cfg.batch_size * n):
+        for batch in stream_batches(out, total=len(pending), label="teacher"):
             for i in range(len(batch["question_id"])):
                 row = {k: batch[k][i] for k in batch}
                 totals["samples"] += 1

@@ -1,4 +1,9 @@
-"""Engine placement and thread settings (pure functions; the engine itself runs in the pipeline tests)."""
+"""Engine placement and thread settings (pure functions; the engine itself runs in the pipeline tests), and the
+progress stream over engine calls."""
+
+import logging
+import time
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +49,34 @@ def test_engine_spec_carries_the_throughput_settings():
     spec = engine_spec(cfg, "/models/x")
     assert (spec.model, spec.max_num_seqs, spec.gpu_memory_utilization, spec.max_model_len, spec.dtype,
             spec.use_gpu) == ("/models/x", 512, 0.8, 4096, "bfloat16", True)
+
+
+def test_progress_streams_each_engine_call_as_it_finishes(ray_cluster, tmp_path, caplog):
+    """The consumer sees each engine call's block when it is done, not all blocks at the end. The engine actor is
+    stood in for by a class that takes one second per call and leaves a marker file (only the streaming is under
+    test; the real engine streams through the same code in the pipeline tests)."""
+    import ray
+
+    from scotd.engine import stream_batches
+
+    class SlowCalls:  # defined here so that Ray ships it by value to its worker
+        def __init__(self, marks: str):
+            self.marks = Path(marks)
+
+        def __call__(self, batch):
+            time.sleep(1.0)
+            (self.marks / f"{batch['question_id'][0]}.done").touch()
+            return batch
+
+    ds = ray.data.from_items([{"question_id": f"q{i:02d}"} for i in range(50)])
+    out = ds.map_batches(SlowCalls, fn_constructor_kwargs={"marks": str(tmp_path)}, batch_size=10, concurrency=1,
+                         num_cpus=1)
+    calls_done_at_first_batch = None
+    with caplog.at_level(logging.INFO, logger="scotd.engine"):
+        for batch in stream_batches(out, total=50, label="eval x", every_s=0.0):
+            if calls_done_at_first_batch is None:
+                calls_done_at_first_batch = len(list(tmp_path.glob("*.done")))
+            assert len(batch["question_id"]) == 10  # one block per engine call
+    assert calls_done_at_first_batch is not None and calls_done_at_first_batch < 4, calls_done_at_first_batch
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[eval x]")]
+    assert lines[0].startswith("[eval x] 10/50 questions") and lines[-1].startswith("[eval x] 50/50 questions")
