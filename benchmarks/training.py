@@ -113,25 +113,21 @@ def main() -> None:
     results["scotd"] = {k: one.get(k) for k in ("epoch_s", "tokens_per_s", "real_token_share", "threads")}
     results["ratio_scotd_over_plain_tokens_per_s"] = one["tokens_per_s"] / results["plain"]["tokens_per_s"]
 
-    if args.no_pair:
-        ray.shutdown()
-        print(json.dumps(results, indent=2))
-        return
-    # Parallel vs sequential: two students, each given half the cores when parallel, all when alone.
-    half = max(1.0, cores / 2)
-    pair = [replace(cfg, name="a", cpus_per_worker=half), replace(cfg, name="b", cpus_per_worker=half)]
-    started = time.monotonic()
-    train_students([job(c) for c in pair])
-    parallel_s = time.monotonic() - started
-    started = time.monotonic()
-    for c in (replace(cfg, name="a2"), replace(cfg, name="b2")):
-        train_students([job(c)])
-    sequential_s = time.monotonic() - started
+    if not args.no_pair:
+        # Parallel vs sequential: two students, each given half the cores when parallel, all when alone.
+        half = max(1.0, cores / 2)
+        pair = [replace(cfg, name="a", cpus_per_worker=half), replace(cfg, name="b", cpus_per_worker=half)]
+        started = time.monotonic()
+        train_students([job(c) for c in pair])
+        parallel_s = time.monotonic() - started
+        started = time.monotonic()
+        for c in (replace(cfg, name="a2"), replace(cfg, name="b2")):
+            train_students([job(c)])
+        sequential_s = time.monotonic() - started
+        results["two_students"] = {"parallel_s": parallel_s, "sequential_s": sequential_s,
+                                   "ratio_parallel_over_sequential": parallel_s / sequential_s}
     ray.shutdown()
-    results["two_students"] = {"parallel_s": parallel_s, "sequential_s": sequential_s,
-                               "ratio_parallel_over_sequential": parallel_s / sequential_s}
     print(json.dumps(results, indent=2))
-
 
 def resolve(ref: str, questions, work: Path) -> str:
     if ref == "tiny":

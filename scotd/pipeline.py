@@ -217,13 +217,18 @@ def stage_students(exp: Experiment) -> list[dict]:
     return train_students(jobs) if jobs else []
 
 
+def student_setting(cfg: ExperimentConfig, s) -> str:
+    """The corpus setting a student trains in: its own, else the experiment's."""
+    return s.setting or cfg.corpus.setting
+
+
 def student_rows(exp: Experiment, s) -> tuple[Path, dict]:
     """The file a student trains on: the label file (label-only), the corpus, or the corpus after the student's
     selector (written to ``students/<name>/train_rows.parquet``), with counts of what was kept."""
     from scotd.schema import CORPUS_SCHEMA
     from scotd.selectors import by_question, hf_embedder, select
 
-    setting = s.setting or exp.cfg.corpus.setting
+    setting = student_setting(exp.cfg, s)
     folder = exp.dir / "corpus"
     if setting != exp.cfg.corpus.setting:
         folder = folder / setting  # the other setting's corpus, built by stage_corpus from the same samples
@@ -366,7 +371,7 @@ def stage_report(exp: Experiment) -> dict:
     runs = [{"run": r["run"], "kind": r["kind"], "model": r["model_ref"], "dir": r["dir"], "extra": r["extra"],
              **({"student": r["student"], "checkpoint": r["checkpoint"], "epoch": r["epoch"],
                  "selector": students[r["student"]].selector, "selector_k": students[r["student"]].selector_k,
-                 "setting": students[r["student"]].setting or exp.cfg.corpus.setting,
+                 "setting": student_setting(exp.cfg, students[r["student"]]),
                  "num_samples": exp.cfg.teacher.num_samples} if "student" in r else {})}
             for r in eval_runs(exp.cfg, exp.dir)]
     return write_report(exp.dir, runs)

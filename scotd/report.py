@@ -70,10 +70,12 @@ def paired_differences(rows: list[dict], predictions: dict[str, dict[str, bool]]
     out = []
     scotd = [r for r in rows if r["kind"] == "scotd"]
     main = [r for r in scotd if r.get("selector", "all") == "all"]
+    compared: set[tuple[str, str]] = set()
     for a in main or scotd:
         for b in rows:
-            if b is a or (not main and b["kind"] == "scotd") or (b in main and rows.index(b) < rows.index(a)):
+            if b is a or (not main and b["kind"] == "scotd") or (b["run"], a["run"]) in compared:
                 continue
+            compared.add((a["run"], b["run"]))
             pa, pb = predictions[a["run"]], predictions[b["run"]]
             shared = sorted(pa.keys() & pb.keys())
             only_a = sum(pa[q] and not pb[q] for q in shared)
@@ -128,6 +130,7 @@ def studies(rows: list[dict]) -> dict:
     - ``methods``: accuracy per method (label-only, greedy CoT, SCoTD) and student model.
     """
     students = [r for r in rows if "student" in r and "sc@" not in r["run"]]
+    several_settings = len({r.get("setting") for r in students}) > 1
     n_curve, selectors, methods = [], [], []
     for r in students:
         base = {"run": r["run"], "model": r["model"], "accuracy": r["accuracy"], "total": r["total"]}
@@ -138,8 +141,7 @@ def studies(rows: list[dict]) -> dict:
             selectors.append({**base, "selector": selector, "k": r.get("selector_k")})
         if r["kind"] == "label_only" or selector in ("all", "greedy"):
             method = {"label_only": "label-only", "scotd": "greedy CoT" if selector == "greedy" else "SCoTD"}
-            settings = {x.get("setting") for x in students}
-            suffix = f" ({r['setting']})" if len(settings) > 1 and r.get("setting") else ""
+            suffix = f" ({r['setting']})" if several_settings and r.get("setting") else ""
             methods.append({**base, "method": method[r["kind"]] + suffix})
     n_curve.sort(key=lambda x: (x["model"], x["n"]))
     return {"n_curve": n_curve if len({x["n"] for x in n_curve}) > 1 else [],
