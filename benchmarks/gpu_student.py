@@ -7,8 +7,8 @@ What runs, side by side in one process on one GPU, on the same micro-batches:
   zero2/zero3 scotd's student step: the model loaded in bf16, ``deepspeed.initialize`` with the dict from
               ``scotd.student.train.deepspeed_config`` (ZeRO stage 2 or 3, bf16, fp32 master weights, clipping)
               and the batches from ``scotd.student.data`` (one rationale per question visit, length-bucketed).
-This is the body of ``train_loop_per_worker`` without Ray Train around it: Ray's wheel (79 MB) does not fit the
-transfer limit of the lent GPU machines, and Ray adds no work inside a step.
+This is the body of ``train_loop_per_worker`` without Ray Train around it; ``benchmarks/gpu_ray_train.py`` runs
+the same step inside Ray Train (``train_students``) next to this one.
 
 The student is the paper's OPT architecture at its published sizes, randomly initialised (no model hub on the GPU
 machine; FLOPs and memory traffic do not depend on the weights' values). Any tokenizer whose ids fit OPT's

@@ -234,9 +234,24 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         for item in overrides:
             apply_override(raw, item)
-        return from_dict(ExperimentConfig, raw)
+        return check_students(from_dict(ExperimentConfig, raw))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+def check_students(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Rules across a student's keys: the global batch splits evenly into micro-batches over its workers (else
+    the accumulation would round it silently), and names are unique (each names a folder)."""
+    seen: set[str] = set()
+    for i, s in enumerate(cfg.students):
+        per_step = s.micro_batch_size * s.num_workers
+        if s.batch_size % per_step:
+            raise ConfigError(f"students.{i}.batch_size: {s.batch_size} is not a multiple of micro_batch_size x "
+                              f"num_workers = {s.micro_batch_size} x {s.num_workers}")
+        if s.name in seen:
+            raise ConfigError(f"students.{i}.name: {s.name!r} is used by an earlier student")
+        seen.add(s.name)
+    return cfg
 
 
 def apply_override(raw: dict, item: str) -> None:

@@ -51,6 +51,12 @@ students: [{name: s}]
     ("tasks: {name: t}\n", [], "tasks: expected a list"),
     ("- 1\n- 2\n", [], "top level must be a mapping"),
     (BASE, ["teacher.seed"], "expected key.sub=value"),
+    (BASE.replace("{name: s}", "{name: s, batch_size: 10, micro_batch_size: 4}"), [],
+     "students.0.batch_size: 10 is not a multiple of micro_batch_size x num_workers = 4 x 1"),
+    (BASE.replace("{name: s}", "{name: s, batch_size: 16, micro_batch_size: 4, num_workers: 3}"), [],
+     "students.0.batch_size: 16 is not a multiple of micro_batch_size x num_workers = 4 x 3"),
+    (BASE.replace("{name: s}", "{name: s}, {name: t}, {name: s}"), [],
+     "students.2.name: 's' is used by an earlier student"),
 ])
 def test_config_errors_name_the_dotted_key(tmp_path, text, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")) as err:

@@ -23,6 +23,7 @@ from scotd.cpu import normal_priority
 log = logging.getLogger(__name__)
 
 STUDENT_META = "scotd_student.json"
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
 
 def accumulation_steps(cfg: StudentConfig, world_size: int) -> int:
@@ -237,6 +238,11 @@ def fit_student(cfg: StudentConfig, model_path: str, rows_path: str, out_dir: st
     from ray.train.torch import TorchConfig, TorchTrainer
 
     dev = dev or []
+    # Students queued for GPUs (more students than GPUs, or nodes still autoscaling) wait for their workers; Ray
+    # Train retries a wait without end but logs a WorkerGroupStartupTimeoutError traceback each 60 s (seen on an
+    # H200 with two students and one GPU). Infeasible requests still fail at once (checked before the wait). Ray
+    # passes this variable from the process calling fit() to its controller; a value the user set is kept.
+    os.environ.setdefault(START_TIMEOUT_ENV, "1800")
     # With a dev split Ray keeps the best-scoring checkpoint besides the latest; without, the last two.
     keep = (CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="dev_accuracy", checkpoint_score_order="max")
             if dev else CheckpointConfig(num_to_keep=2))

@@ -1,0 +1,63 @@
+"""The student stage's settings as pure functions (the DeepSpeed dict, the LR schedule) and what ``fit_student``
+hands Ray Train before training starts."""
+
+import os
+
+import pytest
+
+from scotd.config import StudentConfig
+from scotd.student.train import START_TIMEOUT_ENV, deepspeed_config, fit_student, warmup_linear
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("use_gpu", [False, True])
+def test_deepspeed_dict_follows_the_student_config(stage, use_gpu):
+    cfg = StudentConfig(name="s", batch_size=32, micro_batch_size=4, zero_stage=stage, use_gpu=use_gpu,
+                        grad_clip=0.5)
+    ds = deepspeed_config(cfg, world_size=2)
+    assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 4
+    assert ds["train_batch_size"] == 32 == cfg.batch_size
+    assert ds["zero_optimization"]["stage"] == stage
+    assert ds["zero_optimization"].get("stage3_gather_16bit_weights_on_model_save", False) == (stage == 3)
+    assert ds["bf16"]["enabled"] is use_gpu and ds["gradient_clipping"] == 0.5
+
+
+def test_warmup_then_linear_decay_to_zero():
+    factor = warmup_linear(warmup_steps=3, total_steps=10)
+    values = [factor(step) for step in range(11)]
+    assert values[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert values[3:] == sorted(values[3:], reverse=True) and values[10] == 0.0
+    # fewer steps than the warm-up: the peak is still reached before the end
+    short = warmup_linear(warmup_steps=500, total_steps=4)
+    assert max(short(step) for step in range(4)) == pytest.approx(1.0)
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("user_value, expected", [(None, "1800"), ("90", "90")])
+def test_fit_student_lets_queued_students_wait_without_tracebacks(monkeypatch, tmp_path, user_value, expected):
+    """Ray Train passes RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S from the process calling fit() to its controller.
+    The trainer here is a stand-in that records the environment at construction and stops: a real queued student
+    would have to wait past the 60 s default to show the difference, too slow for a test."""
+    import ray.train.torch
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            seen["value"] = os.environ.get(START_TIMEOUT_ENV)
+            seen["backend"] = kwargs["torch_config"].backend
+
+        def fit(self):
+            raise Stop
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", Recorder)
+    monkeypatch.setenv(START_TIMEOUT_ENV, user_value or "")  # registers the variable's restore at teardown
+    if user_value is None:
+        monkeypatch.delenv(START_TIMEOUT_ENV)
+    with pytest.raises(Stop):
+        fit_student(StudentConfig(name="s", use_gpu=True), "model", "rows.parquet", str(tmp_path / "s"),
+                    str(tmp_path / "ray_train"), meta={})
+    assert seen == {"value": expected, "backend": "nccl"}
