@@ -2,8 +2,8 @@ from importlib import resources
 
 import pytest
 
-from scotd.prompts import (Parsed, load_exemplars, parse_answer, render_answer, render_question, stop_strings,
-                           student_prompt, teacher_prompt)
+from scotd.prompts import (Parsed, cut_at_stop, load_exemplars, parse_answer, render_answer, render_question,
+                           stop_strings, student_prompt, teacher_prompt)
 from scotd.tasks import Question, TaskDataError
 
 Q = Question("q1", "csqa", "Where do you keep milk?", ("oven", "fridge", "shelf"), 1)
@@ -29,7 +29,15 @@ def test_teacher_prompt_is_exemplars_then_question_and_student_prompt_has_none()
 
 
 def test_stop_strings_cover_each_letter():
-    assert stop_strings(3) == ["\n\n", "So the answer is: (a)", "So the answer is: (b)", "So the answer is: (c)"]
+    assert stop_strings(3) == ["\n\n", "So the answer is: (a)", "So the answer is: (b)", "So the answer is: (c)",
+                               "so the answer is: (a)", "so the answer is: (b)", "so the answer is: (c)"]
+
+
+def test_a_lower_case_answer_phrase_ends_the_answer_where_it_first_appears():
+    text = " Earthquakes damage buildings, so the answer is: (d) earthquakes. So the answer is: (b)Human: why?"
+    cut = cut_at_stop(text, stop_strings(4))
+    assert cut == " Earthquakes damage buildings, so the answer is: (d)"
+    assert parse_answer(cut, 4) == Parsed(3, None, "Earthquakes damage buildings,")
 
 
 @pytest.mark.parametrize("text, expected", [
