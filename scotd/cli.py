@@ -48,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if args.config:
                 from scotd.config import dump_config
+                from scotd.storage import reject_credentials
 
-                print(dump_config(load_config(args.config, args.overrides)))
+                config = load_config(args.config, args.overrides)
+                reject_credentials(config)  # the resolved config is printed: never with a secret in it
+                print(dump_config(config))
             else:
                 print("\n".join(describe()))
     except ConfigError as err:

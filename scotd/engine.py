@@ -18,13 +18,14 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from scotd.cpu import normal_priority
+from scotd.storage import fetch_folder, is_uri
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class EngineSpec:
     trust_remote_code: bool = False
     chat_template: bool = False
     use_gpu: bool = False
+    # Where an engine copies a model given as a URI (a student of an experiment stored at s3://...), on its own node.
+    cache_dir: str = "~/.cache/scotd"
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,10 @@ class VLLMGenerator:
         self.tags = {"run": run}
         self.counters = throughput_counters()
         started = time.monotonic()
-        self.llm = build_llm(self.spec)
+        local = self.spec
+        if is_uri(self.spec.model):  # a model folder at output.dir's URI: copy it to this node first
+            local = replace(self.spec, model=str(fetch_folder(self.spec.model, self.spec.cache_dir)))
+        self.llm = build_llm(local)
         self.tokenizer = self.llm.get_tokenizer()
         log.info("vLLM engine for %s ready in %.1f s", self.spec.model, time.monotonic() - started)
 

@@ -51,8 +51,9 @@ class Experiment:
     """Paths and helpers shared by the stages of one experiment folder."""
 
     def __init__(self, cfg: ExperimentConfig):
-        from scotd.storage import Mirror, local_copy
+        from scotd.storage import Mirror, local_copy, reject_credentials
 
+        reject_credentials(cfg)  # before any location is logged or the config saved
         self.cfg = cfg
         self.cache = Path(cfg.output.cache_dir).expanduser()
         self.dir = local_copy(cfg.output.dir, self.cache)  # output.dir itself, or the local copy of its URI
@@ -88,6 +89,18 @@ class Experiment:
 
             return resolve_model(ref, self.cache)
         return ref
+
+    def engine_model(self, path: str) -> str:
+        """Where a vLLM engine on any node finds a model. A folder inside an experiment stored at a URI (a trained
+        student, a tiny model) exists only on the driver's node, so it is pushed (a no-op when already there) and
+        given as its URI: the engine copies it to its own node (``scotd.storage.fetch_folder``). Anything else is
+        returned as is: a hub id, or a folder in a local ``output.dir``, which on a multi-node cluster must be
+        storage every node mounts."""
+        if not self.mirror.uri or not Path(path).is_relative_to(self.dir):
+            return path
+        relative = Path(path).relative_to(self.dir).as_posix()
+        self.mirror.push(relative)
+        return self.mirror.remote(relative)
 
 
 def format_texts(questions: list[Question], exemplars: dict[str, list[Exemplar]], limit: int = 64) -> list[str]:
@@ -274,7 +287,7 @@ def stage_eval(exp: Experiment) -> list[dict]:
         trained = "student" in run
         model = (str(exp.dir / "students" / run["student"] / run["model_subdir"]) if trained
                  else exp.resolve_model(run["model_ref"]))
-        spec = engine_spec(cfg.teacher, model)
+        spec = replace(engine_spec(cfg.teacher, exp.engine_model(model)), cache_dir=cfg.output.cache_dir)
         if run["kind"] != "teacher":
             spec = replace(spec, tensor_parallel_size=1, pipeline_parallel_size=1, chat_template=False)
         k = run.get("shots")  # a few-shot prompted untrained student; otherwise the task's student_shots
@@ -304,7 +317,9 @@ def stage_judge(exp: Experiment, runs: list[dict]) -> list[dict]:
         if len(pair) != 2 or missing:
             raise ValueError(f"eval.judge_pairs.{i}: expected two evaluation runs of {sorted(by_run)}, got "
                              f"{list(pair)}")
-    spec = engine_spec(cfg.teacher, exp.resolve_model(cfg.eval.judge_model or cfg.teacher.model))
+    spec = replace(engine_spec(cfg.teacher, exp.engine_model(exp.resolve_model(cfg.eval.judge_model
+                                                                                or cfg.teacher.model))),
+                   cache_dir=cfg.output.cache_dir)
     questions = exp.questions("eval")
 
     def preds(run: str) -> list[dict]:

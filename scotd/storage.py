@@ -4,22 +4,107 @@ With a URI as ``output.dir`` the job works in a local copy (``<cache_dir>/experi
 it to the URI: everything already there is pulled before the first stage (so a rerun, on this machine or another,
 resumes), each teacher block is pushed as soon as it is written, and each stage's files are pushed when the stage
 ends. Ray Train writes its checkpoints straight to ``<URI>/ray_train``, and training workers read their rows from
-the URI, so no node needs the driver's disk. Credentials come from the environment (AWS_*, GOOGLE_APPLICATION_
-CREDENTIALS, ...) as pyarrow reads them; they are never written anywhere by scotd.
+the URI, so no node needs the driver's disk; vLLM engines on other nodes copy a model folder from the URI to their
+own disk (``fetch_folder``). Task data files may be URIs too (``read_bytes``).
+
+Credentials come from the environment (AWS_*, AWS_ENDPOINT_URL for S3-compatible stores, GOOGLE_APPLICATION_
+CREDENTIALS, ...) or instance roles, as pyarrow finds them. A URI that carries them (``s3://KEY:SECRET@bucket``,
+which pyarrow would accept) is refused before the config is logged or saved (``reject_credentials``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+# scheme://user[:password]@host...: the userinfo part of a URI, where pyarrow accepts S3 keys.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")
 
 
 def is_uri(location: str) -> bool:
     return "://" in location
+
+
+def redact(location: str) -> str:
+    """``location`` with the userinfo of a URI replaced by ``***`` (safe to print)."""
+    return _USERINFO.sub(r"\1***@", location)
+
+
+def reject_credentials(cfg: Any, prefix: str = "") -> None:
+    """Raise ``ConfigError`` naming the dotted key of the first config string that is a URI carrying credentials
+    (``s3://KEY:SECRET@bucket/...``). Called before the config is saved or any location is logged."""
+    from scotd.config import ConfigError
+
+    if dataclasses.is_dataclass(cfg):
+        for f in dataclasses.fields(cfg):
+            reject_credentials(getattr(cfg, f.name), f"{prefix}.{f.name}" if prefix else f.name)
+    elif isinstance(cfg, (tuple, list)):
+        for i, value in enumerate(cfg):
+            reject_credentials(value, f"{prefix}.{i}")
+    elif isinstance(cfg, str) and _USERINFO.match(cfg):
+        raise ConfigError(f"{prefix}: {redact(cfg)}: a URI must not carry credentials (user:secret@); give them "
+                          "through the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                          "GOOGLE_APPLICATION_CREDENTIALS) or the nodes' instance role / service account")
+
+
+def read_bytes(location: str | Path) -> bytes:
+    """The bytes of a local file or of a file at a URI on any pyarrow filesystem; FileNotFoundError if absent."""
+    if not is_uri(str(location)):
+        return Path(location).read_bytes()
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(str(location))
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise FileNotFoundError(redact(str(location)))
+    with fs.open_input_stream(path) as src:
+        return src.read()
+
+
+def fetch_folder(location: str, cache_dir: str | Path) -> Path:
+    """A local folder holding the files of ``location``: the path itself when it is local; for a URI, a copy under
+    ``<cache_dir>/models/<name>-<digest>``. The digest covers the URI and every file's path, size and time, so a
+    folder that changed at the URI is fetched again. Engines on one node may fetch at once: each copies into a
+    temporary sibling and renames it into place, so none ever reads half a folder."""
+    if not is_uri(location):
+        return Path(location)
+    import pyarrow.fs as pafs
+
+    location = location.rstrip("/")
+    fs, root = pafs.FileSystem.from_uri(location)
+    files = sorted((item.path[len(root):].lstrip("/"), item.size, item.mtime_ns) for item in
+                   fs.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=True))
+                   if item.type == pafs.FileType.File)
+    if not files:
+        raise FileNotFoundError(f"{redact(location)}: no files there")
+    digest = hashlib.sha256(repr((location, files)).encode()).hexdigest()[:12]
+    target = Path(cache_dir).expanduser() / "models" / f"{location.rsplit('/', 1)[-1]}-{digest}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for relative, _, _ in files:
+            (partial / relative).parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(f"{root}/{relative}") as src, open(partial / relative, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+        try:
+            partial.rename(target)
+        except OSError:
+            if not target.is_dir():  # not another engine's finished copy: a real failure
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    log.info("storage: fetched %d files from %s into %s", len(files), redact(location), target)
+    return target
 
 
 def local_copy(location: str, cache_dir: Path) -> Path:
@@ -36,6 +121,7 @@ class Mirror:
     """Copies files between an experiment's local folder and its URI; every method is a no-op for a local path."""
 
     def __init__(self, location: str, local: Path):
+        reject_credentials(location, "output.dir")
         self.uri = location.rstrip("/") if is_uri(location) else None
         self.local = local
         if self.uri:
@@ -44,7 +130,8 @@ class Mirror:
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
             except Exception as err:  # pyarrow raises ArrowInvalid / OSError with its own words
-                raise ValueError(f"output.dir: {location!r}: not a filesystem pyarrow can open: {err}") from None
+                raise ValueError(f"output.dir: {redact(location)!r}: not a filesystem pyarrow can open: "
+                                 f"{redact(str(err))}") from None
 
     def remote(self, relative: str) -> str:
         """The location of ``relative`` (a path inside the experiment) for readers on any node."""

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from scotd.storage import is_uri, read_bytes
+
 log = logging.getLogger(__name__)
 
 MAX_CHOICES = 10
@@ -210,12 +212,12 @@ DEFAULT_EXEMPLARS = {"commonsenseqa": "commonsenseqa", "openbookqa": "openbookqa
 # File reading: locations and faults.
 
 
-def iter_json_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, parsed object or RowError) for a JSONL file or a JSON array file.
+def iter_json_records(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, parsed object or RowError) for a JSONL file or a JSON array file (a path or a URI).
 
     Decoding is per line so that one bad byte sequence is one bad row, reported with its line.
     """
-    data = path.read_bytes()
+    data = read_bytes(path)
     head = data.lstrip()[:1]
     if head == b"[":
         yield from _iter_json_array(path, data)
@@ -234,10 +236,10 @@ def iter_json_records(path: Path) -> Iterator[tuple[int, Any]]:
             yield number, RowError(f"bad JSON: {err.msg} (column {err.colno})")
 
 
-def iter_tsv_records(path: Path) -> Iterator[tuple[int, Any]]:
+def iter_tsv_records(path: str | Path) -> Iterator[tuple[int, Any]]:
     """Yield (line number, {header: value} or RowError) for a tab-separated file with a header line (one record per
-    line; fields may be quoted CSV-style)."""
-    lines = path.read_bytes().split(b"\n")
+    line; fields may be quoted CSV-style), at a path or a URI."""
+    lines = read_bytes(path).split(b"\n")
     try:
         header = lines[0].decode("utf-8").rstrip("\r").split("\t")
     except UnicodeDecodeError:
@@ -258,7 +260,7 @@ def iter_tsv_records(path: Path) -> Iterator[tuple[int, Any]]:
         yield number, dict(zip(header, fields))
 
 
-def _iter_json_array(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
+def _iter_json_array(path: str | Path, data: bytes) -> Iterator[tuple[int, Any]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -281,20 +283,24 @@ def _iter_json_array(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
 
 def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool = False,
                    labelled: bool = True) -> LoadResult:
-    """Read one data file of format ``fmt`` into questions of ``task``.
+    """Read one data file of format ``fmt`` into questions of ``task``: a local path, or a URI on any filesystem
+    pyarrow opens (``s3://bucket/data/train.jsonl``, ``gs://...``, ``file://...``), so the data can live where every
+    node of a cluster reads it.
 
     A bad row raises ``TaskDataError("path:line: fault")`` unless ``skip_bad_rows``, in which case it is counted.
     Duplicate ids are an error too (they would collide in the corpus). Generic rows without an id get
     ``<task>-<line>``.
     """
-    path = Path(path)
+    path = str(path) if is_uri(str(path)) else Path(path)  # Path() would fold the '//' of a URI
     if fmt not in ROW_PARSERS or fmt == "hf":
         raise TaskDataError(f"{path}: unknown file format {fmt!r} (known: {', '.join(ROW_PARSERS)})")
-    if not path.exists():
-        raise TaskDataError(f"{path}: file not found")
     parser = ROW_PARSERS[fmt]
     questions, skipped, seen = [], [], set()
-    for line, obj in iter_tsv_records(path) if fmt == "imdb" else iter_json_records(path):
+    try:
+        records = list(iter_tsv_records(path) if fmt == "imdb" else iter_json_records(path))
+    except FileNotFoundError:
+        raise TaskDataError(f"{path}: file not found") from None
+    for line, obj in records:
         try:
             if isinstance(obj, RowError):
                 raise obj

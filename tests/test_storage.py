@@ -71,3 +71,127 @@ def test_pipeline_writes_at_the_uri(tmp_path):
     assert second.pull() == 6  # questions/{train,dev,eval}.parquet, questions/summary.json, config, timings
     files = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())  # noqa: E731
     assert files(tmp_path / "cache2" / "copy") == files(remote) == files(exp.dir)
+
+
+def test_fetch_folder_copies_a_uri_folder_once_per_content(tmp_path):
+    """What an engine on another node does with a student given as a URI: a local copy, made once, made again
+    when the folder at the URI changes; a local path is used as it is."""
+    from scotd.storage import fetch_folder
+
+    remote = tmp_path / "bucket" / "exp" / "students" / "s" / "model"
+    (remote / "sub").mkdir(parents=True)
+    (remote / "config.json").write_text("{}")
+    (remote / "sub" / "weights.bin").write_bytes(b"w" * 5000)
+    uri = f"file://{remote}"
+    local = fetch_folder(uri, tmp_path / "cache")
+    assert local.parent == tmp_path / "cache" / "models" and local.name.startswith("model-")
+    files = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}  # noqa: E731
+    assert files(local) == files(remote)
+    (local / "config.json").write_text("marker")  # a second fetch of the same content reuses the copy
+    assert fetch_folder(uri + "/", tmp_path / "cache") == local and (local / "config.json").read_text() == "marker"
+    (remote / "config.json").write_text('{"retrained": true}')
+    again = fetch_folder(uri, tmp_path / "cache")
+    assert again != local and (again / "config.json").read_text() == '{"retrained": true}'
+    assert not [p for p in (tmp_path / "cache" / "models").iterdir() if p.name.startswith(".")]  # no partial copy
+    assert fetch_folder(str(remote), tmp_path / "cache") == remote
+    with pytest.raises(FileNotFoundError, match="no files there"):
+        fetch_folder(f"file://{tmp_path / 'nothing'}", tmp_path / "cache")
+
+
+def _uri_experiment(tmp_path, students: str = "[{name: s}, {name: t}]", extra: str = ""):
+    import json
+
+    from scotd.config import load_config
+    from scotd.pipeline import Experiment, stage_tasks
+
+    rows = [{"id": f"t{i}", "question": f"Question {i}?", "choices": ["a", "b"], "answer": i % 2} for i in range(4)]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "exp.yaml").write_text(
+        f"tasks: [{{name: g, format: jsonl, train: {data}, eval: {data}}}]\nstudents: {students}\n"
+        f"eval: {{teacher: false, untrained: false{extra}}}\n"
+        f"output: {{dir: 'file://{tmp_path / 'bucket' / 'exp'}', cache_dir: {tmp_path / 'cache'}}}\n")
+    exp = Experiment(load_config(tmp_path / "exp.yaml"))
+    stage_tasks(exp)
+    return exp
+
+
+def test_eval_and_judge_engines_get_the_students_uri(tmp_path, monkeypatch):
+    """With output.dir at a URI, stage_eval and stage_judge hand the engines the URI of each model folder inside
+    the experiment (pushed first: it was exported on the driver's node only), never the driver's local copy."""
+    import scotd.evaluate
+    import scotd.judge
+    from scotd.pipeline import stage_eval
+    from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
+
+    exp = _uri_experiment(tmp_path, extra=", judge_pairs: [[s, t]]")
+    for name in ("s", "t"):
+        (exp.dir / "students" / name / "model").mkdir(parents=True)
+        (exp.dir / "students" / name / "model" / "config.json").write_text(name)
+    (exp.dir / "models" / "judge").mkdir(parents=True)
+    (exp.dir / "models" / "judge" / "config.json").write_text("judge")
+    monkeypatch.setattr(type(exp), "resolve_model", lambda self, ref: str(self.dir / "models" / "judge"))
+    seen = []
+
+    def evaluate_run(run, questions, prompt_fn, spec, *, out_dir, run_dir, **kwargs):
+        seen.append((run, spec.model, spec.cache_dir))
+        write_table(to_table([], PREDICTION_SCHEMA), out_dir / run_dir / "predictions.parquet")
+        return {}
+
+    def judge_runs(questions, a, b, preds_a, preds_b, spec, **kwargs):
+        seen.append(("judge", spec.model, spec.cache_dir))
+        return {}
+
+    monkeypatch.setattr(scotd.evaluate, "evaluate_run", evaluate_run)
+    monkeypatch.setattr(scotd.judge, "judge_runs", judge_runs)
+    stage_eval(exp)
+    remote = tmp_path / "bucket" / "exp"
+    cache = str(tmp_path / "cache")
+    assert seen == [("s", f"file://{remote}/students/s/model", cache), ("t", f"file://{remote}/students/t/model", cache),
+                    ("judge", f"file://{remote}/models/judge", cache)]
+    for name in ("s", "t"):  # at the URI before any engine started
+        assert (remote / "students" / name / "model" / "config.json").read_text() == name
+    assert (remote / "models" / "judge" / "config.json").read_text() == "judge"
+
+
+def test_engine_model_with_a_local_output_dir_or_a_hub_id(tmp_path):
+    """A local output.dir is shared storage on a multi-node cluster (README): its paths are handed on as they are,
+    as are hub ids and folders outside the experiment."""
+    from scotd.config import load_config
+    from scotd.pipeline import Experiment
+
+    (tmp_path / "exp.yaml").write_text(f"output: {{dir: {tmp_path / 'exp'}}}\n")
+    local = Experiment(load_config(tmp_path / "exp.yaml"))
+    assert local.engine_model(str(local.dir / "students" / "s" / "model")) == str(local.dir / "students" / "s" / "model")
+    at_uri = _uri_experiment(tmp_path / "u")
+    assert at_uri.engine_model("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
+    assert at_uri.engine_model(str(tmp_path / "elsewhere")) == str(tmp_path / "elsewhere")
+
+
+SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    pytest.param(f"output.dir=s3://AKIAEXAMPLE:{SECRET}@bucket/runs/x", "output.dir", id="output-dir"),
+    pytest.param(f"tasks.0.train=s3://AKIAEXAMPLE:{SECRET}@bucket/data/train.jsonl", "tasks.0.train", id="data"),
+    pytest.param(f"output.dir=gs://user:{SECRET}@bucket/x", "output.dir", id="gs"),
+])
+@pytest.mark.parametrize("command", ["run", "config"])
+def test_credentials_in_a_uri_are_refused_before_anything_is_written(tmp_path, capsys, caplog, override, key,
+                                                                     command):
+    from scotd.cli import main
+
+    (tmp_path / "exp.yaml").write_text(
+        f"tasks: [{{name: g, format: jsonl, train: {tmp_path / 'd.jsonl'}, eval: {tmp_path / 'd.jsonl'}}}]\n"
+        f"students: [{{name: s}}]\noutput: {{dir: {tmp_path / 'out'}, cache_dir: {tmp_path / 'cache'}}}\n")
+    assert main([command, str(tmp_path / "exp.yaml"), override]) == 2
+    out, err = capsys.readouterr()
+    assert f"config error: {key}: " in err and "***@bucket" in err and "credentials" in err
+    assert SECRET not in out + err + caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]  # no config.yaml, no local copy
+
+
+def test_mirror_refuses_credentials_itself(tmp_path):
+    with pytest.raises(ValueError, match=r"output\.dir: s3://\*\*\*@bucket/x: a URI must not carry credentials"):
+        Mirror(f"s3://AKIAEXAMPLE:{SECRET}@bucket/x", tmp_path)

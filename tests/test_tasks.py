@@ -132,6 +132,22 @@ def test_missing_file_and_unknown_format(tmp_path):
         load_questions(write_jsonl(tmp_path, [GOOD]), "csv", "g")
 
 
+def test_files_at_a_uri_load_like_local_files(tmp_path):
+    """Data on a cluster lives where every node reads it (s3://, gs://): loaders read through pyarrow's
+    filesystems; file:// takes the same path as s3://. Faults still name the location and line."""
+    path = write_jsonl(tmp_path, [MC, {**MC, "id": "q2"}], name="train.jsonl")
+    at_uri = load_questions(f"file://{path}", "commonsenseqa", "csqa")
+    assert at_uri == load_questions(path, "commonsenseqa", "csqa") and len(at_uri.questions) == 2
+    bad = write_jsonl(tmp_path, [MC, b"{oops\n"], name="bad.jsonl")
+    with pytest.raises(TaskDataError, match=f"^file://{bad}:2: bad JSON"):
+        load_questions(f"file://{bad}", "commonsenseqa", "csqa")
+    with pytest.raises(TaskDataError, match=f"^file://{tmp_path}/none.jsonl: file not found"):
+        load_questions(f"file://{tmp_path}/none.jsonl", "jsonl", "g")
+    tsv = tmp_path / "imdb.tsv"
+    tsv.write_text("Sentiment\tText\nPositive\tGreat film.\n")
+    assert load_questions(f"file://{tsv}", "imdb", "imdb").questions[0].answer_index == 0
+
+
 def test_hub_rows_in_the_common_layouts():
     # Parsed without the hub (unreachable here): the row shapes of CSQA/ARC on the hub and of list-choice datasets.
     from scotd.tasks import parse_hf_multiple_choice
