@@ -128,10 +128,13 @@ class StudentConfig:
     selector: Literal["all", "first_n", "random", "likelihood", "diverse", "open_ended", "greedy"] = opt(
         "all", "Which kept rationales a SCoTD student trains on (scotd/selectors.py): all; first_n = those among the "
         "first selector_k samples (the N-sweep); random / likelihood / diverse: selector_k per question; "
-        "open_ended: 1-9 per question by quintile of rationale variety; greedy: the teacher's one greedy rationale "
-        "per question (needs teacher.greedy_rationales)."
+        "open_ended: selector_k per question on average, by quintile of rationale variety (1/3/5/7/9 at 5); greedy: "
+        "the teacher's one greedy rationale per question (needs teacher.greedy_rationales)."
     )
-    selector_k: int = opt(5, "Rationales per question for random/likelihood/diverse; N for first_n (paper: 5).")
+    selector_k: int = opt(
+        5, "Budget: rationales per question for random/likelihood/diverse, per question on average for open_ended "
+        "(counts in proportion to 1:3:5:7:9); N for first_n (paper: 5). A question with fewer keeps them all."
+    )
     setting: Literal["", "supervised", "fewshot"] = opt(
         "", "This student's corpus setting when it differs from corpus.setting (both settings in one experiment, "
         "from the same teacher samples); empty: corpus.setting. Label-only students in the fewshot setting learn "

@@ -10,12 +10,19 @@ paper's ablations compare them at an equal budget (5 rationales per question on 
 - ``diverse``: the question's rationales embedded, clustered into k groups (k-means), the rationale nearest each
   group's centre kept.
 - ``open_ended``: questions ranked by how varied their rationales are (unique bigrams across them), split into
-  quintiles; the least varied fifth keeps 1 rationale, then 3, 5, 7, and the most varied keeps 9 (average 5).
+  quintiles; at the default budget of 5 the least varied fifth keeps 1 rationale, then 3, 5, 7, and the most varied
+  keeps 9 (average 5). Another budget k scales these counts in proportion (``open_ended_keep``), so k means the same
+  average for all four selectors.
+
+Every budget is a cap: a question with fewer kept rationales than its budget keeps them all, so the rationales per
+question a selector actually keeps (``students/<name>/model/scotd_student.json``, ``selection.per_question``; the
+report's selector table) can be below k.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -24,6 +31,7 @@ import numpy as np
 
 SELECTORS = ("all", "first_n", "random", "likelihood", "diverse", "open_ended")
 OPEN_ENDED_KEEP = (1, 3, 5, 7, 9)  # rationales kept per question, by quintile of open-endedness (low -> high)
+OPEN_ENDED_BUDGET = 5  # the mean of OPEN_ENDED_KEEP: the paper's budget
 
 Embed = Callable[[list[str]], np.ndarray]
 
@@ -110,6 +118,22 @@ def unique_bigrams(texts: Sequence[str]) -> int:
     return len(seen)
 
 
+def open_ended_keep(budget: int) -> tuple[int, ...]:
+    """Rationales kept per quintile for an average ``budget`` per question: proportional to 1:3:5:7:9, at least 1 each,
+    rounded by largest remainder so that the five counts sum to 5 x budget (mean exactly ``budget``).
+    5 -> (1, 3, 5, 7, 9); 2 -> (1, 1, 2, 3, 3); 10 -> (2, 6, 10, 14, 18); 1 -> (1, 1, 1, 1, 1)."""
+    if budget < 1:
+        raise ValueError(f"open_ended: the budget must be at least 1 rationale per question, got {budget}")
+    total = budget * len(OPEN_ENDED_KEEP)
+    ideal = [total * w / sum(OPEN_ENDED_KEEP) for w in OPEN_ENDED_KEEP]
+    counts = [max(1, math.floor(x)) for x in ideal]
+    # the quintiles furthest below their ideal share get the rest, the more open-ended first on a tie
+    order = sorted(range(len(counts)), key=lambda q: (counts[q] - ideal[q], -q))
+    for q in order[: total - sum(counts)]:
+        counts[q] += 1
+    return tuple(counts)
+
+
 def open_ended(rows: Sequence[dict], seed: int = 0, keep: Sequence[int] = OPEN_ENDED_KEEP) -> list[dict]:
     """Questions in quintiles of unique bigrams across their rationales; quintile q keeps ``keep[q]`` at random."""
     groups = by_question(rows)
@@ -122,7 +146,8 @@ def open_ended(rows: Sequence[dict], seed: int = 0, keep: Sequence[int] = OPEN_E
 
 
 def select(rows: Sequence[dict], selector: str, *, k: int = 5, seed: int = 0, embed: Embed | None = None) -> list[dict]:
-    """Apply ``selector`` with budget ``k`` (for ``first_n``: N). ``embed`` is needed by ``diverse`` only."""
+    """Apply ``selector`` with budget ``k`` per question (``open_ended``: on average; ``first_n``: N). ``embed`` is
+    needed by ``diverse`` only."""
     if selector == "all":
         return list(rows)
     if selector == "first_n":
@@ -136,7 +161,7 @@ def select(rows: Sequence[dict], selector: str, *, k: int = 5, seed: int = 0, em
             raise ValueError("selector 'diverse' needs an embedding function")
         return diverse_k(rows, k, embed, seed)
     if selector == "open_ended":
-        return open_ended(rows, seed)
+        return open_ended(rows, seed, keep=open_ended_keep(k))
     raise ValueError(f"unknown selector {selector!r}; known: {', '.join(SELECTORS)}")
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from scotd.selectors import OPEN_ENDED_KEEP, kmeans, select, unique_bigrams
+from scotd.selectors import OPEN_ENDED_KEEP, kmeans, open_ended_keep, select, unique_bigrams
 
 
 def row(qid, idx, rationale="r", logprob_mean=-1.0):
@@ -71,6 +71,24 @@ def test_open_ended_keeps_more_for_more_varied_questions():
     per_question = {f"q{q}": sum(r["question_id"] == f"q{q}" for r in kept) for q in range(10)}
     assert [per_question[f"q{q}"] for q in range(10)] == [k for k in OPEN_ENDED_KEEP for _ in range(2)]
     assert sum(per_question.values()) / 10 == 5
+    # another budget scales the quintile counts: 2 per question on average, the most varied questions still most
+    kept = select(rows, "open_ended", k=2, seed=0)
+    per_question = [sum(r["question_id"] == f"q{q}" for r in kept) for q in range(10)]
+    assert per_question == [1, 1, 1, 1, 2, 2, 3, 3, 3, 3] and sum(per_question) / 10 == 2
+
+
+@pytest.mark.parametrize("budget, keep", [(1, (1, 1, 1, 1, 1)), (2, (1, 1, 2, 3, 3)), (3, (1, 2, 3, 4, 5)),
+                                          (5, OPEN_ENDED_KEEP), (10, (2, 6, 10, 14, 18))])
+def test_open_ended_counts_scale_with_the_budget(budget, keep):
+    assert open_ended_keep(budget) == keep
+
+
+def test_open_ended_budget_is_the_mean_for_every_budget():
+    for budget in range(1, 31):
+        keep = open_ended_keep(budget)
+        assert sum(keep) == 5 * budget and min(keep) >= 1 and list(keep) == sorted(keep), budget
+    with pytest.raises(ValueError, match="at least 1"):
+        open_ended_keep(0)
 
 
 def test_unique_bigrams_counts_across_texts():
