@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from scotd.config import ConfigError, describe, load_config
+from scotd.storage import is_uri
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,8 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("config", type=Path)
     run.add_argument("overrides", nargs="*", help="config overrides, e.g. teacher.num_samples=4")
     run.add_argument("--stages", default="", help="comma-separated subset of: tasks,teacher,corpus,students,eval,report")
-    rep = sub.add_parser("report", help="rebuild report.json/report.md of a finished experiment folder")
-    rep.add_argument("experiment_dir", type=Path)
+    rep = sub.add_parser("report", help="rebuild report.json/report.md of a finished experiment folder, or combine "
+                         "several folders into one report: scotd report DIR [DIR ...] --out OUT")
+    rep.add_argument("experiment_dirs", type=Path, nargs="+", metavar="experiment_dir")
+    rep.add_argument("--out", type=Path, help="folder for the combined report of the given experiment folders "
+                     "(needed with more than one)")
     cfg = sub.add_parser("config", help="print every config key with its default and meaning")
     cfg.add_argument("config", type=Path, nargs="?", help="also validate this YAML and print it resolved")
     cfg.add_argument("overrides", nargs="*")
@@ -41,10 +46,21 @@ def main(argv: list[str] | None = None) -> int:
             if report.exists() and "report" in stages:
                 print(report.read_text())
             print(f"artifacts: {exp.mirror.uri} (local copy: {exp.dir})" if exp.mirror.uri else f"artifacts: {exp.dir}")
-        elif args.command == "report":
-            config = load_config(args.experiment_dir / "config.yaml")
+        elif args.command == "report" and args.out is None:
+            if len(args.experiment_dirs) > 1:
+                parser.error("several experiment folders are combined into one report: give --out OUT")
+            folder = args.experiment_dirs[0]
+            config = load_config(folder / "config.yaml")
+            if not is_uri(config.output.dir):  # the folder given, even when moved or copied since the run
+                config = replace(config, output=replace(config.output, dir=str(folder)))
             exp = pipeline.run(config, ("report",))
             print((exp.dir / "report.md").read_text())
+        elif args.command == "report":
+            from scotd.report import combine
+
+            combine(args.out, [(folder, pipeline.report_runs(load_config(folder / "config.yaml"), folder))
+                               for folder in args.experiment_dirs])
+            print((args.out / "report.md").read_text())
         else:
             if args.config:
                 from scotd.config import dump_config

@@ -382,20 +382,26 @@ def eval_runs(cfg: ExperimentConfig, exp_dir: Path | None = None) -> list[dict]:
 def stage_report(exp: Experiment) -> dict:
     from scotd.report import write_report
 
-    students = {s.name: s for s in exp.cfg.students}
-    runs = [{"run": r["run"], "kind": r["kind"], "model": r["model_ref"], "dir": r["dir"], "extra": r["extra"],
+    return write_report(exp.dir, report_runs(exp.cfg, exp.dir))
+
+
+def report_runs(cfg: ExperimentConfig, exp_dir: Path) -> list[dict]:
+    """What the report needs to know of each evaluation run (``scotd.report.build_report``'s ``runs``)."""
+    students = {s.name: s for s in cfg.students}
+    return [{"run": r["run"], "kind": r["kind"], "model": r["model_ref"], "dir": r["dir"], "extra": r["extra"],
+             **({"shots": r["shots"]} if r.get("shots") else {}),
              **({"student": r["student"], "checkpoint": r["checkpoint"], "epoch": r["epoch"],
                  "selector": students[r["student"]].selector, "selector_k": students[r["student"]].selector_k,
-                 "setting": student_setting(exp.cfg, students[r["student"]]),
-                 "num_samples": exp.cfg.teacher.num_samples} if "student" in r else {})}
-            for r in eval_runs(exp.cfg, exp.dir)]
-    return write_report(exp.dir, runs)
+                 "setting": student_setting(cfg, students[r["student"]]),
+                 "num_samples": cfg.teacher.num_samples} if "student" in r else {})}
+            for r in eval_runs(cfg, exp_dir)]
 
 
 # What each stage writes, relative to the experiment folder (pushed to output.dir when it is a URI).
 STAGE_OUTPUTS = {"tasks": ("questions",), "teacher": ("teacher", "models"), "corpus": ("corpus",),
                  "students": ("students", "models"), "eval": ("eval", "judge"),
-                 "report": ("report.json", "report.md", "report.png", "report-n-curve.png", "report-selectors.png")}
+                 "report": ("report.json", "report.md", "report.png", "report-n-curve.png", "report-selectors.png",
+                            "report-methods.png")}
 
 STAGE_FUNCTIONS = {"tasks": stage_tasks, "teacher": stage_teacher, "corpus": stage_corpus,
                    "students": stage_students, "eval": stage_eval, "report": stage_report}

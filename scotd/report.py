@@ -1,14 +1,18 @@
-"""Report stage: recompute every number from the saved predictions and write report.json, report.md and a bar chart.
+"""Report stage: recompute every number from the saved predictions and write report.json, report.md and plots.
 
 Accuracy intervals are Wilson score intervals at 95 % (binomial; sensible at small n and near 0 or 1). Differences
 between a SCoTD student and the other rows are tested on the same questions with McNemar's exact test (two-sided
 binomial test on the questions where exactly one of the two is right); p >= 0.05 is marked "within noise".
+
+One report covers one experiment folder, or several combined (``combine``: the paper configs are one task per
+experiment, so the method x task table needs all of them); every path it names is relative to its own folder.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from pathlib import Path
 
@@ -92,10 +96,12 @@ def paired_differences(rows: list[dict], predictions: dict[str, dict[str, bool]]
 
 def build_report(exp_dir: Path, runs: list[dict]) -> dict:
     """``runs``: [{"run": label, "kind": teacher|untrained|label_only|scotd, "model": ..., "dir": eval folder,
-    "extra": only in the checkpoint table}] in table order."""
+    "extra": only in the checkpoint table}] in table order. The report is written to ``exp_dir``; in a combined
+    report each run also names its ``experiment`` and the ``experiment_dir`` its files are in."""
     rows, correct_by_run = [], {}
     for spec in runs:
-        path = exp_dir / "eval" / spec["dir"] / "predictions.parquet"
+        root = Path(spec.get("experiment_dir", exp_dir))
+        path = root / "eval" / spec["dir"] / "predictions.parquet"
         preds = pq.read_table(path).to_pylist()
         correct_by_run[spec["run"]] = {p["question_id"]: bool(p["correct"]) for p in preds}
         m = metrics_of(preds)
@@ -104,50 +110,165 @@ def build_report(exp_dir: Path, runs: list[dict]) -> dict:
         for p in preds:
             by_task.setdefault(p["task"], []).append(p)
         flags = [bool(p["correct"]) for p in sorted(preds, key=lambda p: p["question_id"])]
-        rows.append({**spec, **m, "ci95": [low, high], "bootstrap95": list(bootstrap_interval(flags)),
-                     "predictions": str(path.relative_to(exp_dir)),
-                     "by_task": {t: metrics_of(ps)["accuracy"] for t, ps in sorted(by_task.items())}})
+        row = {**spec, **m, "ci95": [low, high], "bootstrap95": list(bootstrap_interval(flags)),
+               "predictions": os.path.relpath(path, exp_dir),
+               "by_task": {t: metrics_of(ps)["accuracy"] for t, ps in sorted(by_task.items())}}
+        kept = kept_per_question(root, spec) if "student" in spec else None
+        if kept is not None:
+            row["kept_per_question"] = kept
+        rows.append(row)
     main = [r for r in rows if not r.get("extra")]
-    report = {"experiment": exp_dir.name, "rows": main, "extra_rows": [r for r in rows if r.get("extra")],
-              "differences": paired_differences(main, correct_by_run), "studies": studies(main),
+    by_experiment: dict[str | None, list[dict]] = {}
+    for r in main:  # SCoTD rows are compared with rows of their own experiment (the same questions) only
+        by_experiment.setdefault(r.get("experiment"), []).append(r)
+    report = {"experiment": " + ".join(str(e) for e in by_experiment) if None not in by_experiment else exp_dir.name,
+              "rows": main, "extra_rows": [r for r in rows if r.get("extra")],
+              "differences": [d for group in by_experiment.values() for d in paired_differences(group, correct_by_run)],
+              "studies": studies(main), "method_by_task": method_by_task(main),
               "checkpoints": checkpoint_selection(exp_dir, rows)}
-    report["judge"] = [json.loads(p.read_text()) for p in sorted((exp_dir / "judge").glob("*/summary.json"))]
-    corpus_summary = exp_dir / "corpus" / "summary.json"
-    if corpus_summary.exists():
-        report["corpus"] = json.loads(corpus_summary.read_text())
-    timings = exp_dir / "timings.json"
-    if timings.exists():
-        report["stage_seconds"] = json.loads(timings.read_text())
+    experiments = {r.get("experiment"): Path(r.get("experiment_dir", exp_dir)) for r in rows}
+    report["judge"] = [judged for name, root in experiments.items() for judged in judge_results(exp_dir, root, name)]
+    if None in experiments:
+        report.update(experiment_files(exp_dir))
+    else:
+        report["experiments"] = [{"name": name, "dir": os.path.relpath(root, exp_dir), **experiment_files(root)}
+                                 for name, root in experiments.items()]
     return report
 
 
+def experiment_files(root: Path) -> dict:
+    """The corpus summary and stage wall times of one experiment folder, where present."""
+    out = {}
+    for key, path in (("corpus", root / "corpus" / "summary.json"), ("stage_seconds", root / "timings.json")):
+        if path.exists():
+            out[key] = json.loads(path.read_text())
+    return out
+
+
+def judge_results(exp_dir: Path, root: Path, experiment: str | None) -> list[dict]:
+    """The judge summaries of one experiment folder, each naming its verdicts file; in a combined report the runs
+    carry their experiment's name, as in the main table."""
+    out = []
+    for path in sorted((root / "judge").glob("*/summary.json")):
+        summary = {**json.loads(path.read_text()), "verdicts": os.path.relpath(path.with_name("verdicts.parquet"),
+                                                                                exp_dir)}
+        if experiment is not None:
+            summary.update(a=f"{experiment}/{summary['a']}", b=f"{experiment}/{summary['b']}")
+        out.append(summary)
+    return out
+
+
+def kept_per_question(root: Path, spec: dict) -> float | None:
+    """Rationales per question a SCoTD student actually trained on (questions with at least one): the selection
+    ``student_rows`` recorded in the exported student's scotd_student.json, or for selector "all" the corpus of the
+    student's setting. None for label-only students and when the files are missing."""
+    if spec.get("kind") != "scotd":
+        return None
+    meta = root / "students" / spec["student"] / "model" / "scotd_student.json"
+    selection = json.loads(meta.read_text()).get("selection", {}) if meta.exists() else {}
+    if "per_question" in selection:
+        return selection["per_question"]
+    if spec.get("selector", "all") != "all":
+        return None
+    main = root / "corpus" / "summary.json"
+    summary = json.loads(main.read_text()) if main.exists() else {}
+    setting = spec.get("setting") or summary.get("setting")
+    if summary.get("setting") != setting:
+        other = root / "corpus" / str(setting) / "summary.json"
+        summary = json.loads(other.read_text()) if other.exists() else {}
+    return summary.get("mean_kept_per_question")
+
+
+def _several_settings(rows: list[dict]) -> bool:
+    return len({r.get("setting") for r in rows if "student" in r}) > 1
+
+
+def study_group(r: dict, several_settings: bool) -> str:
+    """What a study compares like with like within: the student model, its corpus setting when the experiment has
+    both, and in a combined report its experiment."""
+    label = r["model"] + (f" ({r['setting']})" if several_settings and r.get("setting") else "")
+    return f"{r['experiment']}: {label}" if r.get("experiment") else label
+
+
+def method_label(r: dict, several_settings: bool) -> str | None:
+    """A main row's method (teacher, untrained zero- or k-shot, label-only, greedy CoT, SCoTD on all kept
+    rationales, with its setting when the experiment has both and its self-consistency suffix); None for the
+    ablation rows (N-sweep, selectors), which have tables of their own."""
+    selector = r.get("selector", "all")
+    if r["kind"] == "teacher":
+        label = "teacher"
+    elif r["kind"] == "untrained":
+        label = f"untrained, {r['shots']}-shot" if r.get("shots") else "untrained, zero-shot"
+    elif r["kind"] == "label_only":
+        label = "label-only"
+    elif selector in ("all", "greedy"):
+        label = "SCoTD" if selector == "all" else "greedy CoT"
+    else:
+        return None
+    if several_settings and r.get("setting"):
+        label += f" ({r['setting']})"
+    return label + (f" {r['run'].rsplit(' ', 1)[1]}" if "sc@" in r["run"] else "")
+
+
+def _varied(points: list[dict], key: str) -> list[dict]:
+    """The points of the groups in which ``key`` takes more than one value (a group of one compares nothing)."""
+    values: dict[str, set] = {}
+    for p in points:
+        values.setdefault(p["group"], set()).add(p[key])
+    return [p for p in points if len(values[p["group"]]) > 1]
+
+
 def studies(rows: list[dict]) -> dict:
-    """The paper's comparisons, read off the greedy student rows (each row names its model, method, selector and
-    selector_k; ``num_samples`` is the teacher's N, which selector "all" uses):
+    """The paper's comparisons, read off the greedy rows (each student row names its model, method, selector,
+    selector_k and setting; ``num_samples`` is the teacher's N, which selector "all" uses). The N-curve and the
+    selectors compare students of one group (``study_group``: model and setting), so a supervised student never
+    appears as a point of the few-shot curve:
 
     - ``n_curve``: accuracy against N for SCoTD students trained on the first N samples (selector first_n) or all;
-    - ``selectors``: accuracy per corpus selector (random, likelihood, diverse, open_ended) next to all N;
-    - ``methods``: accuracy per method (label-only, greedy CoT, SCoTD) and student model.
+    - ``selectors``: accuracy per corpus selector (random, likelihood, diverse, open_ended) next to all N, with the
+      budget k and the rationales per question each one actually kept;
+    - ``methods``: accuracy per method (untrained, label-only, greedy CoT, SCoTD) and student model.
     """
-    students = [r for r in rows if "student" in r and "sc@" not in r["run"]]
-    several_settings = len({r.get("setting") for r in students}) > 1
+    greedy = [r for r in rows if "sc@" not in r["run"]]
+    several_settings = _several_settings(greedy)
     n_curve, selectors, methods = [], [], []
-    for r in students:
-        base = {"run": r["run"], "model": r["model"], "accuracy": r["accuracy"], "total": r["total"]}
+    for r in greedy:
+        base = {"run": r["run"], "model": r["model"], "group": study_group(r, several_settings),
+                "setting": r.get("setting"), "accuracy": r["accuracy"], "total": r["total"], "ci95": r.get("ci95")}
         selector = r.get("selector", "all")
         if r["kind"] == "scotd" and selector in ("first_n", "all") and r.get("num_samples"):
             n_curve.append({**base, "n": r["selector_k"] if selector == "first_n" else r["num_samples"]})
         if r["kind"] == "scotd" and selector in ("all", "random", "likelihood", "diverse", "open_ended"):
-            selectors.append({**base, "selector": selector, "k": r.get("selector_k")})
-        if r["kind"] == "label_only" or selector in ("all", "greedy"):
-            method = {"label_only": "label-only", "scotd": "greedy CoT" if selector == "greedy" else "SCoTD"}
-            suffix = f" ({r['setting']})" if several_settings and r.get("setting") else ""
-            methods.append({**base, "method": method[r["kind"]] + suffix})
-    n_curve.sort(key=lambda x: (x["model"], x["n"]))
-    return {"n_curve": n_curve if len({x["n"] for x in n_curve}) > 1 else [],
-            "selectors": selectors if len({x["selector"] for x in selectors}) > 1 else [],
-            "methods": methods if len({x["method"] for x in methods}) > 1 or len({x["model"] for x in methods}) > 1
+            selectors.append({**base, "selector": selector, "k": r.get("selector_k"),
+                              "kept_per_question": r.get("kept_per_question")})
+        method = method_label(r, several_settings) if r["kind"] != "teacher" else None
+        if method:
+            prefix = f"{r['experiment']}: " if r.get("experiment") else ""
+            methods.append({**base, "method": prefix + method})
+    n_curve.sort(key=lambda x: (x["group"], x["n"]))
+    trained = [x for x in methods if not x["method"].split(": ")[-1].startswith("untrained")]
+    return {"n_curve": _varied(n_curve, "n"), "selectors": _varied(selectors, "selector"),
+            "methods": methods if len({x["method"] for x in trained}) > 1 or len({x["model"] for x in trained}) > 1
             else []}
+
+
+def method_by_task(rows: list[dict]) -> list[dict]:
+    """Accuracy of each main method row per task: one line per (model, method, run name), so the same run of
+    several one-task experiments (the paper configs) fills one line across their tasks."""
+    several_settings = _several_settings(rows)
+    table: dict[tuple, dict] = {}
+    for r in rows:
+        method = method_label(r, several_settings)
+        if method is None:
+            continue
+        name = r.get("experiment_run", r["run"])
+        key = (r["model"], method, name)
+        if key in table and table[key]["by_task"].keys() & r["by_task"].keys():
+            key += (r.get("experiment"),)  # the same task twice (two experiments on one task): a line each
+        entry = table.setdefault(key, {"model": r["model"], "method": method, "run": name, "by_task": {}, "runs": []})
+        entry["by_task"].update(r["by_task"])
+        entry["runs"].append(r["run"])
+    return list(table.values())
 
 
 def checkpoint_selection(exp_dir: Path, rows: list[dict]) -> list[dict]:
@@ -157,11 +278,12 @@ def checkpoint_selection(exp_dir: Path, rows: list[dict]) -> list[dict]:
     for r in rows:
         if r.get("extra") or "student" not in r:
             continue
-        path = exp_dir / "students" / r["student"] / "checkpoints.json"
+        path = Path(r.get("experiment_dir", exp_dir)) / "students" / r["student"] / "checkpoints.json"
         chosen = json.loads(path.read_text()) if path.exists() else {}
         accuracy = {r["checkpoint"]: r["accuracy"]}
         accuracy.update({x["checkpoint"]: x["accuracy"] for x in rows
-                         if x.get("extra") and x.get("student") == r["student"] and "sc@" not in x["run"]})
+                         if x.get("extra") and x.get("student") == r["student"] and "sc@" not in x["run"]
+                         and x.get("experiment") == r.get("experiment")})
         out.append({"run": r["run"], "shown": r["checkpoint"], "last_epoch": chosen.get("last_epoch"),
                     "best_epoch": chosen.get("best_epoch"), "dev_questions": chosen.get("dev_questions", 0),
                     "dev": chosen.get("dev", []), "eval_accuracy": accuracy})
@@ -187,6 +309,14 @@ def render_markdown(report: dict) -> str:
         for r in report["rows"]:
             cells = [f"{100 * r['by_task'][t]:.1f} %" if t in r["by_task"] else "" for t in tasks]
             lines.append(f"| {r['run']} | " + " | ".join(cells) + " |")
+    if len(tasks) > 1 and report.get("method_by_task"):
+        lines += ["", "## Method by task", "",
+                  "Accuracy of each method per task (the ablations have tables of their own below); in a combined "
+                  "report one line gathers the run of that name from every experiment.", "",
+                  "| model | method | run | " + " | ".join(tasks) + " |", "|---|---|---|" + "---|" * len(tasks)]
+        for x in report["method_by_task"]:
+            cells = [f"{100 * x['by_task'][t]:.1f} %" if t in x["by_task"] else "" for t in tasks]
+            lines.append(f"| {x['model']} | {x['method']} | {x['run']} | " + " | ".join(cells) + " |")
     if report.get("chart"):
         lines += ["", f"![accuracy by run]({report['chart']})"]
     differences = report.get("differences")
@@ -211,25 +341,34 @@ def render_markdown(report: dict) -> str:
                   "|---|" + "---|" * len(models)]
         lines += [f"| {m} | " + " | ".join(f"{100 * cell[(m, mo)]:.1f} %" if (m, mo) in cell else ""
                                           for mo in models) + " |" for m in names]
+        if report.get("chart_methods"):
+            lines += ["", f"![accuracy by method and student model]({report['chart_methods']})"]
     if study.get("n_curve"):
         lines += ["", "## Rationales per question (N-curve)", "",
-                  "SCoTD students trained on the first N samples of each question (after filtering).", "",
-                  "| model | N | run | accuracy |", "|---|---|---|---|"]
-        lines += [f"| {x['model']} | {x['n']} | {x['run']} | {100 * x['accuracy']:.1f} % |" for x in study["n_curve"]]
+                  "SCoTD students trained on the first N samples of each question (after filtering), compared within "
+                  "one student model and corpus setting.", "",
+                  "| student | N | run | accuracy |", "|---|---|---|---|"]
+        lines += [f"| {x['group']} | {x['n']} | {x['run']} | {100 * x['accuracy']:.1f} % |" for x in study["n_curve"]]
         if report.get("chart_n_curve"):
             lines += ["", f"![accuracy against N]({report['chart_n_curve']})"]
     if study.get("selectors"):
-        lines += ["", "## Corpus selectors", "", "Same sampled corpus, different rationales kept per question.", "",
-                  "| model | selector | k | run | accuracy |", "|---|---|---|---|---|"]
-        lines += [f"| {x['model']} | {x['selector']} | {x['k'] if x['selector'] != 'all' else 'all'} | {x['run']} | "
-                  f"{100 * x['accuracy']:.1f} % |" for x in study["selectors"]]
+        lines += ["", "## Corpus selectors", "",
+                  "Same sampled corpus, different rationales kept per question, compared within one student model and "
+                  "corpus setting. Budget k: rationales per question (open_ended: on average); 'kept per question': "
+                  "what the selector actually kept per question that had any (fewer where a question had fewer "
+                  "than its budget).", "",
+                  "| student | selector | budget k | kept per question | run | accuracy |", "|---|---|---|---|---|---|"]
+        for x in study["selectors"]:
+            kept = x.get("kept_per_question")
+            lines.append(f"| {x['group']} | {x['selector']} | {x['k'] if x['selector'] != 'all' else 'all'} | "
+                         f"{'' if kept is None else f'{kept:.2f}'} | {x['run']} | {100 * x['accuracy']:.1f} % |")
         if report.get("chart_selectors"):
             lines += ["", f"![accuracy by selector]({report['chart_selectors']})"]
     if report.get("judge"):
         lines += ["", "## Rationale quality (pairwise judge)", "",
                   "The judge compared the two runs' rationales for each question both answered with one, shown in a "
                   "random order; sign test on the pairs it did not call a tie. The same pairs are in "
-                  "judge/<a>__vs__<b>/pairs.jsonl for people to rate.", "",
+                  "judge/<a>__vs__<b>/annotate.jsonl for people to rate blind (key.jsonl says which run is A).", "",
                   "| run a | run b | judge | pairs | a better | b better | ties | unparsed | p | |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for j in report["judge"]:
@@ -257,83 +396,70 @@ def render_markdown(report: dict) -> str:
         lines += ["", "Students are shown at their last checkpoint (no dev split configured: tasks[].max_dev)."]
     corpus = report.get("corpus")
     if corpus:
-        lines += ["", "## Corpus", "",
-                  f"Setting: {corpus['setting']}. {corpus['samples']} teacher samples for {corpus['questions']} "
-                  f"questions; per-sample teacher accuracy {100 * corpus['sample_accuracy']:.1f} %; "
-                  f"{corpus['kept']} rationales kept ({corpus['duplicates_removed']} duplicates removed); "
-                  f"{100 * corpus['share_questions_with_kept_rationale']:.1f} % of questions have at least one; "
-                  f"parse failures {corpus['parse_failures']}."]
+        lines += ["", "## Corpus", "", corpus_line(corpus)]
     stages = report.get("stage_seconds")
     if stages:
         lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.0f} |" for k, v in stages.items()]
-    lines += ["", "Each row is recomputed from the predictions file named in report.json."]
+    if report.get("experiments"):
+        lines += ["", "## Experiments", "", "| experiment | folder | corpus | wall time |", "|---|---|---|---|"]
+        for e in report["experiments"]:
+            seconds = sum(e.get("stage_seconds", {}).values())
+            lines.append(f"| {e['name']} | {e['dir']} | {corpus_line(e['corpus']) if e.get('corpus') else ''} | "
+                         f"{f'{seconds:.0f} s' if seconds else ''} |")
+    lines += ["", "## Sources", "",
+              "Every accuracy above is recomputed from the predictions file of its run (paths relative to this "
+              "report's folder); the judge's counts from its verdicts file.", "",
+              "| run | predictions file |", "|---|---|"]
+    lines += [f"| {r['run']} | {r['predictions']} |" for r in report["rows"] + report.get("extra_rows", [])]
+    lines += [f"| judge: {j['a']} vs {j['b']} | {j['verdicts']} |" for j in report.get("judge", []) if "verdicts" in j]
     return "\n".join(lines) + "\n"
 
 
-def plot_accuracy(report: dict, path: Path) -> None:
-    """Bar chart of accuracy per run with the 95 % intervals as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = report["rows"]
-    colours = {"teacher": "#4c72b0", "untrained": "#8c8c8c", "label_only": "#dd8452", "scotd": "#55a868"}
-    acc = [100 * r["accuracy"] for r in rows]
-    err = [[a - 100 * r["ci95"][0] for a, r in zip(acc, rows)], [100 * r["ci95"][1] - a for a, r in zip(acc, rows)]]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(rows)), 3.6))
-    ax.bar(range(len(rows)), acc, yerr=err, capsize=4, color=[colours.get(r["kind"], "#937860") for r in rows])
-    ax.set_xticks(range(len(rows)), [r["run"] for r in rows], rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (%), 95 % CI")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"{report['experiment']}: {rows[0]['total'] if rows else 0} evaluation questions", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_study(points: list[dict], x: str, path: Path, title: str) -> None:
-    """Accuracy against ``x`` (N: a line per student model; selector: grouped bars per model)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.0, 3.4))
-    models = list(dict.fromkeys(p["model"] for p in points))
-    if x == "n":
-        for model in models:
-            mine = sorted((p for p in points if p["model"] == model), key=lambda p: p["n"])
-            ax.plot([p["n"] for p in mine], [100 * p["accuracy"] for p in mine], marker="o", label=model)
-        ax.set_xlabel("rationales per question (N)")
-    else:
-        keys = list(dict.fromkeys(p[x] for p in points))
-        width = 0.8 / len(models)
-        for m, model in enumerate(models):
-            acc = {p[x]: 100 * p["accuracy"] for p in points if p["model"] == model}
-            ax.bar([k + m * width for k in range(len(keys))], [acc.get(key, 0.0) for key in keys], width, label=model)
-        ax.set_xticks([k + width * (len(models) - 1) / 2 for k in range(len(keys))], keys, fontsize=8)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def corpus_line(corpus: dict) -> str:
+    return (f"Setting: {corpus['setting']}. {corpus['samples']} teacher samples for {corpus['questions']} "
+            f"questions; per-sample teacher accuracy {100 * corpus['sample_accuracy']:.1f} %; "
+            f"{corpus['kept']} rationales kept ({corpus['duplicates_removed']} duplicates removed); "
+            f"{100 * corpus['share_questions_with_kept_rationale']:.1f} % of questions have at least one; "
+            f"parse failures {corpus['parse_failures']}.")
 
 
 def write_report(exp_dir: Path, runs: list[dict]) -> dict:
+    """Build the report of ``runs`` (see ``build_report``) and write report.json, report.md and the plots into
+    ``exp_dir``."""
+    from scotd.plots import plot_accuracy, plot_study
+
+    exp_dir.mkdir(parents=True, exist_ok=True)
     report = build_report(exp_dir, runs)
     if report["rows"]:
         plot_accuracy(report, exp_dir / "report.png")
         report["chart"] = "report.png"
-    if report["studies"]["n_curve"]:
-        plot_study(report["studies"]["n_curve"], "n", exp_dir / "report-n-curve.png", "accuracy against N")
+    study = report["studies"]
+    if study["methods"]:
+        plot_study(study["methods"], "method", exp_dir / "report-methods.png",
+                   "accuracy by method and student model", series="model")
+        report["chart_methods"] = "report-methods.png"
+    if study["n_curve"]:
+        plot_study(study["n_curve"], "n", exp_dir / "report-n-curve.png", "accuracy against N")
         report["chart_n_curve"] = "report-n-curve.png"
-    if report["studies"]["selectors"]:
-        plot_study(report["studies"]["selectors"], "selector", exp_dir / "report-selectors.png",
-                   "accuracy by corpus selector")
+    if study["selectors"]:
+        plot_study(study["selectors"], "selector", exp_dir / "report-selectors.png", "accuracy by corpus selector")
         report["chart_selectors"] = "report-selectors.png"
     (exp_dir / "report.json").write_text(json.dumps(report, indent=2))
     (exp_dir / "report.md").write_text(render_markdown(report))
     return report
+
+
+def combine(out_dir: Path, experiments: list[tuple[Path, list[dict]]]) -> dict:
+    """One report, written to ``out_dir``, of the runs of several experiment folders: ``experiments`` holds each
+    folder with its runs (as ``write_report`` takes them). Each run is labelled ``<folder name>/<run>``; SCoTD rows
+    are compared with rows of their own experiment; the method x task table gathers runs of the same name."""
+    names = [folder.name for folder, _ in experiments]
+    if len(set(names)) != len(names):
+        raise ValueError(f"experiment folders need distinct names to label their runs, got {names}")
+    runs = []
+    for folder, specs in experiments:
+        for spec in specs:
+            runs.append({**spec, "run": f"{folder.name}/{spec['run']}", "experiment": folder.name,
+                         "experiment_run": spec["run"], "experiment_dir": str(folder.resolve())})
+    return write_report(out_dir, runs)

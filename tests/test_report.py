@@ -105,9 +105,11 @@ def test_study_tables_and_plots_from_a_finished_experiment(tmp_path):
             preds = pq.read_table(tmp_path / "eval" / x["run"] / "predictions.parquet")
             assert x["accuracy"] == sum(preds["correct"].to_pylist()) / preds.num_rows
     md = (tmp_path / "report.md").read_text()
-    assert "| m | 30 | all | 80.0 % |" in md and "| m | random | 5 | rand | 60.0 % |" in md
+    assert "| m | 30 | all | 80.0 % |" in md and "| m | random | 5 |  | rand | 60.0 % |" in md
     assert "| SCoTD | 80.0 % |" in md and "| label-only | 40.0 % |" in md
-    for png in ("report-n-curve.png", "report-selectors.png"):
+    for x in study["methods"]:  # the methods plot's error bars: each row's Wilson interval
+        assert x["ci95"] == list(wilson_interval(round(x["accuracy"] * 10), 10))
+    for png in ("report-n-curve.png", "report-selectors.png", "report-methods.png"):
         data = (tmp_path / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000 and f"]({png})" in md
 
@@ -123,3 +125,87 @@ def test_ablation_rows_are_compared_with_the_main_scotd_row_only():
     # without a main row, each SCoTD row against the non-SCoTD rows
     assert [(d["run"], d["versus"]) for d in paired_differences(rows[1:], predictions)] == [
         ("n1", "labels"), ("rand", "labels")]
+
+
+def write_runs(folder, students, questions, num_samples=8):
+    """Predictions for student rows (name, kind, selector, k, setting, questions right); returns the report's runs."""
+    runs = []
+    for name, kind, selector, k, setting, right in students:
+        rows = [score(name, questions, qid, " (a)" if i < right else " (b)") for i, qid in enumerate(questions)]
+        write_table(to_table(rows, PREDICTION_SCHEMA), folder / "eval" / name / "predictions.parquet")
+        runs.append({"run": name, "kind": kind, "model": "m", "dir": name, "student": name, "checkpoint": "last",
+                     "epoch": 3, "selector": selector, "selector_k": k, "setting": setting, "num_samples": num_samples})
+    return runs
+
+
+def test_studies_compare_like_with_like_within_a_setting(tmp_path):
+    """A supervised SCoTD student next to a few-shot N-sweep and selectors: it is neither a point of the few-shot
+    N-curve nor a second 'all' row of the few-shot selector table; the method table keeps both settings apart."""
+    questions = {f"q{i}": Question(f"q{i}", "t", "?", ("x", "y"), 0) for i in range(10)}
+    runs = write_runs(tmp_path, [("all", "scotd", "all", 5, "fewshot", 8), ("sup", "scotd", "all", 5, "supervised", 2),
+                                 ("n1", "scotd", "first_n", 1, "fewshot", 3),
+                                 ("rand", "scotd", "random", 2, "fewshot", 6),
+                                 ("open", "scotd", "open_ended", 2, "fewshot", 7),
+                                 ("labels", "label_only", "all", 5, "fewshot", 4)], questions)
+    study = write_report(tmp_path, runs)["studies"]
+    assert [(x["group"], x["n"], x["run"]) for x in study["n_curve"]] == [("m (fewshot)", 1, "n1"),
+                                                                          ("m (fewshot)", 8, "all")]
+    assert [(x["group"], x["selector"], x["run"]) for x in study["selectors"]] == [
+        ("m (fewshot)", "all", "all"), ("m (fewshot)", "random", "rand"), ("m (fewshot)", "open_ended", "open")]
+    assert {x["method"]: x["run"] for x in study["methods"]} == {"SCoTD (fewshot)": "all", "SCoTD (supervised)": "sup",
+                                                                 "label-only (fewshot)": "labels"}
+    md = (tmp_path / "report.md").read_text()
+    curve = md.split("## Rationales per question")[1].split("\n## ")[0]
+    selectors = md.split("## Corpus selectors")[1].split("\n## ")[0]
+    assert "| m (fewshot) | 8 | all | 80.0 % |" in curve and "| sup |" not in curve + selectors
+
+
+def test_selector_table_shows_the_rationales_each_selector_kept(tmp_path):
+    """Kept per question comes from what student_rows recorded in the exported student (selection.per_question) and,
+    for all kept rationales, from the corpus summary of the student's own setting."""
+    questions = {f"q{i}": Question(f"q{i}", "t", "?", ("x", "y"), 0) for i in range(4)}
+    runs = write_runs(tmp_path, [("all", "scotd", "all", 5, "fewshot", 3), ("rand", "scotd", "random", 2, "fewshot", 2),
+                                 ("sup", "scotd", "all", 5, "supervised", 1),
+                                 ("sup-rand", "scotd", "random", 2, "supervised", 1)], questions)
+    (tmp_path / "corpus" / "supervised").mkdir(parents=True)
+    summary = {"setting": "fewshot", "questions": 4, "samples": 32, "sample_accuracy": 0.5, "kept": 14,
+               "duplicates_removed": 0, "share_questions_with_kept_rationale": 1.0, "parse_failures": 0,
+               "mean_kept_per_question": 3.5}
+    (tmp_path / "corpus" / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "corpus" / "supervised" / "summary.json").write_text(
+        json.dumps({"setting": "supervised", "mean_kept_per_question": 1.25}))
+    for name, per_question in (("rand", 1.75), ("sup-rand", 1.0)):
+        meta = tmp_path / "students" / name / "model" / "scotd_student.json"
+        meta.parent.mkdir(parents=True)
+        meta.write_text(json.dumps({"selection": {"selector": "random", "k": 2, "per_question": per_question}}))
+    report = write_report(tmp_path, runs)
+    kept = {x["run"]: x["kept_per_question"] for x in report["studies"]["selectors"]}
+    assert kept == {"all": 3.5, "rand": 1.75, "sup": 1.25, "sup-rand": 1.0}
+    md = (tmp_path / "report.md").read_text()
+    assert "| m (fewshot) | random | 2 | 1.75 | rand | 50.0 % |" in md
+    assert "| m (supervised) | all | all | 1.25 | sup | 25.0 % |" in md
+
+
+def test_method_by_task_and_sources_in_one_experiment(tmp_path):
+    """Two tasks (an original and its contrast set): the method x task table has a line per method, each cell the
+    recount of the run's predictions on that task; Sources names every row's predictions file."""
+    questions = {f"q{i}": Question(f"q{i}", "orig" if i < 4 else "contrast", "?", ("x", "y"), 0) for i in range(8)}
+    right = {"teacher": {0, 1, 2, 3, 4, 5}, "untrained:m": {0}, "scotd": {0, 1, 2, 4}, "n1": {0, 4}}
+    kinds = {"teacher": "teacher", "untrained:m": "untrained", "scotd": "scotd", "n1": "scotd"}
+    runs = []
+    for run, ok in right.items():
+        rows = [score(run, questions, qid, " (a)" if i in ok else " (b)") for i, qid in enumerate(questions)]
+        write_table(to_table(rows, PREDICTION_SCHEMA), tmp_path / "eval" / run / "predictions.parquet")
+        runs.append({"run": run, "kind": kinds[run], "model": "m", "dir": run,
+                     **({"student": run, "checkpoint": "last", "selector": "first_n" if run == "n1" else "all", "selector_k": 1}
+                        if kinds[run] == "scotd" else {})})
+    report = write_report(tmp_path, runs)
+    assert [(x["method"], x["by_task"]) for x in report["method_by_task"]] == [
+        ("teacher", {"contrast": 0.5, "orig": 1.0}), ("untrained, zero-shot", {"contrast": 0.0, "orig": 0.25}),
+        ("SCoTD", {"contrast": 0.25, "orig": 0.75})]  # n1 is an ablation row: not a method
+    md = (tmp_path / "report.md").read_text()
+    assert "| model | method | run | contrast | orig |" in md and "| m | SCoTD | scotd | 25.0 % | 75.0 % |" in md
+    sources = md.split("## Sources")[1]
+    for r in report["rows"]:
+        assert f"| {r['run']} | eval/{r['dir']}/predictions.parquet |" in sources
+        assert pq.read_table(tmp_path / r["predictions"]).num_rows == 8

@@ -1,0 +1,88 @@
+"""``scotd report DIR [DIR ...] --out OUT``: several one-task experiments (the paper configs) in one report, and
+the single-folder report written into the folder given."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from scotd.cli import main
+from scotd.config import dump_config, load_config
+from scotd.evaluate import score
+from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
+from scotd.tasks import Question
+
+CONFIG = """
+name: {task}
+tasks: [{{name: {task}, format: jsonl, train: a.jsonl, eval: b.jsonl}}]
+teacher: {{model: big}}
+students:
+  - {{name: scotd, model: small}}
+  - {{name: label-only, model: small, method: label_only}}
+eval: {{untrained: false}}
+output: {{dir: {dir}}}
+"""
+
+
+def experiment(tmp_path, task, right):
+    """A finished one-task experiment folder: config.yaml and the predictions of each run (``right``: run -> number
+    of the 10 questions it got right)."""
+    folder = tmp_path / task
+    folder.mkdir()
+    (folder / "exp.yaml").write_text(CONFIG.format(task=task, dir=folder))
+    (folder / "config.yaml").write_text(dump_config(load_config(folder / "exp.yaml")))
+    questions = {f"{task}-{i}": Question(f"{task}-{i}", task, "?", ("x", "y"), 0) for i in range(10)}
+    for run, count in right.items():
+        rows = [score(run, questions, qid, " (a)" if i < count else " (b)") for i, qid in enumerate(questions)]
+        write_table(to_table(rows, PREDICTION_SCHEMA), folder / "eval" / run / "predictions.parquet")
+    return folder
+
+
+def test_combined_report_has_method_by_task_across_experiments(tmp_path, capsys):
+    csqa = experiment(tmp_path, "csqa", {"teacher": 9, "scotd": 6, "label-only": 5})
+    obqa = experiment(tmp_path, "obqa", {"teacher": 8, "scotd": 4, "label-only": 2})
+    out = tmp_path / "combined"
+    assert main(["report", str(csqa), str(obqa), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [r["run"] for r in report["rows"]] == ["csqa/teacher", "csqa/scotd", "csqa/label-only", "obqa/teacher",
+                                                  "obqa/scotd", "obqa/label-only"]
+    # one line per run name, filled from both experiments
+    assert [(x["method"], x["run"], x["by_task"]) for x in report["method_by_task"]] == [
+        ("teacher", "teacher", {"csqa": 0.9, "obqa": 0.8}), ("SCoTD", "scotd", {"csqa": 0.6, "obqa": 0.4}),
+        ("label-only", "label-only", {"csqa": 0.5, "obqa": 0.2})]
+    # SCoTD is compared with the rows of its own experiment only (other questions are not paired)
+    assert [(d["run"], d["versus"], d["questions"]) for d in report["differences"]] == [
+        ("csqa/scotd", "csqa/teacher", 10), ("csqa/scotd", "csqa/label-only", 10),
+        ("obqa/scotd", "obqa/teacher", 10), ("obqa/scotd", "obqa/label-only", 10)]
+    md = (out / "report.md").read_text()
+    assert md in capsys.readouterr().out
+    assert "| small | SCoTD | scotd | 60.0 % | 40.0 % |" in md and "| big | teacher | teacher | 90.0 % | 80.0 % |" in md
+    assert "| csqa: SCoTD | 60.0 % |" in md and "| obqa: label-only | 20.0 % |" in md  # method by student model
+    assert [e["name"] for e in report["experiments"]] == ["csqa", "obqa"]
+    for r in report["rows"]:  # every number traceable: the predictions file, relative to the combined report
+        assert f"| {r['run']} | {r['predictions']} |" in md
+        preds = pq.read_table(out / r["predictions"])
+        assert r["correct"] == sum(preds["correct"].to_pylist()) and r["predictions"].startswith("../")
+    for png in ("report.png", "report-methods.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_several_folders_need_out(tmp_path, capsys):
+    csqa = experiment(tmp_path, "csqa", {"teacher": 9, "scotd": 6, "label-only": 5})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(csqa), str(csqa)])
+    assert exit_info.value.code == 2 and "give --out OUT" in capsys.readouterr().err
+
+
+def test_single_folder_report_is_written_into_the_folder_given(tmp_path):
+    """A copied experiment folder: its config.yaml still names the original output.dir, which stays untouched."""
+    original = experiment(tmp_path, "csqa", {"teacher": 9, "scotd": 6, "label-only": 5})
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "report.md").exists() and not (original / "report.md").exists()
+    report = json.loads((copy / "report.json").read_text())
+    assert report["experiment"] == "copy" and report["rows"][1]["predictions"] == "eval/scotd/predictions.parquet"
+    assert "## Method by task" not in (copy / "report.md").read_text()  # one task: no method x task table
