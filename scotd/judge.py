@@ -7,8 +7,10 @@ report gives win rates and a two-sided sign test on the non-tied pairs (the exac
 
 A pair is built only where both runs wrote a rationale (a completion with text before the answer phrase), so
 label-only students, which write none, cannot be judged. ``judge/<a>__vs__<b>/`` holds ``pairs.jsonl`` (what the
-judge saw, in the order it saw it, with a ``key`` column mapping positions to runs: hide it from annotators),
-``verdicts.parquet`` and ``summary.json``.
+judge saw, in the order it saw it, with a ``key`` column mapping positions to runs), ``verdicts.parquet``,
+``summary.json``, and the same pairs for people: ``annotate.jsonl`` (blind: pair id, question, choices, rationale A
+and B in the judge's order, an empty ``verdict`` to fill with A, B or tie) and ``key.jsonl`` (pair id -> the runs
+shown as A and B, kept from annotators); ``tally_annotations`` scores a filled-in copy like the judge.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def judge_prompt(q: Question, first: str, second: str) -> str:
             f"Explanation (2): {second.strip()}\n\nBetter explanation:")
 
 
-def parse_verdict(text: str) -> str | None:
+def parse_verdict(text: str | None) -> str | None:
     """``"1"``, ``"2"``, ``"tie"`` from the first parenthesised verdict, or None."""
     found = _VERDICT.search(text or "")
     return found.group(1).lower() if found else None
@@ -84,6 +86,46 @@ def tally(pairs: list[dict], verdicts: list[str | None], a: str, b: str) -> dict
             "p_value": p, "within_noise": p >= 0.05}
 
 
+def blind_pairs(pairs: list[dict], questions: dict[str, Question]) -> tuple[list[dict], list[dict]]:
+    """The pairs for people to rate: ``annotate`` rows hold nothing that names a run (a pair id, the question, its
+    choices, rationale A and B in the judge's per-question random order, an empty verdict); ``key`` rows map each
+    pair id to its question and to the runs shown as A and B."""
+    annotate, key = [], []
+    for number, p in enumerate(pairs, start=1):
+        pair_id = f"pair-{number:04d}"
+        q = questions[p["question_id"]]
+        annotate.append({"pair_id": pair_id, "question": q.text, "choices": list(q.choices), "rationale_a": p["first"],
+                         "rationale_b": p["second"], "verdict": ""})
+        key.append({"pair_id": pair_id, "question_id": p["question_id"], "a": p["key"]["1"], "b": p["key"]["2"]})
+    return annotate, key
+
+
+def tally_annotations(annotated: list[dict], key: list[dict], a: str, b: str) -> dict:
+    """People's verdicts on the pairs of runs ``a`` and ``b`` (``annotate.jsonl`` rows with ``verdict`` filled in:
+    A, B or tie, any case; anything else counts as unparsed), mapped back to the runs through the ``key.jsonl`` rows
+    and counted as ``tally`` counts the judge's. Every pair of the key must be there once."""
+    by_id = {row["pair_id"]: row for row in annotated}
+    if len(by_id) != len(annotated) or by_id.keys() != {k["pair_id"] for k in key}:
+        raise ValueError(f"the annotated pairs ({len(annotated)}) are not the key's {len(key)} pairs, each once")
+    positions = {"a": "1", "b": "2", "tie": "tie"}
+    verdicts = [positions.get(str(by_id[k["pair_id"]].get("verdict") or "").strip().lower()) for k in key]
+    return tally([{"key": {"1": k["a"], "2": k["b"]}} for k in key], verdicts, a, b)
+
+
+def read_annotations(folder: Path, annotated: Path) -> dict:
+    """``tally_annotations`` of a filled-in copy of ``folder``'s annotate.jsonl (``folder``: a judge/<a>__vs__<b>
+    folder), with the same keys as the judge's summary.json."""
+    summary = json.loads((Path(folder) / "summary.json").read_text())
+    rows = lambda path: [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]  # noqa: E731
+    return tally_annotations(rows(annotated), rows(Path(folder) / "key.jsonl"), summary["a"], summary["b"])
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
 def pair_dir_name(a: str, b: str) -> str:
     from scotd.evaluate import run_dir_name
 
@@ -101,10 +143,13 @@ def judge_runs(questions: list[Question], a: str, b: str, preds_a: list[dict], p
     from scotd.schema import write_table
 
     folder = out_dir / pair_dir_name(a, b)
-    if (folder / "summary.json").exists():
-        return json.loads((folder / "summary.json").read_text())
     by_id = {q.id: q for q in questions}
     pairs = make_pairs(by_id, a, b, preds_a, preds_b, seed)
+    if (folder / "summary.json").exists():
+        if not (folder / "key.jsonl").exists():  # judged before the blind export existed
+            for name, rows in zip(("annotate.jsonl", "key.jsonl"), blind_pairs(pairs, by_id)):
+                _write_jsonl(folder / name, rows)
+        return json.loads((folder / "summary.json").read_text())
     verdicts: dict[str, str] = {}
     if pairs:
         requests = [{"prompt": judge_prompt(by_id[p["question_id"]], p["first"], p["second"]), "seed": 0, "n": 1,
@@ -115,13 +160,14 @@ def judge_runs(questions: list[Question], a: str, b: str, preds_a: list[dict], p
                        resource=resource)
         for batch in stream_batches(out, total=len(pairs), label=f"judge {a} vs {b}"):
             verdicts.update({str(q): str(t) for q, t in zip(batch["question_id"], batch["text"])})
-    parsed = [parse_verdict(verdicts.get(p["question_id"], "")) for p in pairs]
+    parsed = [parse_verdict(verdicts.get(p["question_id"])) for p in pairs]
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "pairs.jsonl", "w", encoding="utf-8") as f:
-        for p in pairs:
-            f.write(json.dumps(p) + "\n")
+    _write_jsonl(folder / "pairs.jsonl", pairs)
+    for name, rows in zip(("annotate.jsonl", "key.jsonl"), blind_pairs(pairs, by_id)):
+        _write_jsonl(folder / name, rows)
+    # text is null where the engine returned nothing for a pair (counted as unparsed), "" where it answered nothing
     write_table(pa.table({"question_id": [p["question_id"] for p in pairs],
-                          "text": [verdicts.get(p["question_id"], "") for p in pairs],
+                          "text": pa.array([verdicts.get(p["question_id"]) for p in pairs], pa.string()),
                           "verdict": parsed,
                           "winner": [p["key"].get(v) if v in ("1", "2") else v for p, v in zip(pairs, parsed)]}),
                 folder / "verdicts.parquet")

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from scotd.evaluate import score
-from scotd.judge import judge_prompt, make_pairs, parse_verdict, swapped, tally
+from scotd.judge import (blind_pairs, judge_prompt, make_pairs, parse_verdict, read_annotations, swapped, tally,
+                         tally_annotations)
 from scotd.tasks import Question
 
 QUESTIONS = {f"q{i}": Question(f"q{i}", "t", f"Question {i}?", ("x", "y", "z"), i % 3) for i in range(200)}
@@ -78,5 +79,48 @@ def test_report_lists_judge_results(tmp_path):
     summary = {**tally([{"key": {"1": "a", "2": "b"}}] * 3, ["1", "1", "2"], "a", "b"), "judge": "t", "seed": 0}
     (tmp_path / "judge" / "a__vs__b" / "summary.json").write_text(json.dumps(summary))
     report = write_report(tmp_path, [{"run": "a", "kind": "scotd", "model": "m", "dir": "a"}])
-    assert report["judge"] == [summary]
-    assert "| a | b | t | 3 | 2 | 1 | 0 | 0 | 1.000 | within noise |" in (tmp_path / "report.md").read_text()
+    assert report["judge"] == [{**summary, "verdicts": "judge/a__vs__b/verdicts.parquet"}]
+    md = (tmp_path / "report.md").read_text()
+    assert "| a | b | t | 3 | 2 | 1 | 0 | 0 | 1.000 | within noise |" in md
+    assert "| judge: a vs b | judge/a__vs__b/verdicts.parquet |" in md  # Sources
+
+
+def texts_of(run, n):
+    return {f"q{i}": f" {run.upper()} reasons about {i}. So the answer is: (a)" for i in range(n)}
+
+
+def test_blind_export_names_no_run_and_the_key_maps_every_pair_back():
+    a, b = "scotd-all", "label-only"
+    pairs = make_pairs(QUESTIONS, a, b, preds(a, texts_of("x", 40)), preds(b, texts_of("y", 40)), seed=3)
+    annotate, key = blind_pairs(pairs, QUESTIONS)
+    assert [r["pair_id"] for r in annotate] == [k["pair_id"] for k in key] and len(set(k["pair_id"] for k in key)) == 40
+    for row, k, pair in zip(annotate, key, pairs):
+        assert set(row) == {"pair_id", "question", "choices", "rationale_a", "rationale_b", "verdict"}
+        assert row["verdict"] == "" and a not in json.dumps(row) and b not in json.dumps(row)
+        q = QUESTIONS[k["question_id"]]
+        assert (row["question"], row["choices"]) == (q.text, list(q.choices))
+        # the key says which run wrote the rationale shown as A: run x's texts start with " X"
+        shown = {k["a"]: row["rationale_a"], k["b"]: row["rationale_b"]}
+        assert shown[a].startswith("X ") and shown[b].startswith("Y ") and {k["a"], k["b"]} == {a, b}
+        assert k["a"] == (b if swapped(3, k["question_id"]) else a) and k["question_id"] == pair["question_id"]
+    assert 5 < sum(k["a"] == b for k in key) < 35  # A is not always the same run
+
+
+def test_people_verdicts_are_tallied_like_the_judge(tmp_path):
+    a, b = "s", "t"
+    pairs = make_pairs(QUESTIONS, a, b, preds(a, texts_of("x", 6)), preds(b, texts_of("y", 6)), seed=0)
+    annotate, key = blind_pairs(pairs, QUESTIONS)
+    # people prefer run s everywhere except one tie and one blank
+    for row, k in zip(annotate, key):
+        row["verdict"] = "A" if k["a"] == a else "b"
+    annotate[0]["verdict"], annotate[1]["verdict"] = "tie", ""
+    result = tally_annotations(annotate, key, a, b)
+    assert (result["wins_a"], result["wins_b"], result["ties"], result["unparsed"]) == (4, 0, 1, 1)
+    folder = tmp_path / "judge" / "s__vs__t"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"a": a, "b": b}))
+    (folder / "key.jsonl").write_text("".join(json.dumps(k) + "\n" for k in key))
+    (tmp_path / "filled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversed(annotate)))
+    assert read_annotations(folder, tmp_path / "filled.jsonl") == result
+    with pytest.raises(ValueError, match="not the key's 6 pairs"):
+        tally_annotations(annotate[1:], key, a, b)

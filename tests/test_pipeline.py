@@ -145,7 +145,7 @@ def test_report_equals_recount_of_predictions(tiny_run):
 
 def test_judge_compared_the_rationales_of_both_runs(tiny_run):
     from scotd.evaluate import run_dir_name
-    from scotd.judge import make_pairs
+    from scotd.judge import blind_pairs, make_pairs, parse_verdict
     from scotd.tasks import Question
 
     cfg, out, _, _ = tiny_run
@@ -155,16 +155,28 @@ def test_judge_compared_the_rationales_of_both_runs(tiny_run):
     pairs = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
     verdicts = pq.read_table(folder / "verdicts.parquet").to_pylist()
     assert summary["pairs"] == len(pairs) == len(verdicts) > 0
-    assert summary["wins_a"] + summary["wins_b"] + summary["ties"] + summary["unparsed"] == len(pairs)
+    assert [v["question_id"] for v in verdicts] == [p["question_id"] for p in pairs]
+    # each verdict is the parse of the judge's text, mapped to a run through its pair's key; the summary recounts them
+    for v, p in zip(verdicts, pairs):
+        assert v["verdict"] == parse_verdict(v["text"])
+        assert v["winner"] == (p["key"][v["verdict"]] if v["verdict"] in ("1", "2") else v["verdict"])
+    winners = [v["winner"] for v in verdicts]
+    assert (summary["wins_a"], summary["wins_b"], summary["ties"], summary["unparsed"]) == (
+        winners.count(a), winners.count(b), winners.count("tie"), winners.count(None))
     # the pairs are exactly those rebuilt from the two runs' saved predictions
     questions = {r["question_id"]: Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]),
                                             r["answer_index"])
                  for r in pq.read_table(out / "questions" / "eval.parquet").to_pylist()}
     preds = {run: pq.read_table(out / "eval" / run_dir_name(run) / "predictions.parquet").to_pylist() for run in (a, b)}
     assert make_pairs(questions, a, b, preds[a], preds[b], cfg.teacher.seed) == pairs
-    assert all(v["text"] is not None for v in verdicts)  # the judge answered every pair (parseable or not)
+    assert all(v["text"] is not None for v in verdicts)  # the engine answered every pair (null: no output for it)
+    # the blind export for people and its key are the same pairs
+    annotate, key = blind_pairs(pairs, questions)
+    for name, rows in (("annotate.jsonl", annotate), ("key.jsonl", key)):
+        assert [json.loads(line) for line in (folder / name).read_text().splitlines()] == rows
     report = json.loads((out / "report.json").read_text())
-    assert report["judge"] == [summary] and "## Rationale quality (pairwise judge)" in (out / "report.md").read_text()
+    assert report["judge"] == [{**summary, "verdicts": f"judge/{folder.name}/verdicts.parquet"}]
+    assert "## Rationale quality (pairwise judge)" in (out / "report.md").read_text()
 
 
 def test_resolved_config_saved_and_rerun_on_a_fresh_machine_skips_finished_work(tiny_run):
