@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from scotd.config import ConfigError, ExperimentConfig, describe, dump_config, load_config
@@ -14,8 +16,51 @@ def test_every_shipped_config_loads(path):
 
 
 def test_shipped_configs_found():
-    assert {"tiny.yaml", "demo.yaml", "ablations-tiny.yaml", "csqa-qwen7b.yaml", "csqa-llama70b-tp4.yaml",
-            "csqa.yaml", "openbookqa.yaml", "quarel.yaml"} <= {p.name for p in SHIPPED}
+    assert {"tiny.yaml", "demo.yaml", "ablations-tiny.yaml", "heldout-tiny.yaml", "csqa-qwen7b.yaml",
+            "csqa-llama70b-tp4.yaml", "csqa.yaml", "openbookqa.yaml", "quarel.yaml",
+            "heldout-sentiment.yaml"} <= {p.name for p in SHIPPED}
+
+
+@pytest.mark.parametrize("path", ["heldout-tiny.yaml", "paper/heldout-sentiment.yaml"])
+def test_heldout_configs_train_on_a_mix_and_evaluate_an_original_and_its_contrast_set(path):
+    cfg = load_config(REPO / "configs" / path)
+    trained = [t for t in cfg.tasks if t.train]
+    held_out = [t for t in cfg.tasks if not t.train]
+    assert len({t.format for t in trained}) >= 2 and all(t.eval for t in trained)
+    assert [(t.format, Path(t.eval).name) for t in held_out] == [("imdb", "dev_original.tsv"),
+                                                                 ("imdb", "dev_contrast.tsv")]
+    assert all(t.student_shots > 0 and not t.max_dev for t in held_out)
+    assert len({t.max_eval for t in held_out}) == 1  # the same first rows of both files: original/contrast pairs
+    assert {s.method for s in cfg.students} == {"label_only", "scotd"}
+
+
+def test_heldout_tiny_tasks_stage_keeps_the_heldout_task_out_of_training(tmp_path, shared_data):
+    from scotd.pipeline import Experiment, stage_tasks
+    from scotd.schema import QUESTION_SCHEMA, read_table
+
+    cfg = load_config(REPO / "configs" / "heldout-tiny.yaml",
+                      [f"output.dir={tmp_path}", f"tasks.0.train={shared_data / 'commonsenseqa/train_rand_split.jsonl'}",
+                       f"tasks.0.eval={shared_data / 'commonsenseqa/dev_rand_split.jsonl'}",
+                       f"tasks.1.train={shared_data / 'openbookqa/train.jsonl'}",
+                       f"tasks.1.eval={shared_data / 'openbookqa/dev.jsonl'}",
+                       f"tasks.2.eval={shared_data / 'imdb_contrast/dev_original.tsv'}",
+                       f"tasks.3.eval={shared_data / 'imdb_contrast/dev_contrast.tsv'}"])
+    stage_tasks(Experiment(cfg))
+    split = {name: read_table(tmp_path / "questions" / f"{name}.parquet", QUESTION_SCHEMA).to_pylist()
+             for name in ("train", "eval")}
+    assert {r["task"] for r in split["train"]} == {"csqa", "obqa"}
+    evaluation = {t: [r for r in split["eval"] if r["task"] == t] for t in ("imdb-original", "imdb-contrast")}
+    assert len(evaluation["imdb-original"]) == len(evaluation["imdb-contrast"]) == 16
+    # row i of the contrast set is row i of the original, edited so that its label flips
+    assert all(o["answer_index"] != c["answer_index"]
+               for o, c in zip(evaluation["imdb-original"], evaluation["imdb-contrast"]))
+
+
+def test_ablations_tiny_compares_the_four_selectors_at_one_budget():
+    cfg = load_config(REPO / "configs" / "ablations-tiny.yaml")
+    budgets = {s.selector: s.selector_k for s in cfg.students if s.selector in ("random", "likelihood", "diverse",
+                                                                               "open_ended")}
+    assert len(budgets) == 4 and len(set(budgets.values())) == 1
 
 
 def test_gpu_teacher_configs_use_gpus_and_stay_on_teacher_nodes():
@@ -109,3 +154,5 @@ def test_paper_grid_configs_cover_sizes_methods_and_ablations(task):
         assert {g[1:] for g in grid if g[0] == model} == expected, model
     assert all((s.batch_size, s.learning_rate, s.warmup_steps, s.grad_clip, s.max_length) == (32, 2e-5, 500, 0.5, 700)
                for s in cfg.students)
+    # the selectors at the paper's equal budget: 5 per question (open_ended: 1/3/5/7/9, 5 on average)
+    assert {s.selector_k for s in cfg.students if s.selector in ("random", "likelihood", "diverse", "open_ended")} == {5}
