@@ -268,6 +268,10 @@ def method_by_task(rows: list[dict]) -> list[dict]:
         entry = table.setdefault(key, {"model": r["model"], "method": method, "run": name, "by_task": {}, "runs": []})
         entry["by_task"].update(r["by_task"])
         entry["runs"].append(r["run"])
+    lines = [key[:3] for key in table]
+    for key, entry in table.items():
+        if lines.count(key[:3]) > 1:  # split lines say which experiment's runs they hold
+            entry["run"] = ", ".join(entry["runs"])
     return list(table.values())
 
 

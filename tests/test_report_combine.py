@@ -86,3 +86,16 @@ def test_single_folder_report_is_written_into_the_folder_given(tmp_path):
     report = json.loads((copy / "report.json").read_text())
     assert report["experiment"] == "copy" and report["rows"][1]["predictions"] == "eval/scotd/predictions.parquet"
     assert "## Method by task" not in (copy / "report.md").read_text()  # one task: no method x task table
+
+
+def test_two_experiments_on_one_task_keep_a_line_each(tmp_path):
+    first = experiment(tmp_path, "csqa", {"teacher": 9, "scotd": 6, "label-only": 5})
+    (tmp_path / "again").mkdir()
+    second = experiment(tmp_path / "again", "csqa", {"teacher": 7, "scotd": 3, "label-only": 5})
+    with pytest.raises(ValueError, match="distinct names"):
+        main(["report", str(first), str(second), "--out", str(tmp_path / "out")])
+    second = second.rename(tmp_path / "csqa-2")
+    assert main(["report", str(first), str(second), "--out", str(tmp_path / "out")]) == 0
+    lines = json.loads((tmp_path / "out" / "report.json").read_text())["method_by_task"]
+    assert [(x["run"], x["by_task"]) for x in lines if x["method"] == "SCoTD"] == [
+        ("csqa/scotd", {"csqa": 0.6}), ("csqa-2/scotd", {"csqa": 0.3})]
