@@ -238,6 +238,13 @@ def only_ssh_ingress(config: dict) -> Problems:
     return problems
 
 
+def metrics_port_fixed(config: dict) -> Problems:
+    """Every node serves its metrics on one known port, the one README.md tells a Prometheus to find."""
+    return [f"{key}: `ray start` without a fixed --metrics-export-port" for key in
+            ("head_start_ray_commands", "worker_start_ray_commands")
+            if not re.search(r"--metrics-export-port[= ]\d+", " ".join(config.get(key, [])))]
+
+
 def teacher_resource_on_gpu_nodes(config: dict) -> Problems:
     offering = {
         name: node_type["resources"]
@@ -291,6 +298,11 @@ AUTOSCALER_RULE_BREAKERS: dict[Rule, list[tuple[str, Mutation, str]]] = {
         ("ssh-from-anywhere", adding_ingress(22, "0.0.0.0/0"), "whole internet"),
         ("ray-picks-the-network", dropping_network_pinning, "so Ray would"),
         ("docker-publishes-port", setting("docker.run_options", ["-p 8265:8265"]), "publishes"),
+    ],
+    metrics_port_fixed: [
+        ("head-metrics-port-random", replacing_in_head_start("--metrics-export-port=8080", ""), "head_start"),
+        ("worker-metrics-port-random", setting("worker_start_ray_commands", ["ray start --address=x:6379"]),
+         "worker_start"),
     ],
     teacher_resource_on_gpu_nodes: [
         ("teacher-resource-missing", setting(f"{TEACHER}.resources", {"GPU": 8}), "no node type"),
@@ -357,10 +369,12 @@ def rayjob_required_fields(job: dict) -> Problems:
     entrypoint = spec.get("entrypoint")
     if not isinstance(entrypoint, str) or not entrypoint.strip():
         problems.append("spec.entrypoint is required")
-    elif not re.fullmatch(r"python jobs/distill\.py configs/[\w./-]+\.yaml", entrypoint.strip()):
-        problems.append(f"entrypoint should run jobs/distill.py on a config: {entrypoint!r}")
-    elif not (REPO / entrypoint.split()[-1]).is_file():
-        problems.append(f"entrypoint's config {entrypoint.split()[-1]} is not in the repository")
+    elif not (match := re.fullmatch(r"python jobs/distill\.py (configs/[\w./-]+\.yaml)(?: [\w.]+=\S+)*",
+                                    entrypoint.strip())):
+        problems.append(f"entrypoint should run jobs/distill.py on a config (key=value overrides after it): "
+                        f"{entrypoint!r}")
+    elif not (REPO / match[1]).is_file():
+        problems.append(f"entrypoint's config {match[1]} is not in the repository")
     head = spec.get("rayClusterSpec", {}).get("headGroupSpec")
     if not isinstance(head, dict):
         return [*problems, "spec.rayClusterSpec.headGroupSpec is required"]
@@ -445,6 +459,28 @@ def rayjob_teacher_resource(job: dict) -> Problems:
     return []
 
 
+def mount_paths(group: dict) -> set[str]:
+    return {mount["mountPath"] for container in containers(group) for mount in container.get("volumeMounts", [])}
+
+
+def rayjob_outputs_on_shared_volume(job: dict) -> Problems:
+    """output.dir (and task data) in the entrypoint: the driver's cwd is an uploaded copy of working_dir, so a
+    relative or unmounted path would be lost with the job; every pod must mount output.dir (training workers write
+    checkpoints under it, engines load students from it); URIs need no mount."""
+    overrides = dict(item.split("=", 1) for item in job["spec"].get("entrypoint", "").split() if "=" in item)
+    if "output.dir" not in overrides:
+        return ["entrypoint must set output.dir (a path on the shared volume, or a URI)"]
+    problems = []
+    for key, value in overrides.items():
+        if key != "output.dir" and not re.fullmatch(r"tasks\.\d+\.(train|eval)", key) or "://" in value:
+            continue
+        groups = all_groups(job) if key == "output.dir" else all_groups(job)[:1]  # data: read by the driver only
+        for name, group in groups:
+            if not any(value.startswith(mount.rstrip("/") + "/") for mount in mount_paths(group)):
+                problems.append(f"{key}={value} is not under a volume the {name} pods mount")
+    return problems
+
+
 def rayjob_not_exposed(job: dict) -> Problems:
     """No LoadBalancer/NodePort/Ingress; the in-cluster dashboard is guarded by token auth."""
     head = cluster_spec(job)["headGroupSpec"]
@@ -513,6 +549,16 @@ RAYJOB_RULE_BREAKERS: dict[Rule, list[tuple[str, Mutation, str]]] = {
         ("teacher-resource-unquoted", setting(f"{KR_TEACHER_PARAMS}.resources", "{}"), "quotes"),
         ("teacher-resource-one-per-pod", setting(f"{KR_TEACHER_PARAMS}.resources", '"{\\"teacher\\": 1}"'),
          "one 'teacher' unit per GPU"),
+    ],
+    rayjob_outputs_on_shared_volume: [
+        ("no-output-dir", setting("spec.entrypoint", "python jobs/distill.py configs/gpu/csqa-qwen7b.yaml"),
+         "must set output.dir"),
+        ("output-dir-in-the-working-dir", setting("spec.entrypoint", "python jobs/distill.py "
+                                                  "configs/gpu/csqa-qwen7b.yaml output.dir=runs/x"), "head pods"),
+        ("data-not-mounted", setting("spec.entrypoint", "python jobs/distill.py configs/gpu/csqa-qwen7b.yaml "
+                                     "output.dir=/mnt/scotd/x tasks.0.train=/data/train.jsonl"), "tasks.0.train"),
+        ("volume-missing-on-students", setting(f"{KR_STUDENT}.template.spec.containers[0].volumeMounts", []),
+         "student-gpu pods"),
     ],
     rayjob_not_exposed: [
         ("head-load-balancer", setting(f"{HEAD}.serviceType", "LoadBalancer"), "LoadBalancer"),
