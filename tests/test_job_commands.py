@@ -20,7 +20,8 @@ from scotd.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", REPO / "cluster" / "README.md", *sorted((REPO / "cluster").glob("*.yaml")),
-        *sorted((REPO / "configs" / "gpu").glob("*.yaml")), *sorted((REPO / "jobs").glob("*.py"))]
+        *sorted((REPO / "configs" / "gpu").glob("*.yaml")), *sorted((REPO / "configs" / "paper").glob("*.yaml")),
+        *sorted((REPO / "jobs").glob("*.py"))]
 # Files that carry no `ray job submit` line (KubeRay submits for you: its entrypoint is checked in
 # tests/test_cluster_files.py).
 WITHOUT_COMMAND = {"kuberay-rayjob.yaml"}
