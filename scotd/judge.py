@@ -116,14 +116,28 @@ def read_annotations(folder: Path, annotated: Path) -> dict:
     """``tally_annotations`` of a filled-in copy of ``folder``'s annotate.jsonl (``folder``: a judge/<a>__vs__<b>
     folder), with the same keys as the judge's summary.json."""
     summary = json.loads((Path(folder) / "summary.json").read_text())
-    rows = lambda path: [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]  # noqa: E731
-    return tally_annotations(rows(annotated), rows(Path(folder) / "key.jsonl"), summary["a"], summary["b"])
+    return tally_annotations(_read_jsonl(annotated), _read_jsonl(Path(folder) / "key.jsonl"), summary["a"],
+                             summary["b"])
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    """Write through a temporary sibling and rename: a killed write never leaves a short file a rerun trusts."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
+    tmp.replace(path)
+
+
+def _write_blind(folder: Path, pairs: list[dict], by_id: dict[str, Question]) -> None:
+    """The annotators' file and its key (``blind_pairs``); the key last, as it marks the export done."""
+    annotate, key = blind_pairs(pairs, by_id)
+    _write_jsonl(folder / "annotate.jsonl", annotate)
+    _write_jsonl(folder / "key.jsonl", key)
 
 
 def pair_dir_name(a: str, b: str) -> str:
@@ -144,12 +158,11 @@ def judge_runs(questions: list[Question], a: str, b: str, preds_a: list[dict], p
 
     folder = out_dir / pair_dir_name(a, b)
     by_id = {q.id: q for q in questions}
-    pairs = make_pairs(by_id, a, b, preds_a, preds_b, seed)
     if (folder / "summary.json").exists():
-        if not (folder / "key.jsonl").exists():  # judged before the blind export existed
-            for name, rows in zip(("annotate.jsonl", "key.jsonl"), blind_pairs(pairs, by_id)):
-                _write_jsonl(folder / name, rows)
+        if not (folder / "key.jsonl").exists():  # judged before the blind export existed: the pairs it judged
+            _write_blind(folder, _read_jsonl(folder / "pairs.jsonl"), by_id)
         return json.loads((folder / "summary.json").read_text())
+    pairs = make_pairs(by_id, a, b, preds_a, preds_b, seed)
     verdicts: dict[str, str] = {}
     if pairs:
         requests = [{"prompt": judge_prompt(by_id[p["question_id"]], p["first"], p["second"]), "seed": 0, "n": 1,
@@ -163,8 +176,7 @@ def judge_runs(questions: list[Question], a: str, b: str, preds_a: list[dict], p
     parsed = [parse_verdict(verdicts.get(p["question_id"])) for p in pairs]
     folder.mkdir(parents=True, exist_ok=True)
     _write_jsonl(folder / "pairs.jsonl", pairs)
-    for name, rows in zip(("annotate.jsonl", "key.jsonl"), blind_pairs(pairs, by_id)):
-        _write_jsonl(folder / name, rows)
+    _write_blind(folder, pairs, by_id)
     # text is null where the engine returned nothing for a pair (counted as unparsed), "" where it answered nothing
     write_table(pa.table({"question_id": [p["question_id"] for p in pairs],
                           "text": pa.array([verdicts.get(p["question_id"]) for p in pairs], pa.string()),
@@ -172,6 +184,8 @@ def judge_runs(questions: list[Question], a: str, b: str, preds_a: list[dict], p
                           "winner": [p["key"].get(v) if v in ("1", "2") else v for p, v in zip(pairs, parsed)]}),
                 folder / "verdicts.parquet")
     summary = {**tally(pairs, parsed, a, b), "judge": spec.model, "seed": seed}
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    tmp = folder / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(folder / "summary.json")  # last: marks the pair judged
     log.info("judge %s vs %s: %s", a, b, summary)
     return summary

@@ -124,3 +124,23 @@ def test_people_verdicts_are_tallied_like_the_judge(tmp_path):
     assert read_annotations(folder, tmp_path / "filled.jsonl") == result
     with pytest.raises(ValueError, match="not the key's 6 pairs"):
         tally_annotations(annotate[1:], key, a, b)
+
+
+def test_a_pair_judged_before_the_blind_export_gets_it_from_the_pairs_it_judged(tmp_path):
+    """A folder from before annotate.jsonl existed: the export is built from its pairs.jsonl (what the judge saw),
+    not from the predictions as they are now; the summary is returned untouched and no engine starts (spec=None)."""
+    from scotd.judge import _write_jsonl, judge_runs, pair_dir_name
+
+    a, b = "s", "t"
+    judged = make_pairs(QUESTIONS, a, b, preds(a, texts_of("x", 5)), preds(b, texts_of("y", 5)), seed=0)
+    folder = tmp_path / pair_dir_name(a, b)
+    folder.mkdir()
+    _write_jsonl(folder / "pairs.jsonl", judged)
+    (folder / "summary.json").write_text(json.dumps({"a": a, "b": b, "pairs": 5}))
+    now_a, now_b = preds(a, texts_of("p", 8)), preds(b, texts_of("q", 8))  # predictions changed since
+    summary = judge_runs(list(QUESTIONS.values()), a, b, now_a, now_b, None, out_dir=tmp_path, num_cpus=1,
+                         batch_size=4)
+    assert summary == {"a": a, "b": b, "pairs": 5}
+    annotate = [json.loads(line) for line in (folder / "annotate.jsonl").read_text().splitlines()]
+    assert len(annotate) == 5 and all(r["rationale_a"][0] in "XY" for r in annotate)
+    assert not list(folder.glob(".*.tmp"))
