@@ -9,7 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from scotd.config import ConfigError, describe, load_config
-from scotd.storage import is_uri
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,15 +49,16 @@ def main(argv: list[str] | None = None) -> int:
             if len(args.experiment_dirs) > 1:
                 parser.error("several experiment folders are combined into one report: give --out OUT")
             folder = args.experiment_dirs[0]
-            config = load_config(folder / "config.yaml")
-            if not is_uri(config.output.dir):  # the folder given, even when moved or copied since the run
-                config = replace(config, output=replace(config.output, dir=str(folder)))
+            config = load_config(folder / "config.yaml", check_training=False)
+            # the folder given, even when moved or copied since the run, or downloaded from its URI
+            config = replace(config, output=replace(config.output, dir=str(folder)))
             exp = pipeline.run(config, ("report",))
             print((exp.dir / "report.md").read_text())
         elif args.command == "report":
             from scotd.report import combine
 
-            combine(args.out, [(folder, pipeline.report_runs(load_config(folder / "config.yaml"), folder))
+            combine(args.out, [(folder, pipeline.report_runs(load_config(folder / "config.yaml",
+                                                                         check_training=False), folder))
                                for folder in args.experiment_dirs])
             print((args.out / "report.md").read_text())
         else:

@@ -222,8 +222,11 @@ class ExperimentConfig:
 # Loading: YAML -> dict -> overrides -> typed, validated dataclasses.
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Read ``path`` (YAML), apply ``key.sub=value`` overrides, and return the validated config."""
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
+                check_training: bool = True) -> ExperimentConfig:
+    """Read ``path`` (YAML), apply ``key.sub=value`` overrides, and return the validated config. ``check_training``
+    false skips the rules that only matter before students train (``check_students``): a finished experiment's
+    saved config is reported as it was run."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -237,7 +240,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         for item in overrides:
             apply_override(raw, item)
-        return check_students(from_dict(ExperimentConfig, raw))
+        cfg = from_dict(ExperimentConfig, raw)
+        return check_students(cfg) if check_training else cfg
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 
@@ -247,6 +251,9 @@ def check_students(cfg: ExperimentConfig) -> ExperimentConfig:
     the accumulation would round it silently), and names are unique (each names a folder)."""
     seen: set[str] = set()
     for i, s in enumerate(cfg.students):
+        for key in ("batch_size", "micro_batch_size", "num_workers", "selector_k", "epochs"):
+            if getattr(s, key) < 1:
+                raise ConfigError(f"students.{i}.{key}: {getattr(s, key)} must be at least 1")
         per_step = s.micro_batch_size * s.num_workers
         if s.batch_size % per_step:
             raise ConfigError(f"students.{i}.batch_size: {s.batch_size} is not a multiple of micro_batch_size x "

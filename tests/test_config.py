@@ -102,11 +102,21 @@ students: [{name: s}]
      "students.0.batch_size: 16 is not a multiple of micro_batch_size x num_workers = 4 x 3"),
     (BASE.replace("{name: s}", "{name: s}, {name: t}, {name: s}"), [],
      "students.2.name: 's' is used by an earlier student"),
+    (BASE, ["students.0.micro_batch_size=0"], "students.0.micro_batch_size: 0 must be at least 1"),
+    (BASE, ["students.0.selector_k=0"], "students.0.selector_k: 0 must be at least 1"),
 ])
+
 def test_config_errors_name_the_dotted_key(tmp_path, text, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")) as err:
         load_config(write(tmp_path, text), overrides)
     assert str(tmp_path / "exp.yaml") in str(err.value)
+
+
+def test_a_finished_experiment_loads_without_the_training_rules(tmp_path):
+    path = write(tmp_path, BASE.replace("{name: s}", "{name: s, batch_size: 10, micro_batch_size: 4}"))
+    assert load_config(path, check_training=False).students[0].batch_size == 10
+    with pytest.raises(ConfigError, match="not a multiple"):
+        load_config(path)
 
 
 def test_overrides_are_typed_and_reach_nested_lists(tmp_path):

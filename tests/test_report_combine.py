@@ -88,6 +88,19 @@ def test_single_folder_report_is_written_into_the_folder_given(tmp_path):
     assert "## Method by task" not in (copy / "report.md").read_text()  # one task: no method x task table
 
 
+def test_a_folder_downloaded_from_its_uri_is_reported_where_it_is(tmp_path):
+    """Its saved config names a bucket (never contacted) and a batch the training rules would now refuse: the
+    report reads the folder given, as the experiment was run."""
+    folder = experiment(tmp_path, "csqa", {"teacher": 9, "scotd": 6, "label-only": 5})
+    saved = (folder / "config.yaml").read_text()
+    saved = saved.replace(f"dir: {folder}", "dir: s3://no-such-bucket/runs/csqa")
+    saved = saved.replace("batch_size: 32", "batch_size: 30", 1)
+    assert "s3://no-such-bucket" in saved and "batch_size: 30" in saved
+    (folder / "config.yaml").write_text(saved)
+    assert main(["report", str(folder)]) == 0
+    assert json.loads((folder / "report.json").read_text())["rows"][1]["correct"] == 6
+
+
 def test_two_experiments_on_one_task_keep_a_line_each(tmp_path):
     first = experiment(tmp_path, "csqa", {"teacher": 9, "scotd": 6, "label-only": 5})
     (tmp_path / "again").mkdir()
