@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from scotd.config import OutputConfig
 from scotd.cpu import normal_priority
 from scotd.storage import fetch_folder, is_uri
 
@@ -49,7 +50,7 @@ class EngineSpec:
     chat_template: bool = False
     use_gpu: bool = False
     # Where an engine copies a model given as a URI (a student of an experiment stored at s3://...), on its own node.
-    cache_dir: str = "~/.cache/scotd"
+    cache_dir: str = OutputConfig.cache_dir
 
 
 @dataclass(frozen=True)

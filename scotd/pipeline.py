@@ -179,14 +179,14 @@ def stage_teacher(exp: Experiment) -> dict:
     from scotd.teacher import sample_rationales
 
     cfg = exp.cfg.teacher
-    model = exp.resolve_model(cfg.model)
+    model = exp.engine_model(exp.resolve_model(cfg.model))
     push = lambda block: exp.mirror.push(str(block.relative_to(exp.dir)))  # noqa: E731 - each block as written
     summary = sample_rationales(exp.questions("train"), exp.all_exemplars(), cfg, exp.cfg.resources, model,
-                                exp.dir / "teacher", on_block=push)
+                                exp.dir / "teacher", on_block=push, cache_dir=exp.cfg.output.cache_dir)
     if cfg.greedy_rationales:
         summary["greedy"] = sample_rationales(exp.questions("train"), exp.all_exemplars(), cfg, exp.cfg.resources,
                                               model, exp.dir / "teacher" / "greedy", num_samples=1, temperature=0.0,
-                                              on_block=push)
+                                              on_block=push, cache_dir=exp.cfg.output.cache_dir)
     return summary
 
 
@@ -287,7 +287,7 @@ def stage_eval(exp: Experiment) -> list[dict]:
         trained = "student" in run
         model = (str(exp.dir / "students" / run["student"] / run["model_subdir"]) if trained
                  else exp.resolve_model(run["model_ref"]))
-        spec = replace(engine_spec(cfg.teacher, exp.engine_model(model)), cache_dir=cfg.output.cache_dir)
+        spec = engine_spec(cfg.teacher, exp.engine_model(model), cfg.output.cache_dir)
         if run["kind"] != "teacher":
             spec = replace(spec, tensor_parallel_size=1, pipeline_parallel_size=1, chat_template=False)
         k = run.get("shots")  # a few-shot prompted untrained student; otherwise the task's student_shots
@@ -317,9 +317,8 @@ def stage_judge(exp: Experiment, runs: list[dict]) -> list[dict]:
         if len(pair) != 2 or missing:
             raise ValueError(f"eval.judge_pairs.{i}: expected two evaluation runs of {sorted(by_run)}, got "
                              f"{list(pair)}")
-    spec = replace(engine_spec(cfg.teacher, exp.engine_model(exp.resolve_model(cfg.eval.judge_model
-                                                                                or cfg.teacher.model))),
-                   cache_dir=cfg.output.cache_dir)
+    judge = exp.engine_model(exp.resolve_model(cfg.eval.judge_model or cfg.teacher.model))
+    spec = engine_spec(cfg.teacher, judge, cfg.output.cache_dir)
     questions = exp.questions("eval")
 
     def preds(run: str) -> list[dict]:

@@ -17,7 +17,7 @@ from typing import Callable
 
 import pyarrow.parquet as pq
 
-from scotd.config import ResourcesConfig, TeacherConfig
+from scotd.config import OutputConfig, ResourcesConfig, TeacherConfig
 from scotd.engine import EngineSpec, Sampling, generate, stream_batches, throughput_counters
 from scotd.prompts import Exemplar, parse_answer, stop_strings, teacher_prompt
 from scotd.schema import SAMPLE_SCHEMA, to_table, write_table
@@ -72,8 +72,10 @@ def from_response(row: dict) -> dict:
     }
 
 
-def engine_spec(cfg: TeacherConfig, model_path: str) -> EngineSpec:
-    return EngineSpec(model=model_path, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+def engine_spec(cfg: TeacherConfig, model_path: str, cache_dir: str = OutputConfig.cache_dir) -> EngineSpec:
+    """The engine settings of ``cfg`` for ``model_path`` (a folder, hub id or URI: a URI is copied under
+    ``cache_dir`` on the engine's node)."""
+    return EngineSpec(model=model_path, cache_dir=cache_dir, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
                       tensor_parallel_size=cfg.tensor_parallel_size, pipeline_parallel_size=cfg.pipeline_parallel_size,
                       gpu_memory_utilization=cfg.gpu_memory_utilization, max_num_seqs=cfg.max_num_seqs,
                       cpu_kvcache_gb=cfg.cpu_kvcache_gb, block_size=cfg.block_size,
@@ -102,7 +104,8 @@ def finished_question_ids(samples_dir: Path) -> set[str]:
 def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemplar]], cfg: TeacherConfig,
                       resources: ResourcesConfig, model_path: str, out_dir: Path, *, block_questions: int | None = None,
                       num_samples: int | None = None, temperature: float | None = None,
-                      on_block: Callable[[Path], None] | None = None) -> dict:
+                      on_block: Callable[[Path], None] | None = None,
+                      cache_dir: str = OutputConfig.cache_dir) -> dict:
     """Sample ``num_samples`` (default ``cfg.num_samples``) rationales per question into ``out_dir/samples``.
 
     ``on_block`` is called with each block file once it is complete (the job mirrors it to remote storage).
@@ -124,7 +127,7 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
     if pending:
         requests = [to_request(q, exemplars[q.task], cfg, n) for q in pending]
         ds = ray.data.from_items(requests)
-        out = generate(ds, engine_spec(cfg, model_path),
+        out = generate(ds, engine_spec(cfg, model_path, cache_dir),
                        Sampling(temperature=cfg.temperature if temperature is None else temperature,
                                 top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens),
                        replicas=replica_range(cfg), batch_size=cfg.batch_size, num_cpus=resources.engine_cpus,

@@ -1,6 +1,8 @@
 """Experiment folders at a URI: the local copy and the mirror, on pyarrow's local filesystem through file:// URIs
 (the same code path as s3:// and gs://, which need a cloud account)."""
 
+from dataclasses import replace
+
 import pytest
 
 from scotd.storage import Mirror, is_uri, local_copy
@@ -153,6 +155,30 @@ def test_eval_and_judge_engines_get_the_students_uri(tmp_path, monkeypatch):
     for name in ("s", "t"):  # at the URI before any engine started
         assert (remote / "students" / name / "model" / "config.json").read_text() == name
     assert (remote / "models" / "judge" / "config.json").read_text() == "judge"
+
+
+def test_teacher_engines_get_a_model_inside_the_experiment_by_uri(tmp_path, monkeypatch):
+    """A teacher built into the experiment folder (``tiny:teacher``) reaches engines on other nodes as its URI,
+    with the configured cache folder, for the sampled and the greedy rationales alike."""
+    import scotd.teacher
+    from scotd.pipeline import stage_teacher
+
+    exp = _uri_experiment(tmp_path)
+    exp.cfg = replace(exp.cfg, teacher=replace(exp.cfg.teacher, greedy_rationales=True))
+    (exp.dir / "models" / "teacher").mkdir(parents=True)
+    (exp.dir / "models" / "teacher" / "config.json").write_text("teacher")
+    monkeypatch.setattr(type(exp), "resolve_model", lambda self, ref: str(self.dir / "models" / "teacher"))
+    seen = []
+
+    def sample_rationales(questions, exemplars, cfg, resources, model_path, out_dir, **kwargs):
+        seen.append((model_path, kwargs["cache_dir"]))
+        return {}
+
+    monkeypatch.setattr(scotd.teacher, "sample_rationales", sample_rationales)
+    stage_teacher(exp)
+    remote = tmp_path / "bucket" / "exp"
+    assert seen == [(f"file://{remote}/models/teacher", str(tmp_path / "cache"))] * 2
+    assert (remote / "models" / "teacher" / "config.json").read_text() == "teacher"
 
 
 def test_engine_model_with_a_local_output_dir_or_a_hub_id(tmp_path):
