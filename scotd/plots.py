@@ -35,7 +35,8 @@ def plot_accuracy(report: dict, path: Path) -> None:
     ax.set_xticks(range(len(rows)), [r["run"] for r in rows], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("accuracy (%), 95 % CI")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{report['experiment']}: {rows[0]['total'] if rows else 0} evaluation questions", fontsize=9)
+    totals = sorted({r["total"] for r in rows})  # experiments combined in one report may differ
+    ax.set_title(f"{report['experiment']}: {'/'.join(map(str, totals)) or 0} evaluation questions", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

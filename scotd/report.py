@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -118,17 +119,18 @@ def build_report(exp_dir: Path, runs: list[dict]) -> dict:
             row["kept_per_question"] = kept
         rows.append(row)
     main = [r for r in rows if not r.get("extra")]
+    combined = any("experiment" in spec for spec in runs)
     by_experiment: dict[str | None, list[dict]] = {}
     for r in main:  # SCoTD rows are compared with rows of their own experiment (the same questions) only
         by_experiment.setdefault(r.get("experiment"), []).append(r)
-    report = {"experiment": " + ".join(str(e) for e in by_experiment) if None not in by_experiment else exp_dir.name,
+    report = {"experiment": " + ".join(str(e) for e in by_experiment) if combined else exp_dir.name,
               "rows": main, "extra_rows": [r for r in rows if r.get("extra")],
               "differences": [d for group in by_experiment.values() for d in paired_differences(group, correct_by_run)],
               "studies": studies(main), "method_by_task": method_by_task(main),
               "checkpoints": checkpoint_selection(exp_dir, rows)}
     experiments = {r.get("experiment"): Path(r.get("experiment_dir", exp_dir)) for r in rows}
     report["judge"] = [judged for name, root in experiments.items() for judged in judge_results(exp_dir, root, name)]
-    if None in experiments:
+    if not combined:
         report.update(experiment_files(exp_dir))
     else:
         report["experiments"] = [{"name": name, "dir": os.path.relpath(root, exp_dir), **experiment_files(root)}
@@ -233,7 +235,7 @@ def studies(rows: list[dict]) -> dict:
     several_settings = _several_settings(greedy)
     n_curve, selectors, methods = [], [], []
     for r in greedy:
-        base = {"run": r["run"], "model": r["model"], "group": study_group(r, several_settings),
+        base = {"run": r["run"], "kind": r["kind"], "model": r["model"], "group": study_group(r, several_settings),
                 "setting": r.get("setting"), "accuracy": r["accuracy"], "total": r["total"], "ci95": r.get("ci95")}
         selector = r.get("selector", "all")
         if r["kind"] == "scotd" and selector in ("first_n", "all") and r.get("num_samples"):
@@ -246,7 +248,11 @@ def studies(rows: list[dict]) -> dict:
             prefix = f"{r['experiment']}: " if r.get("experiment") else ""
             methods.append({**base, "method": prefix + method})
     n_curve.sort(key=lambda x: (x["group"], x["n"]))
-    trained = [x for x in methods if not x["method"].split(": ")[-1].startswith("untrained")]
+    # two runs of one method and model (say, two learning rates) keep a line each, named by their runs
+    clashes = Counter((x["method"], x["model"]) for x in methods)
+    methods = [{**x, "method": f"{x['method']} ({x['run']})"} if clashes[(x["method"], x["model"])] > 1 else x
+               for x in methods]
+    trained = [x for x in methods if x["kind"] != "untrained"]
     return {"n_curve": _varied(n_curve, "n"), "selectors": _varied(selectors, "selector"),
             "methods": methods if len({x["method"] for x in trained}) > 1 or len({x["model"] for x in trained}) > 1
             else []}

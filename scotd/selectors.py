@@ -31,7 +31,6 @@ import numpy as np
 
 SELECTORS = ("all", "first_n", "random", "likelihood", "diverse", "open_ended")
 OPEN_ENDED_KEEP = (1, 3, 5, 7, 9)  # rationales kept per question, by quintile of open-endedness (low -> high)
-OPEN_ENDED_BUDGET = 5  # the mean of OPEN_ENDED_KEEP: the paper's budget
 
 Embed = Callable[[list[str]], np.ndarray]
 

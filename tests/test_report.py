@@ -209,3 +209,29 @@ def test_method_by_task_and_sources_in_one_experiment(tmp_path):
     for r in report["rows"]:
         assert f"| {r['run']} | eval/{r['dir']}/predictions.parquet |" in sources
         assert pq.read_table(tmp_path / r["predictions"]).num_rows == 8
+
+
+def test_two_runs_of_one_method_and_model_keep_a_line_each(tmp_path):
+    """Two SCoTD students of one model and setting (say, two learning rates): neither overwrites the other in the
+    method table or its plot; each is named by its run."""
+    questions = {f"q{i}": Question(f"q{i}", "t", "?", ("x", "y"), 0) for i in range(10)}
+    runs = write_runs(tmp_path, [("lr-low", "scotd", "all", 5, "", 6), ("lr-high", "scotd", "all", 5, "", 8),
+                                 ("labels", "label_only", "all", 5, "", 4)], questions)
+    study = write_report(tmp_path, runs)["studies"]
+    assert {x["method"]: x["accuracy"] for x in study["methods"]} == {
+        "SCoTD (lr-low)": 0.6, "SCoTD (lr-high)": 0.8, "label-only": 0.4}
+    md = (tmp_path / "report.md").read_text()
+    assert "| SCoTD (lr-low) | 60.0 % |" in md and "| SCoTD (lr-high) | 80.0 % |" in md
+
+
+def test_a_report_of_reference_rows_only_is_still_a_one_folder_report(tmp_path):
+    """No main rows (only the teacher, shown in the checkpoint table's place): the title is the folder's name and
+    its stage times are shown."""
+    questions = {f"q{i}": Question(f"q{i}", "t", "?", ("x", "y"), 0) for i in range(10)}
+    rows = [score("teacher", questions, qid, " (a)") for qid in questions]
+    write_table(to_table(rows, PREDICTION_SCHEMA), tmp_path / "eval" / "teacher" / "predictions.parquet")
+    (tmp_path / "timings.json").write_text(json.dumps({"tasks": 1.5}))
+    report = write_report(tmp_path, [{"run": "teacher", "kind": "teacher", "model": "big", "dir": "teacher",
+                                      "extra": True}])
+    assert report["experiment"] == tmp_path.name and report["stage_seconds"] == {"tasks": 1.5}
+    assert "experiments" not in report
