@@ -148,6 +148,10 @@ class StudentConfig:
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     batch_size: int = opt(32, "Global batch size in sequences (paper: 32) = micro_batch_size x accumulation x workers.")
     micro_batch_size: int = opt(8, "Sequences per worker per forward pass.")
+    dev_batch_size: int = opt(
+        32, "Dev questions per generate call (each rank) when scoring an epoch's checkpoint; answers stop at the "
+        "answer phrase."
+    )
     warmup_steps: int = opt(500, "Linear warm-up steps, then linear decay to zero (paper: 500).")
     grad_clip: float = opt(0.5, "Gradient norm clip (paper: 0.5).")
     max_length: int = opt(700, "Prompt + target tokens; longer sequences are truncated from the left of the prompt.")
@@ -251,7 +255,7 @@ def check_students(cfg: ExperimentConfig) -> ExperimentConfig:
     the accumulation would round it silently), and names are unique (each names a folder)."""
     seen: set[str] = set()
     for i, s in enumerate(cfg.students):
-        for key in ("batch_size", "micro_batch_size", "num_workers", "selector_k", "epochs"):
+        for key in ("batch_size", "micro_batch_size", "dev_batch_size", "num_workers", "selector_k", "epochs"):
             if getattr(s, key) < 1:
                 raise ConfigError(f"students.{i}.{key}: {getattr(s, key)} must be at least 1")
         per_step = s.micro_batch_size * s.num_workers

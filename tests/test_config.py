@@ -103,6 +103,7 @@ students: [{name: s}]
     (BASE.replace("{name: s}", "{name: s}, {name: t}, {name: s}"), [],
      "students.2.name: 's' is used by an earlier student"),
     (BASE, ["students.0.micro_batch_size=0"], "students.0.micro_batch_size: 0 must be at least 1"),
+    (BASE, ["students.0.dev_batch_size=0"], "students.0.dev_batch_size: 0 must be at least 1"),
     (BASE, ["students.0.selector_k=0"], "students.0.selector_k: 0 must be at least 1"),
 ])
 

@@ -137,7 +137,7 @@ def train_loop_per_worker(config: dict) -> None:
             target_tokens += int((inputs["labels"] != -100).sum())
         elapsed = time.monotonic() - started
         dev = dev_metrics(engine.module, tokenizer, config["dev"], config["dev_max_new_tokens"], rank, world,
-                          batch_size=cfg.micro_batch_size, synced=cfg.zero_stage == 3) if config.get("dev") else {}
+                          batch_size=cfg.dev_batch_size, synced=cfg.zero_stage == 3) if config.get("dev") else {}
         metrics = {**dev, "epoch": epoch + 1, "loss": loss_sum / max(1, len(batches)), "micro_batches": len(batches),
                    "tokens_per_s": real * world / elapsed, "real_token_share": real / max(1, padded),
                    "target_tokens": target_tokens, "lr": scheduler.get_last_lr()[0], "epoch_s": elapsed,
@@ -163,8 +163,11 @@ def dev_metrics(model, tokenizer, dev: list[dict], max_new_tokens: int, rank: in
 
     per_rank = -(-len(dev) // world)
     mine = [(dev[(rank + k * world) % len(dev)], rank + k * world < len(dev)) for k in range(per_rank)]
+    # Each answer ends at its answer phrase or a blank line, as in the evaluation engine (any letter stops; the
+    # parse below judges it): without, every batch ran to max_new_tokens.
+    stops = stop_strings(max(q["num_choices"] for q, _ in mine))
     texts = greedy_answers(model, tokenizer, [q["prompt"] for q, _ in mine], max_new_tokens, batch_size=batch_size,
-                           synced=synced and world > 1)
+                           synced=synced and world > 1, stop=stops)
     correct = failures = counted = 0
     for (q, real), text in zip(mine, texts):
         if not real:
@@ -181,8 +184,9 @@ def dev_metrics(model, tokenizer, dev: list[dict], max_new_tokens: int, rank: in
 
 
 def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, *, batch_size: int,
-                   synced: bool = False) -> list[str]:
-    """Greedy completions of ``prompts`` by a transformers model, in left-padded batches."""
+                   synced: bool = False, stop: list[str] | None = None) -> list[str]:
+    """Greedy completions of ``prompts`` by a transformers model, in left-padded batches; with ``stop``, a
+    completion ends at the first of those strings (kept in the text, as the engine returns it) or EOS."""
     import torch
 
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # decoder-only batches pad on the left
@@ -195,7 +199,8 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, *,
             inputs = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True).to(model.device)
             with torch.no_grad():
                 out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
-                                     synced_gpus=synced)
+                                     synced_gpus=synced, **({"stop_strings": stop, "tokenizer": tokenizer} if stop
+                                                            else {}))
             texts += tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
