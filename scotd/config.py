@@ -149,8 +149,8 @@ class StudentConfig:
     batch_size: int = opt(32, "Global batch size in sequences (paper: 32) = micro_batch_size x accumulation x workers.")
     micro_batch_size: int = opt(8, "Sequences per worker per forward pass.")
     dev_batch_size: int = opt(
-        32, "Dev questions per generate call (each rank) when scoring an epoch's checkpoint; answers stop at the "
-        "answer phrase."
+        32, "Dev questions per greedy generate call (on each rank) when scoring an epoch's checkpoint: larger "
+        "batches were faster on CPU (40 dev answers of a demo student: 62 s in batches of 8, 50 s in one)."
     )
     warmup_steps: int = opt(500, "Linear warm-up steps, then linear decay to zero (paper: 500).")
     grad_clip: float = opt(0.5, "Gradient norm clip (paper: 0.5).")
