@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml
 	if [ "$(EXTRA)" = cpu ]; then $(PY) -m pip install --quiet torch==2.13.0; fi
 	$(PY) -m pip install --quiet -e ".[$(EXTRA),test]"
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	if [ "$(EXTRA)" = cpu ]; then $(PY) -m scotd.cpu; fi  # DeepSpeed's CPU op, compiled once here, not in a run
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,4 +1,5 @@
-"""CPU compute inside Ray workers: normal scheduling priority for the threads that do the work.
+"""CPU compute inside Ray workers: normal scheduling priority for the threads that do the work, and DeepSpeed's
+CPU ops built once per Python environment.
 
 Ray starts worker processes at niceness 15. When the compute runs as a team of OpenMP threads, one per core, any
 normal-priority process that wakes up (raylet, GCS, dashboard agent, the driver) preempts one thread of the team,
@@ -10,8 +11,11 @@ it); without it the threads keep Ray's value and a warning says so.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import sys
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -41,3 +45,37 @@ def normal_priority(nice: int = 0) -> int:
                             "Ray's worker niceness and may run up to ~2x slower on a busy host")
             break
     return changed
+
+
+def extensions_dir(prefix: str | None = None) -> Path:
+    """Where the JIT-built torch extensions of the Python environment at ``prefix`` (default: this one) live.
+
+    torch's default folder is one per user, shared by every environment, and DeepSpeed's CPU training rebuilds its
+    shared-memory communication op there whenever the environment differs from the one that built it last (other
+    include paths): ~50 s of compiling inside the first training step of a run, seen in a fresh clone's demo and in
+    CI, and again in the next run of the other environment.
+    """
+    tag = hashlib.sha1((prefix or sys.prefix).encode()).hexdigest()[:12]
+    return Path.home() / ".cache" / "torch_extensions" / f"env-{tag}"
+
+
+def use_own_extensions_dir() -> str:
+    """Point ``TORCH_EXTENSIONS_DIR`` at this environment's own folder unless the user set one; returns the value."""
+    return os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
+
+
+def build_cpu_ops() -> Path:
+    """Build DeepSpeed's CPU shared-memory op for this environment now (the set-up step), so that training does not
+    compile it; returns the folder it is in."""
+    use_own_extensions_dir()
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.comm.torch import build_shm_op
+
+    if build_shm_op() is None:
+        raise RuntimeError("DeepSpeed did not build its CPU shared-memory op (DS_ACCELERATOR is not cpu?)")
+    return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+
+
+if __name__ == "__main__":  # make setup: python -m scotd.cpu
+    logging.basicConfig(level=logging.INFO)
+    print(f"DeepSpeed CPU ops in {build_cpu_ops()}")

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from scotd.config import StudentConfig
-from scotd.cpu import normal_priority
+from scotd.cpu import normal_priority, use_own_extensions_dir
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def train_loop_per_worker(config: dict) -> None:
     if not cfg.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         normal_priority()  # Ray's worker niceness makes the OpenMP team wait for preempted threads
+        use_own_extensions_dir()  # DeepSpeed's CPU op, built once per environment (make setup)
     import deepspeed
     import pyarrow.parquet as pq
     import ray.train
