@@ -8,8 +8,8 @@ Measures, in one process and one Ray session:
      and --n, each from an empty prefix cache, as a plain call and as scotd's engine call (each prompt computed
      once before the n samples); time per generated token: flat in n when the prompt is not paid n times;
   2. scotd's sampling stage (Ray Data + vLLM actor, resumable blocks, parsing, metrics) on the same questions:
-     generated tokens/s after its first engine call (engine start-up excluded, as for the bare engine) and the
-     ratio to the bare engine's plain call at the same n (goal >= 0.95);
+     generated tokens/s from its first engine call's start (engine start-up excluded, as for the bare engine) and
+     the ratio to the bare engine's plain call at the same n (goal >= 0.95), once per --concurrent-batches value;
   3. the stage on --sweep question counts (default 100 and 1000): throughput and the driver's resident memory,
      which should both stay flat as the question count grows;
   4. a plain transformers ``generate`` loop (what one would write without an engine) on --hf-questions questions:
@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +52,8 @@ def main() -> None:
     parser.add_argument("--hf-questions", type=int, default=4, help="questions for the transformers baseline")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16, help="questions per engine call in the stage")
+    parser.add_argument("--concurrent-batches", default="2",
+                        help="teacher.concurrent_batches values to run the stage with, e.g. 1,2")
     parser.add_argument("--gpu", action="store_true", help="GPU engine (vLLM's GPU build)")
     parser.add_argument("--data", default=str(DATA))
     args = parser.parse_args()
@@ -58,10 +61,10 @@ def main() -> None:
     import ray
 
     from scotd.config import ResourcesConfig, TeacherConfig
-    from scotd.engine import build_llm, resolve_dtype, warm_prefix_cache
-    from scotd.prompts import load_exemplars, stop_strings, teacher_prompt
+    from scotd.engine import Sampling, build_llm, resolve_dtype, sampling_params, warm_prefix_cache
+    from scotd.prompts import load_exemplars
     from scotd.tasks import load_questions
-    from scotd.teacher import engine_spec, sample_rationales
+    from scotd.teacher import engine_spec, sample_rationales, to_request
 
     sweep = [int(x) for x in args.sweep.split(",") if x]
     pool = load_questions(args.data, "commonsenseqa", "csqa").questions[: max([args.questions, *sweep])]
@@ -76,19 +79,17 @@ def main() -> None:
                      "max_new_tokens": args.max_new_tokens}
 
     # 1. bare engine (built before timing: start-up excluded)
-    from vllm import SamplingParams
-
     llm = build_llm(spec)
-    prompts = [teacher_prompt(q, shots) for q in questions]
+    # The stage's own requests (prompt, per-question seed, stop strings) and SamplingParams, so that both paths
+    # generate the same samples: the ratio compares the same work.
+    requests = [to_request(q, shots, cfg, args.n) for q in questions]
+    prompts = [r["prompt"] for r in requests]
+    sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
 
     def bare(n: int, warm: bool) -> dict:
-        """One ``generate`` call over all questions from an empty prefix cache; ``warm``: scotd's engine call
-        (prompts computed once first, timed too), otherwise the plain call a user would write."""
-        # No per-request seeds here: vLLM 0.32's CPU runner fails ("CPU Generator does not use offset") when a
-        # seeded request's prompt is prefilled in chunks, which a plain call over many long prompts does.
-        params = [SamplingParams(n=n, temperature=1.0, max_tokens=args.max_new_tokens,
-                                 stop=stop_strings(len(q.choices)), include_stop_str_in_output=True, logprobs=0)
-                  for q in questions]
+        """One ``generate`` call over all questions from an empty prefix cache; ``warm``: each prompt computed
+        once first (timed too), otherwise the plain call a user would write."""
+        params = [sampling_params(sampling, n, r["seed"], r["stop"]) for r in requests]
         llm.reset_prefix_cache()
         started = time.perf_counter()
         if warm:
@@ -109,9 +110,12 @@ def main() -> None:
     # 2. scotd's stage on a local Ray cluster
     ray.init(address="local", num_cpus=4, num_gpus=1 if args.gpu else 0, include_dashboard=False,
              log_to_driver=False)
-    summary = sample_rationales(questions, {"csqa": shots}, cfg, ResourcesConfig(), model, work / "stage")
-    results["stage"] = summary
-    results["ratio_stage_over_bare"] = summary["steady_generated_tokens_per_s"] / results[f"bare_n{args.n}"]["tok_per_s"]
+    for k in [int(x) for x in args.concurrent_batches.split(",")]:
+        summary = sample_rationales(questions, {"csqa": shots}, replace(cfg, concurrent_batches=k),
+                                    ResourcesConfig(), model, work / f"stage-c{k}")
+        results[f"stage_c{k}"] = summary
+        results[f"ratio_stage_c{k}_over_bare"] = (summary["steady_generated_tokens_per_s"]
+                                                  / results[f"bare_n{args.n}"]["tok_per_s"])
 
     # 3. scaling with the question count: throughput and driver memory
     for count in sweep:

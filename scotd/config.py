@@ -87,6 +87,10 @@ class TeacherConfig:
         "the cluster (autoscaler) has GPUs; None = exactly num_replicas."
     )
     batch_size: int = opt(16, "Questions per Ray Data batch handed to one engine call.")
+    concurrent_batches: int = opt(
+        2, "Batches each engine works on at once: the next batch's requests join the running batch while the "
+        "previous one's last sequences finish (Ray's max_concurrency on the engine actor)."
+    )
     gpu_memory_utilization: float = opt(0.9, "Share of GPU memory vLLM may take (GPU only).")
     resource: str | None = opt(
         None, "Custom Ray resource each engine replica asks for, one unit per GPU it uses, to keep replicas on "
@@ -251,8 +255,12 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *
 
 
 def check_students(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Rules across a student's keys: the global batch splits evenly into micro-batches over its workers (else
-    the accumulation would round it silently), and names are unique (each names a folder)."""
+    """Rules across keys: the teacher's counts are positive; a student's global batch splits evenly into
+    micro-batches over its workers (else the accumulation would round it silently), and names are unique (each
+    names a folder)."""
+    for key in ("num_samples", "batch_size", "concurrent_batches", "num_replicas"):
+        if getattr(cfg.teacher, key) < 1:
+            raise ConfigError(f"teacher.{key}: {getattr(cfg.teacher, key)} must be at least 1")
     seen: set[str] = set()
     for i, s in enumerate(cfg.students):
         for key in ("batch_size", "micro_batch_size", "dev_batch_size", "num_workers", "selector_k", "epochs"):

@@ -6,21 +6,33 @@ per question (one prefill, N decodes forked from it), so scotd drives ``vllm.LLM
 Ray Data runs as an actor pool (``map_batches(..., concurrency=replicas)``). Prefix caching additionally shares the
 few-shot exemplar prefix across questions.
 
+Batches overlap inside an engine: an engine call (``LLM.generate``) returns when its last sequence ends, and its
+last steps run with few sequences; one call per Ray Data batch would leave the engine idling in every call's tail
+(on a GPU a decode step costs about the same for 2 sequences as for 200). So each actor takes up to
+``teacher.concurrent_batches`` batches at once (an async callable with Ray's ``max_concurrency``, as ``ray.data.llm``
+does) and one thread of its own steps the engine for all of them (``EngineLoop``): the next batch's requests join
+the running batch while the previous one drains.
+
 Rows in: ``prompt`` (str), ``seed`` (int), ``n`` (int), ``stop`` (JSON list of strings) and any pass-through
 columns (scalars only: lists travel as JSON text, so ragged lists never become Ray tensor columns).
 Rows out: one per completion: the pass-through columns + ``sample_index``, ``text``, ``num_tokens``,
-``logprob_sum``, ``finish_reason``, ``num_prompt_tokens``, ``call_started_at`` (wall clock, for rates).
+``logprob_sum``, ``finish_reason``, ``num_prompt_tokens``, ``call_started_at`` and ``call_finished_at`` (wall
+clock, for rates).
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import logging
 import os
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -119,7 +131,15 @@ def _use_bound_cores(bind: str) -> None:
     threads = len(bound_cores(bind))
     if torch.get_num_threads() != threads:
         log.info("engine threads: %d -> %d (cores %s)", torch.get_num_threads(), threads, bind)
-        torch.set_num_threads(threads)
+        set_torch_threads(threads)
+
+
+def set_torch_threads(threads: int) -> None:
+    """``torch.set_num_threads`` for the calling thread, also once vLLM's CPU worker has replaced it by a no-op
+    (it does so after binding its own threads; threads started later still need their count)."""
+    import torch
+
+    torch._C.set_num_threads(threads)
 
 
 def build_llm(spec: EngineSpec):
@@ -152,7 +172,11 @@ def build_llm(spec: EngineSpec):
             kwargs["distributed_executor_backend"] = "ray"
     else:
         # CUDA graphs do not exist on CPU; block 32 lets prefix caching cover the question too, not just exemplars.
-        kwargs.update(enforce_eager=True, block_size=spec.block_size or 32)
+        # No chunked prefill: vLLM 0.32's CPU runner fails on a seeded request whose prompt is prefilled in chunks
+        # ("CPU Generator does not use offset"), which a call over many long prompts does. Without chunking a step
+        # takes whole prompts up to its token budget (vLLM's CPU default 4096, at least max_model_len).
+        kwargs.update(enforce_eager=True, block_size=spec.block_size or 32, enable_chunked_prefill=False,
+                      max_num_batched_tokens=max(4096, spec.max_model_len))
     return LLM(**kwargs)
 
 
@@ -170,27 +194,118 @@ def throughput_counters() -> dict:
     return {name: Counter(f"scotd_{name}", description=text, tag_keys=("run",)) for name, text in described.items()}
 
 
-def warm_prefix_cache(llm, prompts: list[str], many_samples: bool) -> None:
-    """Compute each prompt once before sampling, so that the prompt is paid once per question.
+def prefix_warmup(prompts: list[str], many_samples: bool) -> list[list[str]]:
+    """Single-token requests to run, group after group, before sampling, so that a prompt is paid once per question.
 
     The prefix cache only serves blocks that are already computed: requests scheduled in the same engine step
     (a batch of questions, and the N parallel samples of each) would all prefill their full prompt side by
     side. So: one request computes the shared few-shot prefix, then one single-token request per question
-    computes its own block; the N samples then find the whole prompt in the cache.
+    computes its own blocks; the N samples then find the whole prompt in the cache.
     """
+    if many_samples and len(prompts) > 1:
+        return [prompts[:1], prompts[1:]]
+    return [prompts[:1]]
+
+
+def warm_prefix_cache(llm, prompts: list[str], many_samples: bool) -> None:
+    """``prefix_warmup`` on a plain ``vllm.LLM`` (the benchmark's bare engine call)."""
+    for group in prefix_warmup(prompts, many_samples):
+        llm.generate(group, warm_params(), use_tqdm=False)
+
+
+def sampling_params(s: Sampling, n: int, seed: int, stop: str):
+    """The ``SamplingParams`` of one request row (``stop``: a JSON list). Seeds only where sampling."""
     from vllm import SamplingParams
 
-    warm = SamplingParams(max_tokens=1, temperature=0.0)
-    llm.generate(prompts[:1], warm, use_tqdm=False)
-    if many_samples and len(prompts) > 1:
-        llm.generate(prompts[1:], warm, use_tqdm=False)
+    sampled = s.temperature > 0
+    return SamplingParams(n=int(n), temperature=s.temperature, top_p=s.top_p if sampled else 1.0,
+                          max_tokens=s.max_new_tokens, seed=int(seed) if sampled else None,
+                          stop=json.loads(str(stop)), include_stop_str_in_output=True,
+                          logprobs=0 if s.logprobs else None)
+
+
+def warm_params():
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=1, temperature=0.0)
+
+
+class EngineLoop:
+    """Steps one ``vllm.LLM``'s engine on a thread of its own for requests submitted from any thread.
+
+    ``submit`` adds a group of requests and returns a future of their outputs, in order. The step thread runs
+    ``thread_setup`` first; by default it takes the creating thread's torch thread count (per thread, and vLLM's
+    CPU attention fails when its step thread has another count than the engine was built with). An engine error
+    fails every waiting future and every later ``submit``.
+    """
+
+    def __init__(self, llm, thread_setup: Callable[[], None] | None = None):
+        if thread_setup is None:
+            import torch
+
+            threads = torch.get_num_threads()
+            thread_setup = lambda: set_torch_threads(threads)  # noqa: E731
+        self.engine = llm.llm_engine
+        self._ids = itertools.count()
+        self._work = threading.Condition()  # guards the engine (add_request vs step) and the waiting groups
+        self._waiting: dict[str, tuple[Future, dict[str, Any]]] = {}
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(thread_setup,), name="scotd-engine-loop",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, prompts: list[str], params: list) -> Future:
+        from vllm.sampling_params import RequestOutputKind
+
+        future: Future = Future()
+        group: dict[str, Any] = {}  # request id -> output (None until finished), in submission order
+        with self._work:
+            if self._error is not None:
+                raise RuntimeError("the vLLM engine failed earlier") from self._error
+            for prompt, p in zip(prompts, params, strict=True):
+                p.output_kind = RequestOutputKind.FINAL_ONLY  # only finished outputs, as LLM.generate asks
+                request_id = str(next(self._ids))
+                group[request_id] = None
+                self._waiting[request_id] = (future, group)
+                self.engine.add_request(request_id, {"prompt": prompt}, p)
+            self._work.notify()
+        if not group:
+            future.set_result([])
+        return future
+
+    def generate(self, prompts: list[str], params: list) -> list:
+        """Blocking ``submit`` (same outputs as ``LLM.generate``)."""
+        return self.submit(prompts, params).result()
+
+    def _run(self, thread_setup: Callable[[], None]) -> None:
+        thread_setup()
+        while True:
+            with self._work:
+                while not self.engine.has_unfinished_requests():
+                    self._work.wait()
+                try:
+                    outputs = self.engine.step()
+                except BaseException as error:  # the engine is unusable now: tell everyone waiting on it
+                    self._error = error
+                    for future in {future for future, _ in self._waiting.values()}:
+                        future.set_exception(error)
+                    self._waiting.clear()
+                    log.exception("vLLM engine step failed")
+                    return
+                finished = [(out, self._waiting.pop(out.request_id)) for out in outputs if out.finished]
+            for out, (future, group) in finished:
+                group[out.request_id] = out
+                if all(o is not None for o in group.values()):
+                    future.set_result(list(group.values()))
 
 
 class VLLMGenerator:
-    """Ray Data callable class: one vLLM engine per actor, one ``generate`` call per batch of prompts."""
+    """Ray Data callable class: one vLLM engine per actor; the batches in flight share it through ``EngineLoop``."""
 
-    def __init__(self, spec: dict, sampling: dict, run: str = "teacher"):
+    def __init__(self, spec: dict, sampling: dict, run: str = "teacher", concurrent_batches: int = 1):
         self.spec = EngineSpec(**spec)
+        self.concurrent_batches = concurrent_batches
+        self._slots: asyncio.Semaphore | None = None
         self.sampling = Sampling(**sampling)
         self.tags = {"run": run}
         self.counters = throughput_counters()
@@ -200,6 +315,7 @@ class VLLMGenerator:
             local = replace(self.spec, model=str(fetch_folder(self.spec.model, self.spec.cache_dir)))
         self.llm = build_llm(local)
         self.tokenizer = self.llm.get_tokenizer()
+        self.loop = EngineLoop(self.llm, thread_setup=self._thread_setup)
         log.info("vLLM engine for %s ready in %.1f s", self.spec.model, time.monotonic() - started)
 
     def _prompt(self, prompt: str) -> str:
@@ -208,29 +324,32 @@ class VLLMGenerator:
         return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                   add_generation_prompt=True)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        from vllm import SamplingParams
-
-        call_started_at = time.time()
+    def _thread_setup(self) -> None:
         if not self.spec.use_gpu:
-            # Thread counts and priorities are per thread, and Ray calls this from another thread than __init__.
+            # Thread counts and priorities are per thread: the engine steps on the loop's thread, not __init__'s.
             _use_bound_cores(os.environ["VLLM_CPU_OMP_THREADS_BIND"])
             normal_priority()
-        s = self.sampling
-        sampled = s.temperature > 0
-        # Seeds only where sampling: greedy needs none, and vLLM 0.32's CPU runner fails on a seeded request whose
-        # prompt is prefilled in chunks (the prefix-cache warm-up keeps sampled prompts from being chunked).
-        params = [
-            SamplingParams(n=int(n), temperature=s.temperature, top_p=s.top_p if sampled else 1.0,
-                           max_tokens=s.max_new_tokens, seed=int(seed) if sampled else None,
-                           stop=json.loads(str(stop)), include_stop_str_in_output=True,
-                           logprobs=0 if s.logprobs else None)
-            for n, seed, stop in zip(batch["n"], batch["seed"], batch["stop"])
-        ]
+
+    async def _generate(self, prompts: list[str], params: list) -> list:
+        return await asyncio.wrap_future(self.loop.submit(prompts, params))
+
+    async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        # Ray may run more calls at once than asked (several batches of one task run concurrently too): the
+        # semaphore (made on the actor's event loop, where every call runs) keeps concurrent_batches exact.
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrent_batches)
+        async with self._slots:
+            return await self._call(batch)
+
+    async def _call(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        call_started_at = time.time()
+        params = [sampling_params(self.sampling, n, seed, stop)
+                  for n, seed, stop in zip(batch["n"], batch["seed"], batch["stop"])]
         prompts = [self._prompt(str(p)) for p in batch["prompt"]]
         if self.spec.enable_prefix_caching:
-            warm_prefix_cache(self.llm, prompts, many_samples=any(int(n) > 1 for n in batch["n"]))
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            for group in prefix_warmup(prompts, many_samples=any(int(n) > 1 for n in batch["n"])):
+                await self._generate(group, [warm_params() for _ in group])
+        outputs = await self._generate(prompts, params)
         keep = [k for k in batch if k not in ("prompt", "seed", "n", "stop")]
         rows: dict[str, list] = {k: [] for k in keep}
         rows.update(sample_index=[], text=[], num_tokens=[], logprob_sum=[], finish_reason=[], num_prompt_tokens=[])
@@ -247,6 +366,7 @@ class VLLMGenerator:
         # When this call started: the caller measures its steady rate from the first call's start, which leaves
         # the engine start-up out (as for a bare engine) and keeps every overhead between calls in.
         rows["call_started_at"] = [call_started_at] * len(rows["text"])
+        rows["call_finished_at"] = [time.time()] * len(rows["text"])
         self.counters["rationales"].inc(len(rows["text"]), tags=self.tags)
         self.counters["generated_tokens"].inc(sum(rows["num_tokens"]), tags=self.tags)
         self.counters["prompt_tokens"].inc(sum(len(o.prompt_token_ids or ()) for o in outputs), tags=self.tags)
@@ -254,14 +374,21 @@ class VLLMGenerator:
 
 
 def generate(ds, spec: EngineSpec, sampling: Sampling, *, replicas: int | tuple[int, int], batch_size: int,
-             num_cpus: float, run: str = "teacher", resource: str | None = None):
+             num_cpus: float, run: str = "teacher", resource: str | None = None, concurrent_batches: int = 2):
     """Map ``ds`` through a pool of ``replicas`` engines (a count, or a (min, max) autoscaling range); returns the
     lazy output dataset (streamed by the caller). ``run`` tags the dashboard metrics; ``resource`` is a custom Ray
-    resource each replica asks for, one unit per GPU (keeps replicas on the nodes that offer it)."""
+    resource each replica asks for, one unit per GPU (keeps replicas on the nodes that offer it);
+    ``concurrent_batches`` batches share each engine at once (see the module docstring)."""
+    import ray
+
+    size = dict(min_size=replicas[0], max_size=replicas[1]) if isinstance(replicas, tuple) else dict(size=replicas)
     kwargs: dict[str, Any] = dict(
-        fn_constructor_kwargs={"spec": asdict(spec), "sampling": asdict(sampling), "run": run},
+        fn_constructor_kwargs={"spec": asdict(spec), "sampling": asdict(sampling), "run": run,
+                               "concurrent_batches": concurrent_batches},
         batch_size=batch_size,
-        concurrency=replicas,
+        # One more task queued per actor than run at once, so that the next batch is there when one finishes.
+        compute=ray.data.ActorPoolStrategy(**size, max_concurrent_calls_per_actor=concurrent_batches,
+                                           max_tasks_in_flight_per_actor=concurrent_batches + 1),
         num_cpus=num_cpus,
     )
     bundles = replica_bundles(spec, resource, num_cpus)

@@ -114,7 +114,7 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
     import ray
 
     n = cfg.num_samples if num_samples is None else num_samples
-    # One block per engine call by default: with a slow teacher, a crash loses at most the call in flight.
+    # One block per engine call by default: with a slow teacher, a crash loses at most the calls in flight.
     block_questions = block_questions or cfg.batch_size
     samples_dir = out_dir / "samples"
     samples_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +131,7 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
                        Sampling(temperature=cfg.temperature if temperature is None else temperature,
                                 top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens),
                        replicas=replica_range(cfg), batch_size=cfg.batch_size, num_cpus=resources.engine_cpus,
-                       resource=cfg.resource)
+                       resource=cfg.resource, concurrent_batches=cfg.concurrent_batches)
         counters = throughput_counters()
         first_call_at = float("inf")  # wall clock when the first engine call started (after engine start-up)
         by_question: dict[str, list[dict]] = {}

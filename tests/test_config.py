@@ -105,6 +105,8 @@ students: [{name: s}]
     (BASE, ["students.0.micro_batch_size=0"], "students.0.micro_batch_size: 0 must be at least 1"),
     (BASE, ["students.0.dev_batch_size=0"], "students.0.dev_batch_size: 0 must be at least 1"),
     (BASE, ["students.0.selector_k=0"], "students.0.selector_k: 0 must be at least 1"),
+    (BASE, ["teacher.concurrent_batches=0"], "teacher.concurrent_batches: 0 must be at least 1"),
+    (BASE, ["teacher.num_samples=0"], "teacher.num_samples: 0 must be at least 1"),
 ])
 
 def test_config_errors_name_the_dotted_key(tmp_path, text, overrides, message):

@@ -1,0 +1,123 @@
+"""Engine calls that overlap: ``EngineLoop`` serves requests added while the engine steps, and the Ray Data stage
+hands an engine ``concurrent_batches`` batches at once (no more).
+
+Real stack: the tiny teacher in vLLM's CPU engine, inside Ray workers of the session's Ray head."""
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from scotd.engine import EngineLoop
+
+pytestmark = pytest.mark.slow
+
+N, TOKENS = 3, 48
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory, shared_data):
+    from scotd.pipeline import format_texts
+    from scotd.prompts import load_exemplars, student_prompt, teacher_prompt
+    from scotd.tasks import load_questions
+    from scotd.tiny import ensure_tiny_model
+
+    questions = load_questions(shared_data / "commonsenseqa" / "train_rand_split.jsonl", "commonsenseqa",
+                               "csqa").questions[:12]
+    shots = load_exemplars("commonsenseqa", "csqa")[:3]
+    folder = ensure_tiny_model("teacher", tmp_path_factory.mktemp("tiny") / "teacher",
+                               [student_prompt(q) for q in questions], format_texts(questions, {"csqa": shots}))
+    return str(folder), questions, shots, [teacher_prompt(q, shots) for q in questions]
+
+
+def test_engine_loop_serves_requests_added_while_it_steps(ray_cluster, tiny_teacher):
+    import ray
+
+    model, _, _, prompts = tiny_teacher
+
+    @ray.remote(num_cpus=1)
+    def run() -> dict:
+        from vllm import SamplingParams
+
+        from scotd.engine import EngineSpec, build_llm
+
+        llm = build_llm(EngineSpec(model=model, max_model_len=1024))
+
+        def params(seed: int):  # forced lengths: the first group is still running when the second one is added
+            return SamplingParams(n=N, temperature=1.0, seed=seed, max_tokens=TOKENS, ignore_eos=True)
+
+        reference = llm.generate(prompts, [params(i) for i in range(len(prompts))], use_tqdm=False)
+        loop = EngineLoop(llm)
+        half = len(prompts) // 2
+        first = loop.submit(prompts[:half], [params(i) for i in range(half)])
+        first_done_when_second_added = first.done()
+        second = loop.submit(prompts[half:], [params(i) for i in range(half, len(prompts))])
+        outputs = first.result(timeout=300) + second.result(timeout=300)
+        return {
+            "first_done_when_second_added": first_done_when_second_added,
+            "reference_prompt_ids": [o.prompt_token_ids for o in reference],
+            "prompt_ids": [o.prompt_token_ids for o in outputs],
+            "samples": [[len(c.token_ids) for c in o.outputs] for o in outputs],
+            "engine_idle": not llm.llm_engine.has_unfinished_requests(),
+        }
+
+    got = ray.get(run.remote(), timeout=600)
+    assert not got["first_done_when_second_added"]
+    # Every request answered once, in submission order, with the prompt tokenized as LLM.generate does it.
+    assert got["prompt_ids"] == got["reference_prompt_ids"]
+    assert got["samples"] == [[TOKENS] * N] * len(prompts)
+    assert got["engine_idle"]
+
+
+def test_a_failed_engine_step_fails_every_waiting_group_and_later_submits():
+    """A stand-in engine whose step raises (a real engine cannot be made to fail on demand here)."""
+
+    class BrokenEngine:
+        def __init__(self):
+            self.requests: list[str] = []
+
+        def add_request(self, request_id, prompt, params):
+            self.requests.append(request_id)
+
+        def has_unfinished_requests(self):
+            return bool(self.requests)
+
+        def step(self):
+            time.sleep(0.2)  # both groups are added before the step fails
+            raise RuntimeError("device lost")
+
+    loop = EngineLoop(SimpleNamespace(llm_engine=BrokenEngine()))
+    groups = [loop.submit(["a", "b"], [SimpleNamespace(), SimpleNamespace()]),
+              loop.submit(["c"], [SimpleNamespace()])]
+    for group in groups:
+        with pytest.raises(RuntimeError, match="device lost"):
+            group.result(timeout=30)
+    with pytest.raises(RuntimeError, match="the vLLM engine failed earlier"):
+        loop.submit(["d"], [SimpleNamespace()])
+
+
+@pytest.mark.parametrize("concurrent_batches", [2, 1])
+def test_stage_gives_each_engine_concurrent_batches_at_once(ray_cluster, tiny_teacher, concurrent_batches):
+    """Calls overlap in time with 2 and never with 1; every (question, sample) comes back once either way."""
+    import ray
+
+    from scotd.config import TeacherConfig
+    from scotd.engine import Sampling, generate
+    from scotd.teacher import engine_spec, to_request
+
+    model, questions, shots, _ = tiny_teacher
+    cfg = TeacherConfig(model=model, max_model_len=1024)
+    ds = ray.data.from_items([to_request(q, shots, cfg, N) for q in questions])
+    out = generate(ds, engine_spec(cfg, model), Sampling(max_new_tokens=TOKENS), replicas=1, batch_size=2,
+                   num_cpus=1, concurrent_batches=concurrent_batches)
+    rows = out.to_pandas()
+    assert sorted(zip(rows.question_id, rows.sample_index)) == sorted((q.id, i) for q in questions for i in range(N))
+    calls = sorted({(r.call_started_at, r.call_finished_at) for r in rows.itertuples()})
+    assert len(calls) == len(questions) // 2
+    overlapping = sum(later[0] < earlier[1] for earlier, later in zip(calls, calls[1:]))
+    if concurrent_batches == 1:
+        assert overlapping == 0, calls
+    else:
+        assert overlapping > 0, calls
+        most_at_once = max(sum(s <= t < f for s, f in calls) for t, _ in calls)
+        assert most_at_once <= concurrent_batches, calls
