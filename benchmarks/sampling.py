@@ -10,6 +10,7 @@ Measures, in one process and one Ray session:
   2. scotd's sampling stage (Ray Data + vLLM actor, resumable blocks, parsing, metrics) on the same questions:
      generated tokens/s from its first engine call's start (engine start-up excluded, as for the bare engine) and
      the ratio to the bare engine's plain call at the same n (goal >= 0.95), once per --concurrent-batches value;
+     with --bare-in-ray also the bare call inside a Ray actor while the cluster runs (Ray's own cost);
   3. the stage on --sweep question counts (default 100 and 1000): throughput and the driver's resident memory,
      which should both stay flat as the question count grows;
   4. a plain transformers ``generate`` loop (what one would write without an engine) on --hf-questions questions:
@@ -25,7 +26,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="questions per engine call in the stage")
     parser.add_argument("--concurrent-batches", default="2",
                         help="teacher.concurrent_batches values to run the stage with, e.g. 1,2")
+    parser.add_argument("--bare-in-ray", action="store_true",
+                        help="also time the bare call inside a Ray actor while the local cluster runs")
     parser.add_argument("--gpu", action="store_true", help="GPU engine (vLLM's GPU build)")
     parser.add_argument("--data", default=str(DATA))
     args = parser.parse_args()
@@ -61,7 +64,7 @@ def main() -> None:
     import ray
 
     from scotd.config import ResourcesConfig, TeacherConfig
-    from scotd.engine import Sampling, build_llm, resolve_dtype, sampling_params, warm_prefix_cache
+    from scotd.engine import Sampling, build_llm, resolve_dtype, sampling_params
     from scotd.prompts import load_exemplars
     from scotd.tasks import load_questions
     from scotd.teacher import engine_spec, sample_rationales, to_request
@@ -89,17 +92,8 @@ def main() -> None:
     def bare(n: int, warm: bool) -> dict:
         """One ``generate`` call over all questions from an empty prefix cache; ``warm``: each prompt computed
         once first (timed too), otherwise the plain call a user would write."""
-        params = [sampling_params(sampling, n, r["seed"], r["stop"]) for r in requests]
-        llm.reset_prefix_cache()
-        started = time.perf_counter()
-        if warm:
-            warm_prefix_cache(llm, prompts, many_samples=n > 1)
-        outs = llm.generate(prompts, params, use_tqdm=False)
-        seconds = time.perf_counter() - started
-        tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
-        prompt_tokens = sum(len(o.prompt_token_ids) for o in outs)
-        return {"s": round(seconds, 2), "generated_tokens": tokens, "tok_per_s": tokens / seconds,
-                "ms_per_generated_token": 1000 * seconds / tokens, "prompt_tokens": prompt_tokens}
+        return timed_generate(llm, prompts, [sampling_params(sampling, n, r["seed"], r["stop"]) for r in requests],
+                              warm=warm)
 
     bare(1, warm=False)  # warm-up (kernels, allocator)
     for n in sorted({*(int(x) for x in args.bare_n.split(",")), args.n}):
@@ -110,7 +104,16 @@ def main() -> None:
     # 2. scotd's stage on a local Ray cluster
     ray.init(address="local", num_cpus=4, num_gpus=1 if args.gpu else 0, include_dashboard=False,
              log_to_driver=False)
-    for k in [int(x) for x in args.concurrent_batches.split(",")]:
+    if args.bare_in_ray:
+        # The bare call again, in a Ray actor (a plain vllm.LLM: no Ray Data, no scotd stage code) while the
+        # cluster runs: what running under Ray costs the engine by itself.
+        actor = ray.remote(num_cpus=ResourcesConfig().engine_cpus, num_gpus=1 if args.gpu else 0)(BareEngine)
+        engine = actor.remote(asdict(spec))
+        results["bare_in_ray"] = ray.get(engine.run.remote(prompts, requests, asdict(sampling), args.n))
+        results["ratio_bare_in_ray_over_bare"] = (results["bare_in_ray"]["tok_per_s"]
+                                                  / results[f"bare_n{args.n}"]["tok_per_s"])
+        ray.kill(engine)
+    for k in [int(x) for x in args.concurrent_batches.split(",") if x]:
         summary = sample_rationales(questions, {"csqa": shots}, replace(cfg, concurrent_batches=k),
                                     ResourcesConfig(), model, work / f"stage-c{k}")
         results[f"stage_c{k}"] = summary
@@ -126,11 +129,46 @@ def main() -> None:
                                      "driver_rss_mb_before": round(before), "driver_rss_mb_after": round(rss_mb())}
     ray.shutdown()
 
-    # 4. transformers generate loop on a subset
-    hf = hf_generate(model, prompts[: args.hf_questions], args.n, args.max_new_tokens, resolve_dtype(spec), args.gpu)
-    results["transformers"] = {**hf, "questions": args.hf_questions}
-    results["ratio_bare_over_transformers"] = results[f"bare_n{args.n}"]["tok_per_s"] / hf["tok_per_s"]
+    # 4. transformers generate loop on a subset (--hf-questions 0 skips it)
+    if args.hf_questions:
+        hf = hf_generate(model, prompts[: args.hf_questions], args.n, args.max_new_tokens, resolve_dtype(spec),
+                         args.gpu)
+        results["transformers"] = {**hf, "questions": args.hf_questions}
+        results["ratio_bare_over_transformers"] = results[f"bare_n{args.n}"]["tok_per_s"] / hf["tok_per_s"]
     print(json.dumps(results, indent=2))
+
+
+def timed_generate(llm, prompts: list[str], params: list, warm: bool) -> dict:
+    """One ``LLM.generate`` call from an empty prefix cache, timed; ``warm``: scotd's prompt-first warm-up first."""
+    from scotd.engine import warm_prefix_cache
+
+    llm.reset_prefix_cache()
+    started = time.perf_counter()
+    if warm:
+        warm_prefix_cache(llm, prompts, many_samples=any(p.n > 1 for p in params))
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    seconds = time.perf_counter() - started
+    tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
+    prompt_tokens = sum(len(o.prompt_token_ids) for o in outs)
+    return {"s": round(seconds, 2), "generated_tokens": tokens, "tok_per_s": tokens / seconds,
+            "ms_per_generated_token": 1000 * seconds / tokens, "prompt_tokens": prompt_tokens}
+
+
+class BareEngine:
+    """A plain ``vllm.LLM`` as a Ray actor, for the bare call under Ray."""
+
+    def __init__(self, spec: dict):
+        from scotd.engine import EngineSpec, build_llm
+
+        self.llm = build_llm(EngineSpec(**spec))
+
+    def run(self, prompts: list[str], requests: list[dict], sampling: dict, n: int) -> dict:
+        from scotd.engine import Sampling, sampling_params
+
+        s = Sampling(**sampling)
+        timed_generate(self.llm, prompts, [sampling_params(s, 1, r["seed"], r["stop"]) for r in requests], False)
+        return timed_generate(self.llm, prompts, [sampling_params(s, n, r["seed"], r["stop"]) for r in requests],
+                              warm=False)
 
 
 def resolve(ref: str, questions, shots, work: Path) -> str:
