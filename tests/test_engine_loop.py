@@ -35,7 +35,9 @@ def test_engine_loop_serves_requests_added_while_it_steps(ray_cluster, tiny_teac
 
     model, _, _, prompts = tiny_teacher
 
-    @ray.remote(num_cpus=1)
+    # max_calls=1: the worker exits afterwards, so no later test gets a pooled worker whose torch vLLM has patched
+    # (its CPU worker turns torch.set_num_threads into a no-op) and that still holds this engine.
+    @ray.remote(num_cpus=1, max_calls=1)
     def run() -> dict:
         from vllm import SamplingParams
 
@@ -100,6 +102,7 @@ def test_a_failed_engine_step_fails_every_waiting_group_and_later_submits():
 def test_stage_gives_each_engine_concurrent_batches_at_once(ray_cluster, tiny_teacher, concurrent_batches):
     """Calls overlap in time with 2 and never with 1; every (question, sample) comes back once either way."""
     import ray
+    from ray.util.state import list_actors
 
     from scotd.config import TeacherConfig
     from scotd.engine import Sampling, generate
@@ -108,9 +111,16 @@ def test_stage_gives_each_engine_concurrent_batches_at_once(ray_cluster, tiny_te
     model, questions, shots, _ = tiny_teacher
     cfg = TeacherConfig(model=model, max_model_len=1024)
     ds = ray.data.from_items([to_request(q, shots, cfg, N) for q in questions])
+    # Its own metrics tag: the session's cluster sums counters across tests, and other tests count run=teacher.
     out = generate(ds, engine_spec(cfg, model), Sampling(max_new_tokens=TOKENS), replicas=1, batch_size=2,
-                   num_cpus=1, concurrent_batches=concurrent_batches)
+                   num_cpus=1, concurrent_batches=concurrent_batches, run="test-overlap")
     rows = out.to_pandas()
+    # The engine actor is gone once the stage is done (the next stage needs its CPUs or GPU).
+    deadline = time.monotonic() + 60
+    while engines := [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+                      if "VLLMGenerator" in (a.class_name or "")]:
+        assert time.monotonic() < deadline, f"engine actors still alive a minute after the stage: {engines}"
+        time.sleep(1)
     assert sorted(zip(rows.question_id, rows.sample_index)) == sorted((q.id, i) for q in questions for i in range(N))
     calls = sorted({(r.call_started_at, r.call_finished_at) for r in rows.itertuples()})
     assert len(calls) == len(questions) // 2
