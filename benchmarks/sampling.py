@@ -64,7 +64,7 @@ def main() -> None:
     import ray
 
     from scotd.config import ResourcesConfig, TeacherConfig
-    from scotd.engine import Sampling, build_llm, resolve_dtype, sampling_params
+    from scotd.engine import Sampling, build_llm, resolve_dtype
     from scotd.prompts import load_exemplars
     from scotd.tasks import load_questions
     from scotd.teacher import engine_spec, sample_rationales, to_request
@@ -92,8 +92,7 @@ def main() -> None:
     def bare(n: int, warm: bool) -> dict:
         """One ``generate`` call over all questions from an empty prefix cache; ``warm``: each prompt computed
         once first (timed too), otherwise the plain call a user would write."""
-        return timed_generate(llm, prompts, [sampling_params(sampling, n, r["seed"], r["stop"]) for r in requests],
-                              warm=warm)
+        return timed_generate(llm, prompts, request_params(sampling, requests, n), warm=warm)
 
     bare(1, warm=False)  # warm-up (kernels, allocator)
     for n in sorted({*(int(x) for x in args.bare_n.split(",")), args.n}):
@@ -138,6 +137,13 @@ def main() -> None:
     print(json.dumps(results, indent=2))
 
 
+def request_params(sampling, requests: list[dict], n: int) -> list:
+    """The stage's ``SamplingParams`` for its request rows, with ``n`` samples each."""
+    from scotd.engine import sampling_params
+
+    return [sampling_params(sampling, n, r["seed"], r["stop"]) for r in requests]
+
+
 def timed_generate(llm, prompts: list[str], params: list, warm: bool) -> dict:
     """One ``LLM.generate`` call from an empty prefix cache, timed; ``warm``: scotd's prompt-first warm-up first."""
     from scotd.engine import warm_prefix_cache
@@ -163,12 +169,11 @@ class BareEngine:
         self.llm = build_llm(EngineSpec(**spec))
 
     def run(self, prompts: list[str], requests: list[dict], sampling: dict, n: int) -> dict:
-        from scotd.engine import Sampling, sampling_params
+        from scotd.engine import Sampling
 
         s = Sampling(**sampling)
-        timed_generate(self.llm, prompts, [sampling_params(s, 1, r["seed"], r["stop"]) for r in requests], False)
-        return timed_generate(self.llm, prompts, [sampling_params(s, n, r["seed"], r["stop"]) for r in requests],
-                              warm=False)
+        timed_generate(self.llm, prompts, request_params(s, requests, 1), warm=False)  # warm-up, as for the bare call
+        return timed_generate(self.llm, prompts, request_params(s, requests, n), warm=False)
 
 
 def resolve(ref: str, questions, shots, work: Path) -> str:

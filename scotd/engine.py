@@ -273,10 +273,6 @@ class EngineLoop:
             future.set_result([])
         return future
 
-    def generate(self, prompts: list[str], params: list) -> list:
-        """Blocking ``submit`` (same outputs as ``LLM.generate``)."""
-        return self.submit(prompts, params).result()
-
     def _run(self, thread_setup: Callable[[], None]) -> None:
         thread_setup()
         while True:
