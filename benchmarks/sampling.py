@@ -10,7 +10,10 @@ Measures, in one process and one Ray session:
   2. scotd's sampling stage (Ray Data + vLLM actor, resumable blocks, parsing, metrics) on the same questions:
      generated tokens/s from its first engine call's start (engine start-up excluded, as for the bare engine) and
      the ratio to the bare engine's plain call at the same n (goal >= 0.95), once per --concurrent-batches value;
-     with --bare-in-ray also the bare call inside a Ray actor while the cluster runs (Ray's own cost);
+     with --bare-in-ray also the bare call inside a Ray actor while the cluster runs (Ray's own cost), and with
+     --bare-loop the bare call through scotd's ``EngineLoop`` (stepped on its own thread) in the plain process;
+     every engine path reports its steps, sequences per step and seconds inside steps, so a gap splits into
+     time the engine waited for work and slower or more steps;
   3. the stage on --sweep question counts (default 100 and 1000): throughput and the driver's resident memory,
      which should both stay flat as the question count grows;
   4. a plain transformers ``generate`` loop (what one would write without an engine) on --hf-questions questions:
@@ -26,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -57,6 +61,8 @@ def main() -> None:
                         help="teacher.concurrent_batches values to run the stage with, e.g. 1,2")
     parser.add_argument("--bare-in-ray", action="store_true",
                         help="also time the bare call inside a Ray actor while the local cluster runs")
+    parser.add_argument("--bare-loop", action="store_true",
+                        help="also time the bare call through scotd's EngineLoop in the plain process")
     parser.add_argument("--gpu", action="store_true", help="GPU engine (vLLM's GPU build)")
     parser.add_argument("--data", default=str(DATA))
     args = parser.parse_args()
@@ -98,6 +104,9 @@ def main() -> None:
     for n in sorted({*(int(x) for x in args.bare_n.split(",")), args.n}):
         results[f"bare_n{n}"] = bare(n, warm=False)
         results[f"warmed_n{n}"] = bare(n, warm=True)
+    if args.bare_loop:
+        results["bare_loop"] = timed_loop(llm, prompts, request_params(sampling, requests, args.n))
+        results["ratio_bare_loop_over_bare"] = results["bare_loop"]["tok_per_s"] / results[f"bare_n{args.n}"]["tok_per_s"]
     llm = None  # free the engine before the stage starts its own
 
     # 2. scotd's stage on a local Ray cluster
@@ -149,15 +158,59 @@ def timed_generate(llm, prompts: list[str], params: list, warm: bool) -> dict:
     from scotd.engine import warm_prefix_cache
 
     llm.reset_prefix_cache()
+    with counted_steps(llm) as steps:
+        started = time.perf_counter()
+        if warm:
+            warm_prefix_cache(llm, prompts, many_samples=any(p.n > 1 for p in params))
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        seconds = time.perf_counter() - started
+    return timing(outs, seconds, steps)
+
+
+def timed_loop(llm, prompts: list[str], params: list) -> dict:
+    """The same call as ``timed_generate`` (no warm-up), submitted to scotd's ``EngineLoop``: the engine steps on
+    the loop's thread, as in the stage, without Ray."""
+    from scotd.engine import EngineLoop
+
+    llm.reset_prefix_cache()
+    loop = EngineLoop(llm)
     started = time.perf_counter()
-    if warm:
-        warm_prefix_cache(llm, prompts, many_samples=any(p.n > 1 for p in params))
-    outs = llm.generate(prompts, params, use_tqdm=False)
+    outs = loop.submit(prompts, params).result()
     seconds = time.perf_counter() - started
+    loop.close()  # its thread would keep the engine alive after the benchmark drops it
+    return timing(outs, seconds, {"steps": loop.steps, "seq_steps": loop.seq_steps, "busy_s": loop.busy_s})
+
+
+def timing(outs: list, seconds: float, steps: dict) -> dict:
     tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
     prompt_tokens = sum(len(o.prompt_token_ids) for o in outs)
     return {"s": round(seconds, 2), "generated_tokens": tokens, "tok_per_s": tokens / seconds,
-            "ms_per_generated_token": 1000 * seconds / tokens, "prompt_tokens": prompt_tokens}
+            "ms_per_generated_token": 1000 * seconds / tokens, "prompt_tokens": prompt_tokens,
+            "engine_steps": steps["steps"], "engine_busy_s": round(steps["busy_s"], 2),
+            "sequences_per_step": steps["seq_steps"] / max(steps["steps"], 1)}
+
+
+@contextmanager
+def counted_steps(llm):
+    """Count a plain ``vllm.LLM``'s engine steps, the requests in flight at each and the seconds inside them, as
+    ``EngineLoop`` does for the stage (``LLM.generate`` calls ``llm_engine.step()`` on the instance)."""
+    engine, counts = llm.llm_engine, {"steps": 0, "seq_steps": 0, "busy_s": 0.0}
+    step = engine.step
+
+    def counting_step():
+        counts["seq_steps"] += engine.get_num_unfinished_requests()
+        started = time.perf_counter()
+        try:
+            return step()
+        finally:
+            counts["busy_s"] += time.perf_counter() - started
+            counts["steps"] += 1
+
+    engine.step = counting_step
+    try:
+        yield counts
+    finally:
+        del engine.step  # the class's method again
 
 
 class BareEngine:

@@ -17,7 +17,9 @@ Rows in: ``prompt`` (str), ``seed`` (int), ``n`` (int), ``stop`` (JSON list of s
 columns (scalars only: lists travel as JSON text, so ragged lists never become Ray tensor columns).
 Rows out: one per completion: the pass-through columns + ``sample_index``, ``text``, ``num_tokens``,
 ``logprob_sum``, ``finish_reason``, ``num_prompt_tokens``, ``call_started_at`` and ``call_finished_at`` (wall
-clock, for rates).
+clock, for rates), and the engine's own account at the call's end: ``engine_id``, ``engine_busy_s`` (seconds it
+has spent in engine steps so far), ``engine_steps`` and ``engine_seq_steps`` (see ``EngineLoop``); with the call
+times they tell an engine that waits for work (``EngineStats``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -190,6 +193,8 @@ def throughput_counters() -> dict:
         "prompt_tokens": "Prompt tokens processed (once per request: parallel samples share the prefill).",
         "correct_samples": "Teacher samples whose parsed answer equals the gold answer.",
         "parse_failures": "Completions without a parseable answer.",
+        "engine_busy_seconds": "Seconds the vLLM engines spent stepping (per engine: its rate below 1 is time it "
+                               "waited for work).",
     }
     return {name: Counter(f"scotd_{name}", description=text, tag_keys=("run",)) for name, text in described.items()}
 
@@ -250,6 +255,10 @@ class EngineLoop:
         self._work = threading.Condition()  # guards the engine (add_request vs step) and the waiting groups
         self._waiting: dict[str, tuple[Future, dict[str, Any]]] = {}
         self._error: BaseException | None = None
+        # Written by the step thread only. busy_s: seconds inside engine steps; seq_steps: the unfinished
+        # requests summed over steps (seq_steps / steps = sequences per step; parallel samples count one each).
+        self.busy_s, self.steps, self.seq_steps = 0.0, 0, 0
+        self._closed = False
         self._thread = threading.Thread(target=self._run, args=(thread_setup,), name="scotd-engine-loop",
                                         daemon=True)
         self._thread.start()
@@ -262,6 +271,8 @@ class EngineLoop:
         with self._work:
             if self._error is not None:
                 raise RuntimeError("the vLLM engine failed earlier") from self._error
+            if self._closed:
+                raise RuntimeError("the engine loop is closed")
             for prompt, p in zip(prompts, params, strict=True):
                 p.output_kind = RequestOutputKind.FINAL_ONLY  # only finished outputs, as LLM.generate asks
                 request_id = str(next(self._ids))
@@ -273,14 +284,27 @@ class EngineLoop:
             future.set_result([])
         return future
 
+    def close(self) -> None:
+        """Stop the step thread once the requests in flight are done (it holds the engine until then)."""
+        with self._work:
+            self._closed = True
+            self._work.notify()
+        self._thread.join()
+
     def _run(self, thread_setup: Callable[[], None]) -> None:
         thread_setup()
         while True:
             with self._work:
                 while not self.engine.has_unfinished_requests():
+                    if self._closed:
+                        return
                     self._work.wait()
                 try:
+                    self.seq_steps += self.engine.get_num_unfinished_requests()
+                    stepped_at = time.perf_counter()
                     outputs = self.engine.step()
+                    self.busy_s += time.perf_counter() - stepped_at
+                    self.steps += 1
                 except BaseException as error:  # the engine is unusable now: tell everyone waiting on it
                     self._error = error
                     for future in {future for future, _ in self._waiting.values()}:
@@ -312,6 +336,8 @@ class VLLMGenerator:
         self.llm = build_llm(local)
         self.tokenizer = self.llm.get_tokenizer()
         self.loop = EngineLoop(self.llm, thread_setup=self._thread_setup)
+        self.engine_id = uuid.uuid4().hex[:12]
+        self._reported_busy_s = 0.0
         log.info("vLLM engine for %s ready in %.1f s", self.spec.model, time.monotonic() - started)
 
     def _prompt(self, prompt: str) -> str:
@@ -363,6 +389,13 @@ class VLLMGenerator:
         # the engine start-up out (as for a bare engine) and keeps every overhead between calls in.
         rows["call_started_at"] = [call_started_at] * len(rows["text"])
         rows["call_finished_at"] = [time.time()] * len(rows["text"])
+        busy_s = self.loop.busy_s
+        for key, value in (("engine_id", self.engine_id), ("engine_busy_s", busy_s),
+                           ("engine_steps", self.loop.steps), ("engine_seq_steps", self.loop.seq_steps)):
+            rows[key] = [value] * len(rows["text"])
+        if busy_s > self._reported_busy_s:  # Ray counters take positive increments only
+            self.counters["engine_busy_seconds"].inc(busy_s - self._reported_busy_s, tags=self.tags)
+            self._reported_busy_s = busy_s
         self.counters["rationales"].inc(len(rows["text"]), tags=self.tags)
         self.counters["generated_tokens"].inc(sum(rows["num_tokens"]), tags=self.tags)
         self.counters["prompt_tokens"].inc(sum(len(o.prompt_token_ids or ()) for o in outputs), tags=self.tags)
@@ -423,6 +456,38 @@ def _placement(bundles: list[dict[str, float]]):
         return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)}
 
     return remote_args
+
+
+class EngineStats:
+    """The engines' own account over a stage, from the ``engine_*`` and call-time columns of its output batches."""
+
+    def __init__(self) -> None:
+        self._engines: dict[str, dict[str, float]] = {}
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        for i, engine in enumerate(batch["engine_id"].tolist()):
+            e = self._engines.setdefault(str(engine), {"first": float("inf"), "last": 0.0, "busy_s": 0.0,
+                                                       "steps": 0, "seq_steps": 0})
+            e["first"] = min(e["first"], float(batch["call_started_at"][i]))
+            e["last"] = max(e["last"], float(batch["call_finished_at"][i]))
+            for key, column in (("busy_s", "engine_busy_s"), ("steps", "engine_steps"),
+                                ("seq_steps", "engine_seq_steps")):
+                e[key] = max(e[key], float(batch[column][i]))  # cumulative per engine: the latest is the largest
+
+    def summary(self) -> dict:
+        """``engine_busy_share``: of the time from each engine's first call's start to its last call's end, the
+        share it spent stepping (below 1: it waited for work, e.g. for Ray Data to hand it the next batch);
+        ``sequences_per_step``: requests in flight per engine step, on average."""
+        if not self._engines:
+            return {}
+        engines = self._engines.values()
+        active = sum(max(e["last"] - e["first"], 0.0) for e in engines)
+        steps = sum(e["steps"] for e in engines)
+        return {"engines": len(self._engines),
+                "engine_busy_s": round(sum(e["busy_s"] for e in engines), 2),
+                "engine_busy_share": sum(e["busy_s"] for e in engines) / active if active > 0 else 0.0,
+                "engine_steps": int(steps),
+                "sequences_per_step": sum(e["seq_steps"] for e in engines) / steps if steps else 0.0}
 
 
 def stream_batches(ds, *, total: int, label: str, unit: str = "questions", key: str = "question_id",

@@ -18,7 +18,7 @@ from typing import Callable
 import pyarrow.parquet as pq
 
 from scotd.config import OutputConfig, ResourcesConfig, TeacherConfig
-from scotd.engine import EngineSpec, Sampling, generate, stream_batches, throughput_counters
+from scotd.engine import EngineSpec, EngineStats, Sampling, generate, stream_batches, throughput_counters
 from scotd.prompts import Exemplar, parse_answer, stop_strings, teacher_prompt
 from scotd.schema import SAMPLE_SCHEMA, to_table, write_table
 from scotd.tasks import Question
@@ -133,6 +133,7 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
                        replicas=replica_range(cfg), batch_size=cfg.batch_size, num_cpus=resources.engine_cpus,
                        resource=cfg.resource, concurrent_batches=cfg.concurrent_batches)
         counters = throughput_counters()
+        engines = EngineStats()
         first_call_at = float("inf")  # wall clock when the first engine call started (after engine start-up)
         by_question: dict[str, list[dict]] = {}
         complete: list[dict] = []
@@ -152,6 +153,7 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
                 if len(rows) == n:
                     complete.extend(by_question.pop(str(row["question_id"])))
             first_call_at = min(first_call_at, float(batch["call_started_at"].min()))
+            engines.add(batch)
             if len(complete) >= block_questions * n:
                 _written(_write_block(samples_dir, complete), on_block)
                 complete = []
@@ -165,6 +167,7 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
     if pending and ended_at > first_call_at:
         # From the first engine call's start to the end: engine start-up excluded, all stage overheads included.
         summary["steady_generated_tokens_per_s"] = totals["generated_tokens"] / (ended_at - first_call_at)
+        summary.update(engines.summary())
     (out_dir / "sampling_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from scotd.config import TeacherConfig
-from scotd.engine import EngineSpec, bound_cores, replica_bundles
+from scotd.engine import EngineSpec, EngineStats, bound_cores, replica_bundles
 from scotd.teacher import engine_spec, replica_range
 
 
@@ -49,6 +49,26 @@ def test_engine_spec_carries_the_throughput_settings():
     spec = engine_spec(cfg, "/models/x")
     assert (spec.model, spec.max_num_seqs, spec.gpu_memory_utilization, spec.max_model_len, spec.dtype,
             spec.use_gpu) == ("/models/x", 512, 0.8, 4096, "bfloat16", True)
+
+
+def test_engine_stats_take_each_engines_latest_count_over_its_own_active_time():
+    import numpy as np
+
+    def batch(engine, started, finished, busy, steps, seq_steps, rows=2):
+        return {"engine_id": np.array([engine] * rows), "call_started_at": np.full(rows, started),
+                "call_finished_at": np.full(rows, finished), "engine_busy_s": np.full(rows, busy),
+                "engine_steps": np.full(rows, steps), "engine_seq_steps": np.full(rows, seq_steps)}
+
+    stats = EngineStats()
+    assert stats.summary() == {}
+    # engine a: calls over 100..110 s, 9 s busy in the end (its later call came back first); engine b: 200..205 s
+    for b in (batch("a", 104.0, 110.0, 9.0, 30, 600), batch("a", 100.0, 106.0, 5.0, 20, 400),
+              batch("b", 200.0, 205.0, 3.0, 10, 50)):
+        stats.add(b)
+    summary = stats.summary()
+    assert summary["engines"] == 2 and summary["engine_busy_s"] == 12.0 and summary["engine_steps"] == 40
+    assert summary["engine_busy_share"] == pytest.approx(12.0 / 15.0)
+    assert summary["sequences_per_step"] == pytest.approx(650 / 40)
 
 
 def test_progress_streams_each_engine_call_as_it_finishes(ray_cluster, tmp_path, caplog):

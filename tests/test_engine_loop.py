@@ -55,7 +55,17 @@ def test_engine_loop_serves_requests_added_while_it_steps(ray_cluster, tiny_teac
         first_done_when_second_added = first.done()
         second = loop.submit(prompts[half:], [params(i) for i in range(half, len(prompts))])
         outputs = first.result(timeout=300) + second.result(timeout=300)
+        account = {"steps": loop.steps, "busy_s": loop.busy_s, "seq_steps": loop.seq_steps}
+        loop.close()
+        try:
+            loop.submit(prompts[:1], [params(0)])
+            submit_after_close = "accepted"
+        except RuntimeError as error:
+            submit_after_close = str(error)
         return {
+            "account": account,
+            "loop_thread_alive": loop._thread.is_alive(),
+            "submit_after_close": submit_after_close,
             "first_done_when_second_added": first_done_when_second_added,
             "reference_prompt_ids": [o.prompt_token_ids for o in reference],
             "prompt_ids": [o.prompt_token_ids for o in outputs],
@@ -69,6 +79,12 @@ def test_engine_loop_serves_requests_added_while_it_steps(ray_cluster, tiny_teac
     assert got["prompt_ids"] == got["reference_prompt_ids"]
     assert got["samples"] == [[TOKENS] * N] * len(prompts)
     assert got["engine_idle"]
+    # The loop's own account: every step counted and timed, with all 12 prompts' N samples in flight at first
+    account = got["account"]
+    assert account["steps"] >= TOKENS and account["busy_s"] > 0
+    assert 1 <= account["seq_steps"] / account["steps"] <= len(prompts) * N
+    # closed: its thread is gone (it no longer holds the engine) and it takes no more work
+    assert not got["loop_thread_alive"] and got["submit_after_close"] == "the engine loop is closed"
 
 
 def test_a_failed_engine_step_fails_every_waiting_group_and_later_submits():
@@ -83,6 +99,9 @@ def test_a_failed_engine_step_fails_every_waiting_group_and_later_submits():
 
         def has_unfinished_requests(self):
             return bool(self.requests)
+
+        def get_num_unfinished_requests(self):
+            return len(self.requests)
 
         def step(self):
             time.sleep(0.2)  # both groups are added before the step fails

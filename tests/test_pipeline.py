@@ -36,10 +36,11 @@ def tiny_run(ray_cluster, shared_data, tmp_path_factory):
                     "--no-wait", "--", sys.executable, str(REPO / "jobs" / "distill.py"),
                     str(REPO / "configs" / "tiny.yaml"), *overrides], check=True, capture_output=True, cwd=REPO)
     client = JobSubmissionClient(ray_cluster.dashboard_url)
-    deadline, seen = time.monotonic() + 1500, 0.0
+    deadline, seen = time.monotonic() + 1500, {"scotd_rationales": 0.0, "scotd_engine_busy_seconds": 0.0}
     while client.get_job_status(job_id) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
         assert time.monotonic() < deadline, "tiny job did not finish in 25 minutes"
-        seen = max(seen, scrape_counter(ray_cluster.metrics_url, "scotd_rationales", run="teacher"))
+        for name in seen:
+            seen[name] = max(seen[name], scrape_counter(ray_cluster.metrics_url, name, run="teacher"))
         time.sleep(3)
     logs = client.get_job_logs(job_id)
     assert client.get_job_status(job_id) == JobStatus.SUCCEEDED, logs[-4000:]
@@ -64,7 +65,9 @@ def test_job_succeeded_printed_the_report_and_reported_metrics(tiny_run):
     assert "| scotd | scotd | tiny:student |" in logs and f"artifacts: file://{out} (local copy: " in logs
     # Ray Train wrote the students' checkpoints to the URI itself
     assert list((out / "ray_train" / "scotd").glob("checkpoint_*/scotd_student.json"))
-    assert 0 < seen <= cfg.tasks[0].max_train * cfg.teacher.num_samples
+    assert 0 < seen["scotd_rationales"] <= cfg.tasks[0].max_train * cfg.teacher.num_samples
+    summary = json.loads((out / "teacher" / "sampling_summary.json").read_text())
+    assert 0 < seen["scotd_engine_busy_seconds"] <= summary["engine_busy_s"] + 0.01
 
 
 def test_questions_stage(tiny_run):
@@ -94,6 +97,10 @@ def test_teacher_samples_every_question_n_times(tiny_run):
     assert sum(len(texts) > 1 for texts in by_q.values()) > len(by_q) // 2
     summary = json.loads((out / "teacher" / "sampling_summary.json").read_text())
     assert summary["samples"] == len(rows) and summary["generated_tokens_per_s"] > 0
+    # The engines' own account: one engine per replica, stepping for part of the time its calls were open.
+    assert summary["engines"] == cfg.teacher.num_replicas
+    assert 0 < summary["engine_busy_share"] <= 1.001 and summary["engine_steps"] > 0
+    assert summary["sequences_per_step"] >= 1
 
 
 def test_corpus_keeps_only_correct_rationales(tiny_run):
