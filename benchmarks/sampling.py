@@ -5,8 +5,8 @@
 
 Measures, in one process and one Ray session:
   1. bare ``vllm.LLM.generate`` (the ceiling): the same prompts and SamplingParams as the stage, n = 1, 5, 30
-     and --n, each from an empty prefix cache, as a plain call and as scotd's engine call (each prompt computed
-     once before the n samples); time per generated token: flat in n when the prompt is not paid n times;
+     and --n, each one call from an empty prefix cache; time per generated token: it falls with n when the prompt
+     is not paid n times;
   2. scotd's sampling stage (Ray Data + vLLM actor, resumable blocks, parsing, metrics) on the same questions:
      generated tokens/s from its first engine call's start (engine start-up excluded, as for the bare engine) and
      the ratio to the bare engine's plain call at the same n (goal >= 0.95), once per --concurrent-batches value;
@@ -95,15 +95,13 @@ def main() -> None:
     prompts = [r["prompt"] for r in requests]
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
 
-    def bare(n: int, warm: bool) -> dict:
-        """One ``generate`` call over all questions from an empty prefix cache; ``warm``: each prompt computed
-        once first (timed too), otherwise the plain call a user would write."""
-        return timed_generate(llm, prompts, request_params(sampling, requests, n), warm=warm)
+    def bare(n: int) -> dict:
+        """One ``generate`` call over all questions from an empty prefix cache: the call a user would write."""
+        return timed_generate(llm, prompts, request_params(sampling, requests, n))
 
-    bare(1, warm=False)  # warm-up (kernels, allocator)
+    bare(1)  # warm-up (kernels, allocator)
     for n in sorted({*(int(x) for x in args.bare_n.split(",")), args.n}):
-        results[f"bare_n{n}"] = bare(n, warm=False)
-        results[f"warmed_n{n}"] = bare(n, warm=True)
+        results[f"bare_n{n}"] = bare(n)
     if args.bare_loop:
         results["bare_loop"] = timed_loop(llm, prompts, request_params(sampling, requests, args.n))
         results["ratio_bare_loop_over_bare"] = results["bare_loop"]["tok_per_s"] / results[f"bare_n{args.n}"]["tok_per_s"]
@@ -153,22 +151,18 @@ def request_params(sampling, requests: list[dict], n: int) -> list:
     return [sampling_params(sampling, n, r["seed"], r["stop"]) for r in requests]
 
 
-def timed_generate(llm, prompts: list[str], params: list, warm: bool) -> dict:
-    """One ``LLM.generate`` call from an empty prefix cache, timed; ``warm``: scotd's prompt-first warm-up first."""
-    from scotd.engine import warm_prefix_cache
-
+def timed_generate(llm, prompts: list[str], params: list) -> dict:
+    """One ``LLM.generate`` call from an empty prefix cache, timed."""
     llm.reset_prefix_cache()
     with counted_steps(llm) as steps:
         started = time.perf_counter()
-        if warm:
-            warm_prefix_cache(llm, prompts, many_samples=any(p.n > 1 for p in params))
         outs = llm.generate(prompts, params, use_tqdm=False)
         seconds = time.perf_counter() - started
     return timing(outs, seconds, steps)
 
 
 def timed_loop(llm, prompts: list[str], params: list) -> dict:
-    """The same call as ``timed_generate`` (no warm-up), submitted to scotd's ``EngineLoop``: the engine steps on
+    """The same call as ``timed_generate``, submitted to scotd's ``EngineLoop``: the engine steps on
     the loop's thread, as in the stage, without Ray."""
     from scotd.engine import EngineLoop
 
@@ -225,8 +219,8 @@ class BareEngine:
         from scotd.engine import Sampling
 
         s = Sampling(**sampling)
-        timed_generate(self.llm, prompts, request_params(s, requests, 1), warm=False)  # warm-up, as for the bare call
-        return timed_generate(self.llm, prompts, request_params(s, requests, n), warm=False)
+        timed_generate(self.llm, prompts, request_params(s, requests, 1))  # warm-up, as for the bare call
+        return timed_generate(self.llm, prompts, request_params(s, requests, n))
 
 
 def resolve(ref: str, questions, shots, work: Path) -> str:
