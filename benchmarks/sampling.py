@@ -172,37 +172,30 @@ def timed_loop(llm, prompts: list[str], params: list) -> dict:
     outs = loop.submit(prompts, params).result()
     seconds = time.perf_counter() - started
     loop.close()  # its thread would keep the engine alive after the benchmark drops it
-    return timing(outs, seconds, {"steps": loop.steps, "seq_steps": loop.seq_steps, "busy_s": loop.busy_s})
+    return timing(outs, seconds, loop.account)
 
 
-def timing(outs: list, seconds: float, steps: dict) -> dict:
+def timing(outs: list, seconds: float, steps) -> dict:
+    """Rates of one call and its engine's ``StepAccount``."""
     tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
     prompt_tokens = sum(len(o.prompt_token_ids) for o in outs)
     return {"s": round(seconds, 2), "generated_tokens": tokens, "tok_per_s": tokens / seconds,
             "ms_per_generated_token": 1000 * seconds / tokens, "prompt_tokens": prompt_tokens,
-            "engine_steps": steps["steps"], "engine_busy_s": round(steps["busy_s"], 2),
-            "sequences_per_step": steps["seq_steps"] / max(steps["steps"], 1)}
+            "engine_steps": steps.steps, "engine_busy_s": round(steps.busy_s, 2),
+            "sequences_per_step": steps.seq_steps / max(steps.steps, 1)}
 
 
 @contextmanager
 def counted_steps(llm):
-    """Count a plain ``vllm.LLM``'s engine steps, the requests in flight at each and the seconds inside them, as
-    ``EngineLoop`` does for the stage (``LLM.generate`` calls ``llm_engine.step()`` on the instance)."""
-    engine, counts = llm.llm_engine, {"steps": 0, "seq_steps": 0, "busy_s": 0.0}
+    """Count a plain ``vllm.LLM``'s engine steps as ``EngineLoop`` does for the stage (``LLM.generate`` calls
+    ``llm_engine.step()`` on the instance, so an instance attribute stands in for it meanwhile)."""
+    from scotd.engine import StepAccount
+
+    engine, account = llm.llm_engine, StepAccount()
     step = engine.step
-
-    def counting_step():
-        counts["seq_steps"] += engine.get_num_unfinished_requests()
-        started = time.perf_counter()
-        try:
-            return step()
-        finally:
-            counts["busy_s"] += time.perf_counter() - started
-            counts["steps"] += 1
-
-    engine.step = counting_step
+    engine.step = lambda: account.step(engine, step)
     try:
-        yield counts
+        yield account
     finally:
         del engine.step  # the class's method again
 

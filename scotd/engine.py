@@ -25,7 +25,7 @@ columns (scalars only: lists travel as JSON text, so ragged lists never become R
 Rows out: one per completion: the pass-through columns + ``sample_index``, ``text``, ``num_tokens``,
 ``logprob_sum``, ``finish_reason``, ``num_prompt_tokens``, ``call_started_at`` and ``call_finished_at`` (wall
 clock, for rates), and the engine's own account at the call's end: ``engine_id``, ``engine_busy_s`` (seconds it
-has spent in engine steps so far), ``engine_steps`` and ``engine_seq_steps`` (see ``EngineLoop``); with the call
+has spent in engine steps so far), ``engine_steps`` and ``engine_seq_steps`` (see ``StepAccount``); with the call
 times they tell an engine that waits for work (``EngineStats``).
 """
 
@@ -217,6 +217,26 @@ def sampling_params(s: Sampling, n: int, seed: int, stop: str):
                           logprobs=0 if s.logprobs else None)
 
 
+@dataclass
+class StepAccount:
+    """An engine's steps: how many, the unfinished requests summed over them (``seq_steps / steps`` = sequences per
+    step; parallel samples count one each) and the seconds spent inside them."""
+
+    busy_s: float = 0.0
+    steps: int = 0
+    seq_steps: int = 0
+
+    def step(self, engine, step: Callable[[], list] | None = None) -> list:
+        """One engine step, counted and timed (``step``: the engine's own step function, default ``engine.step``)."""
+        self.seq_steps += engine.get_num_unfinished_requests()
+        started = time.perf_counter()
+        try:
+            return (step or engine.step)()
+        finally:
+            self.busy_s += time.perf_counter() - started
+            self.steps += 1
+
+
 class EngineLoop:
     """Steps one ``vllm.LLM``'s engine on a thread of its own for requests submitted from any thread.
 
@@ -237,9 +257,7 @@ class EngineLoop:
         self._work = threading.Condition()  # guards the engine (add_request vs step) and the waiting groups
         self._waiting: dict[str, tuple[Future, dict[str, Any]]] = {}
         self._error: BaseException | None = None
-        # Written by the step thread only. busy_s: seconds inside engine steps; seq_steps: the unfinished
-        # requests summed over steps (seq_steps / steps = sequences per step; parallel samples count one each).
-        self.busy_s, self.steps, self.seq_steps = 0.0, 0, 0
+        self.account = StepAccount()  # written by the step thread only
         self._closed = False
         self._thread = threading.Thread(target=self._run, args=(thread_setup,), name="scotd-engine-loop",
                                         daemon=True)
@@ -282,11 +300,7 @@ class EngineLoop:
                         return
                     self._work.wait()
                 try:
-                    self.seq_steps += self.engine.get_num_unfinished_requests()
-                    stepped_at = time.perf_counter()
-                    outputs = self.engine.step()
-                    self.busy_s += time.perf_counter() - stepped_at
-                    self.steps += 1
+                    outputs = self.account.step(self.engine)
                 except BaseException as error:  # the engine is unusable now: tell everyone waiting on it
                     self._error = error
                     for future in {future for future, _ in self._waiting.values()}:
@@ -368,9 +382,10 @@ class VLLMGenerator:
         # the engine start-up out (as for a bare engine) and keeps every overhead between calls in.
         rows["call_started_at"] = [call_started_at] * len(rows["text"])
         rows["call_finished_at"] = [time.time()] * len(rows["text"])
-        busy_s = self.loop.busy_s
+        account = self.loop.account
+        busy_s = account.busy_s
         for key, value in (("engine_id", self.engine_id), ("engine_busy_s", busy_s),
-                           ("engine_steps", self.loop.steps), ("engine_seq_steps", self.loop.seq_steps)):
+                           ("engine_steps", account.steps), ("engine_seq_steps", account.seq_steps)):
             rows[key] = [value] * len(rows["text"])
         if busy_s > self._reported_busy_s:  # Ray counters take positive increments only
             self.counters["engine_busy_seconds"].inc(busy_s - self._reported_busy_s, tags=self.tags)
@@ -452,6 +467,11 @@ class EngineStats:
             for key, column in (("busy_s", "engine_busy_s"), ("steps", "engine_steps"),
                                 ("seq_steps", "engine_seq_steps")):
                 e[key] = max(e[key], float(batch[column][i]))  # cumulative per engine: the latest is the largest
+
+    @property
+    def first_call_at(self) -> float:
+        """Wall clock when the stage's first engine call started (after engine start-up); inf before any."""
+        return min((e["first"] for e in self._engines.values()), default=float("inf"))
 
     def summary(self) -> dict:
         """``engine_busy_share``: of the time from each engine's first call's start to its last call's end, the

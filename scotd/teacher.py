@@ -134,7 +134,6 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
                        resource=cfg.resource, concurrent_batches=cfg.concurrent_batches)
         counters = throughput_counters()
         engines = EngineStats()
-        first_call_at = float("inf")  # wall clock when the first engine call started (after engine start-up)
         by_question: dict[str, list[dict]] = {}
         complete: list[dict] = []
         for batch in stream_batches(out, total=len(pending), label="teacher"):
@@ -152,7 +151,6 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
                     counters["parse_failures"].inc(tags={"run": "teacher"})
                 if len(rows) == n:
                     complete.extend(by_question.pop(str(row["question_id"])))
-            first_call_at = min(first_call_at, float(batch["call_started_at"].min()))
             engines.add(batch)
             if len(complete) >= block_questions * n:
                 _written(_write_block(samples_dir, complete), on_block)
@@ -164,9 +162,9 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
     ended, ended_at = time.monotonic(), time.time()
     wall_s = ended - started
     summary = summarize_samples(samples_dir, wall_s=wall_s, **totals, num_sampled_now=len(pending))
-    if pending and ended_at > first_call_at:
+    if pending and ended_at > engines.first_call_at:
         # From the first engine call's start to the end: engine start-up excluded, all stage overheads included.
-        summary["steady_generated_tokens_per_s"] = totals["generated_tokens"] / (ended_at - first_call_at)
+        summary["steady_generated_tokens_per_s"] = totals["generated_tokens"] / (ended_at - engines.first_call_at)
         summary.update(engines.summary())
     (out_dir / "sampling_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

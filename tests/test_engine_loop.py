@@ -4,6 +4,7 @@ hands an engine ``concurrent_batches`` batches at once (no more).
 Real stack: the tiny teacher in vLLM's CPU engine, inside Ray workers of the session's Ray head."""
 
 import time
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import pytest
@@ -55,7 +56,7 @@ def test_engine_loop_serves_requests_added_while_it_steps(ray_cluster, tiny_teac
         first_done_when_second_added = first.done()
         second = loop.submit(prompts[half:], [params(i) for i in range(half, len(prompts))])
         outputs = first.result(timeout=300) + second.result(timeout=300)
-        account = {"steps": loop.steps, "busy_s": loop.busy_s, "seq_steps": loop.seq_steps}
+        account = asdict(loop.account)
         loop.close()
         try:
             loop.submit(prompts[:1], [params(0)])
