@@ -240,10 +240,14 @@ class StepAccount:
 class EngineLoop:
     """Steps one ``vllm.LLM``'s engine on a thread of its own for requests submitted from any thread.
 
-    ``submit`` adds a group of requests and returns a future of their outputs, in order. The step thread runs
-    ``thread_setup`` first; by default it takes the creating thread's torch thread count (per thread, and vLLM's
-    CPU attention fails when its step thread has another count than the engine was built with). An engine error
-    fails every waiting future and every later ``submit``.
+    ``submit`` queues a group of requests and returns a future of their outputs, in order, at once: only the step
+    thread touches the engine, adding every queued group before each step, so a group submitted while a step runs
+    joins the very next one. (Adding under a lock the step thread held through each step starved submitters: the
+    step thread took the lock back before a waiting thread woke, and a second batch measured on CPU waited 20 steps
+    to join the first.) The step thread runs ``thread_setup`` first; by default it takes the creating thread's torch
+    thread count (per thread, and vLLM's CPU attention fails when its step thread has another count than the engine
+    was built with). A group the engine refuses (``add_request`` raises: a prompt over ``max_model_len``, say) fails
+    alone; an engine step error fails every waiting group and every later ``submit``.
     """
 
     def __init__(self, llm, thread_setup: Callable[[], None] | None = None):
@@ -254,62 +258,86 @@ class EngineLoop:
             thread_setup = lambda: set_torch_threads(threads)  # noqa: E731
         self.engine = llm.llm_engine
         self._ids = itertools.count()
-        self._work = threading.Condition()  # guards the engine (add_request vs step) and the waiting groups
-        self._waiting: dict[str, tuple[Future, dict[str, Any]]] = {}
+        self._lock = threading.Condition()  # guards _queued, _error and _closed; never held during a step
+        self._queued: list[tuple[list[str], list, Future]] = []
         self._error: BaseException | None = None
-        self.account = StepAccount()  # written by the step thread only
         self._closed = False
+        self._waiting: dict[str, tuple[Future, dict[str, Any]]] = {}  # step thread only
+        self.account = StepAccount()  # written by the step thread only
         self._thread = threading.Thread(target=self._run, args=(thread_setup,), name="scotd-engine-loop",
                                         daemon=True)
         self._thread.start()
 
     def submit(self, prompts: list[str], params: list) -> Future:
-        from vllm.sampling_params import RequestOutputKind
-
+        if len(prompts) != len(params):
+            raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
         future: Future = Future()
-        group: dict[str, Any] = {}  # request id -> output (None until finished), in submission order
-        with self._work:
+        if not prompts:
+            future.set_result([])
+            return future
+        with self._lock:
             if self._error is not None:
                 raise RuntimeError("the vLLM engine failed earlier") from self._error
             if self._closed:
                 raise RuntimeError("the engine loop is closed")
-            for prompt, p in zip(prompts, params, strict=True):
-                p.output_kind = RequestOutputKind.FINAL_ONLY  # only finished outputs, as LLM.generate asks
-                request_id = str(next(self._ids))
-                group[request_id] = None
-                self._waiting[request_id] = (future, group)
-                self.engine.add_request(request_id, {"prompt": prompt}, p)
-            self._work.notify()
-        if not group:
-            future.set_result([])
+            self._queued.append((list(prompts), list(params), future))
+            self._lock.notify()
         return future
 
     def close(self) -> None:
-        """Stop the step thread once the requests in flight are done (it holds the engine until then)."""
-        with self._work:
+        """Stop the step thread once the requests queued and in flight are done (it holds the engine until then)."""
+        with self._lock:
             self._closed = True
-            self._work.notify()
+            self._lock.notify()
         self._thread.join()
+
+    def _add(self, prompts: list[str], params: list, future: Future) -> None:
+        """Hand one submitted group to the engine; a refused request fails its group (and withdraws the rest)."""
+        from vllm.sampling_params import RequestOutputKind
+
+        group: dict[str, Any] = {}  # request id -> output (None until finished), in submission order
+        try:
+            for prompt, p in zip(prompts, params):
+                p.output_kind = RequestOutputKind.FINAL_ONLY  # only finished outputs, as LLM.generate asks
+                request_id = str(next(self._ids))
+                self.engine.add_request(request_id, {"prompt": prompt}, p)
+                group[request_id] = None
+                self._waiting[request_id] = (future, group)
+        except Exception as error:  # noqa: BLE001 - the caller gets it through its future
+            if group:
+                self.engine.abort_request(list(group))
+            for request_id in group:
+                self._waiting.pop(request_id)
+            future.set_exception(error)
 
     def _run(self, thread_setup: Callable[[], None]) -> None:
         thread_setup()
         while True:
-            with self._work:
-                while not self.engine.has_unfinished_requests():
+            with self._lock:
+                while not self._queued and not self.engine.has_unfinished_requests():
                     if self._closed:
                         return
-                    self._work.wait()
-                try:
-                    outputs = self.account.step(self.engine)
-                except BaseException as error:  # the engine is unusable now: tell everyone waiting on it
+                    self._lock.wait()
+                queued, self._queued = self._queued, []
+            try:
+                for group in queued:
+                    self._add(*group)
+                if not self.engine.has_unfinished_requests():  # every queued group was refused
+                    continue
+                outputs = self.account.step(self.engine)
+            except BaseException as error:  # the engine is unusable now: tell everyone waiting on it
+                with self._lock:
                     self._error = error
-                    for future in {future for future, _ in self._waiting.values()}:
-                        future.set_exception(error)
-                    self._waiting.clear()
-                    log.exception("vLLM engine step failed")
-                    return
-                finished = [(out, self._waiting.pop(out.request_id)) for out in outputs if out.finished]
-            for out, (future, group) in finished:
+                    queued, self._queued = self._queued, []
+                for future in {future for future, _ in self._waiting.values()} | {f for *_, f in queued}:
+                    future.set_exception(error)
+                self._waiting.clear()
+                log.exception("vLLM engine step failed")
+                return
+            for out in outputs:
+                if not out.finished or out.request_id not in self._waiting:
+                    continue
+                future, group = self._waiting.pop(out.request_id)
                 group[out.request_id] = out
                 if all(o is not None for o in group.values()):
                     future.set_result(list(group.values()))

@@ -3,6 +3,7 @@ hands an engine ``concurrent_batches`` batches at once (no more).
 
 Real stack: the tiny teacher in vLLM's CPU engine, inside Ray workers of the session's Ray head."""
 
+import threading
 import time
 from dataclasses import asdict
 from types import SimpleNamespace
@@ -55,7 +56,13 @@ def test_engine_loop_serves_requests_added_while_it_steps(ray_cluster, tiny_teac
         first = loop.submit(prompts[:half], [params(i) for i in range(half)])
         first_done_when_second_added = first.done()
         second = loop.submit(prompts[half:], [params(i) for i in range(half, len(prompts))])
+        too_long = loop.submit(["word " * 2000], [params(0)])  # over max_model_len: refused, alone
         outputs = first.result(timeout=300) + second.result(timeout=300)
+        try:
+            too_long.result(timeout=60)
+            refused = "accepted"
+        except Exception as error:  # noqa: BLE001 - its message is the check
+            refused = str(error)
         account = asdict(loop.account)
         loop.close()
         try:
@@ -70,6 +77,7 @@ def test_engine_loop_serves_requests_added_while_it_steps(ray_cluster, tiny_teac
             "account": account,
             "loop_thread_alive": loop._thread.is_alive(),
             "submit_after_close": submit_after_close,
+            "refused": refused,
             "first_done_when_second_added": first_done_when_second_added,
             "reference_prompt_ids": [o.prompt_token_ids for o in reference],
             "prompt_ids": [o.prompt_token_ids for o in outputs],
@@ -83,6 +91,7 @@ def test_engine_loop_serves_requests_added_while_it_steps(ray_cluster, tiny_teac
     assert got["prompt_ids"] == got["reference_prompt_ids"]
     assert got["samples"] == [[TOKENS] * N] * len(prompts)
     assert got["engine_idle"]
+    assert "maximum context length" in got["refused"], got["refused"]
     # The stage sends each batch as one call: a prompt and the few-shot prefix are computed once even when every
     # request starts in the same engine step (scotd/engine.py's docstring).
     assert all(cached >= 32 for cached in got["reference_cached_tokens"]), got["reference_cached_tokens"]
@@ -92,6 +101,72 @@ def test_engine_loop_serves_requests_added_while_it_steps(ray_cluster, tiny_teac
     assert 1 <= account["seq_steps"] / account["steps"] <= len(prompts) * N
     # closed: its thread is gone (it no longer holds the engine) and it takes no more work
     assert not got["loop_thread_alive"] and got["submit_after_close"] == "the engine loop is closed"
+
+
+class StandInEngine:
+    """An engine stand-in that records the step count at which each request was added; its requests finish after
+    ``steps_per_request`` steps. (A real engine's steps cannot be paused mid-step from a test.)"""
+
+    def __init__(self, steps_per_request: int = 3):
+        self.steps = 0
+        self.steps_per_request = steps_per_request
+        self.added_at: dict[str, int] = {}
+        self.running: dict[str, int] = {}
+        self.in_step = threading.Event()
+        self.release = threading.Event()
+
+    def add_request(self, request_id, prompt, params):
+        if prompt["prompt"] == "refuse me":
+            raise ValueError("prompt refused")
+        self.added_at[request_id] = self.steps
+        self.running[request_id] = self.steps_per_request
+
+    def abort_request(self, request_ids):
+        for request_id in request_ids:
+            self.running.pop(request_id)
+
+    def has_unfinished_requests(self):
+        return bool(self.running)
+
+    def get_num_unfinished_requests(self):
+        return len(self.running)
+
+    def step(self):
+        self.in_step.set()
+        if self.steps == 0:  # the first step waits for the test (bounded: a loop that blocks submit fails, not hangs)
+            self.release.wait(timeout=10)
+        self.steps += 1
+        outputs = []
+        for request_id in list(self.running):
+            self.running[request_id] -= 1
+            finished = self.running[request_id] == 0
+            if finished:
+                del self.running[request_id]
+            outputs.append(SimpleNamespace(request_id=request_id, finished=finished, added_at=self.added_at[request_id]))
+        return outputs
+
+
+def test_a_group_submitted_during_a_step_joins_the_next_step():
+    """``submit`` must not wait for the running step, and the step thread must not starve submitters: the group
+    submitted while step 1 runs is in the engine for step 2. A refused group fails alone, and withdraws what it
+    had added."""
+    engine = StandInEngine()
+    loop = EngineLoop(SimpleNamespace(llm_engine=engine), thread_setup=lambda: None)
+    first = loop.submit(["a", "b"], [SimpleNamespace(), SimpleNamespace()])
+    assert engine.in_step.wait(timeout=10)
+    started = time.monotonic()
+    second = loop.submit(["c"], [SimpleNamespace()])
+    refused = loop.submit(["d", "refuse me"], [SimpleNamespace(), SimpleNamespace()])
+    submit_s = time.monotonic() - started
+    engine.release.set()
+    assert [o.added_at for o in first.result(timeout=10)] == [0, 0]
+    assert [o.added_at for o in second.result(timeout=10)] == [1]
+    assert submit_s < 5, f"submit waited {submit_s:.1f} s for a running step"
+    with pytest.raises(ValueError, match="prompt refused"):
+        refused.result(timeout=10)
+    assert not engine.running  # "d" was withdrawn with its group
+    loop.close()
+    assert loop.account.steps == 4  # 3 steps for the first group, the second group's last one
 
 
 def test_a_failed_engine_step_fails_every_waiting_group_and_later_submits():
@@ -111,7 +186,7 @@ def test_a_failed_engine_step_fails_every_waiting_group_and_later_submits():
             return len(self.requests)
 
         def step(self):
-            time.sleep(0.2)  # both groups are added before the step fails
+            time.sleep(0.2)  # the second group is queued before the step fails
             raise RuntimeError("device lost")
 
     loop = EngineLoop(SimpleNamespace(llm_engine=BrokenEngine()))
