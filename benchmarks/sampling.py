@@ -11,7 +11,8 @@ Measures, in one process and one Ray session:
      generated tokens/s from its first engine call's start (engine start-up excluded, as for the bare engine) and
      the ratio to the bare engine's plain call at the same n (goal >= 0.95), once per --concurrent-batches value;
      with --bare-in-ray also the bare call inside a Ray actor while the cluster runs (Ray's own cost), and with
-     --bare-loop the bare call through scotd's ``EngineLoop`` (stepped on its own thread) in the plain process;
+     --bare-loop the bare call through scotd's ``EngineLoop`` (built and stepped on its own thread) in the plain
+     process;
      every engine path reports its steps, sequences per step and seconds inside steps, so a gap splits into
      time the engine waited for work and slower or more steps;
   3. the stage on --sweep question counts (default 100 and 1000): throughput and the driver's resident memory,
@@ -102,10 +103,10 @@ def main() -> None:
     bare(1)  # warm-up (kernels, allocator)
     for n in sorted({*(int(x) for x in args.bare_n.split(",")), args.n}):
         results[f"bare_n{n}"] = bare(n)
+    llm = None  # free the engine before the next one starts
     if args.bare_loop:
-        results["bare_loop"] = timed_loop(llm, prompts, request_params(sampling, requests, args.n))
+        results["bare_loop"] = timed_loop(spec, prompts, requests, sampling, args.n)
         results["ratio_bare_loop_over_bare"] = results["bare_loop"]["tok_per_s"] / results[f"bare_n{args.n}"]["tok_per_s"]
-    llm = None  # free the engine before the stage starts its own
 
     # 2. scotd's stage on a local Ray cluster
     ray.init(address="local", num_cpus=4, num_gpus=1 if args.gpu else 0, include_dashboard=False,
@@ -161,15 +162,17 @@ def timed_generate(llm, prompts: list[str], params: list) -> dict:
     return timing(outs, seconds, steps)
 
 
-def timed_loop(llm, prompts: list[str], params: list) -> dict:
-    """The same call as ``timed_generate``, submitted to scotd's ``EngineLoop``: the engine steps on
-    the loop's thread, as in the stage, without Ray."""
-    from scotd.engine import EngineLoop
+def timed_loop(spec, prompts: list[str], requests: list[dict], sampling, n: int) -> dict:
+    """The bare call submitted to scotd's ``EngineLoop`` in the plain process: an engine of its own, built and
+    stepped on the loop's thread as in the stage, warmed up like the bare engine, timed from an empty prefix cache."""
+    from scotd.engine import EngineLoop, StepAccount, build_llm
 
-    llm.reset_prefix_cache()
-    loop = EngineLoop(llm)
+    loop = EngineLoop(lambda: build_llm(spec))
+    loop.submit(prompts, request_params(sampling, requests, 1)).result()  # warm-up, as for the bare call
+    loop.llm.reset_prefix_cache()  # no request in flight: safe from this thread
+    loop.account = StepAccount()
     started = time.perf_counter()
-    outs = loop.submit(prompts, params).result()
+    outs = loop.submit(prompts, request_params(sampling, requests, n)).result()
     seconds = time.perf_counter() - started
     loop.close()  # its thread would keep the engine alive after the benchmark drops it
     return timing(outs, seconds, loop.account)
@@ -201,14 +204,21 @@ def counted_steps(llm):
 
 
 class BareEngine:
-    """A plain ``vllm.LLM`` as a Ray actor, for the bare call under Ray."""
+    """A plain ``vllm.LLM`` as a Ray actor, for the bare call under Ray. Built and called on one thread of its own
+    (a CPU engine built on one thread and stepped on another runs slower: scotd/engine.py's ``EngineLoop``)."""
 
     def __init__(self, spec: dict):
+        from concurrent.futures import ThreadPoolExecutor
+
         from scotd.engine import EngineSpec, build_llm
 
-        self.llm = build_llm(EngineSpec(**spec))
+        self.thread = ThreadPoolExecutor(max_workers=1)
+        self.llm = self.thread.submit(build_llm, EngineSpec(**spec)).result()
 
     def run(self, prompts: list[str], requests: list[dict], sampling: dict, n: int) -> dict:
+        return self.thread.submit(self._run, prompts, requests, sampling, n).result()
+
+    def _run(self, prompts: list[str], requests: list[dict], sampling: dict, n: int) -> dict:
         from scotd.engine import Sampling
 
         s = Sampling(**sampling)

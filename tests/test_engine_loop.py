@@ -51,7 +51,7 @@ def test_engine_loop_serves_requests_added_while_it_steps(ray_cluster, tiny_teac
             return SamplingParams(n=N, temperature=1.0, seed=seed, max_tokens=TOKENS, ignore_eos=True)
 
         reference = llm.generate(prompts, [params(i) for i in range(len(prompts))], use_tqdm=False)
-        loop = EngineLoop(llm)
+        loop = EngineLoop(lambda: llm)
         half = len(prompts) // 2
         first = loop.submit(prompts[:half], [params(i) for i in range(half)])
         first_done_when_second_added = first.done()
@@ -151,7 +151,7 @@ def test_a_group_submitted_during_a_step_joins_the_next_step():
     submitted while step 1 runs is in the engine for step 2. A refused group fails alone, and withdraws what it
     had added."""
     engine = StandInEngine()
-    loop = EngineLoop(SimpleNamespace(llm_engine=engine), thread_setup=lambda: None)
+    loop = EngineLoop(lambda: SimpleNamespace(llm_engine=engine), thread_setup=lambda: None)
     first = loop.submit(["a", "b"], [SimpleNamespace(), SimpleNamespace()])
     assert engine.in_step.wait(timeout=10)
     started = time.monotonic()
@@ -189,7 +189,7 @@ def test_a_failed_engine_step_fails_every_waiting_group_and_later_submits():
             time.sleep(0.2)  # the second group is queued before the step fails
             raise RuntimeError("device lost")
 
-    loop = EngineLoop(SimpleNamespace(llm_engine=BrokenEngine()))
+    loop = EngineLoop(lambda: SimpleNamespace(llm_engine=BrokenEngine()))
     groups = [loop.submit(["a", "b"], [SimpleNamespace(), SimpleNamespace()]),
               loop.submit(["c"], [SimpleNamespace()])]
     for group in groups:
