@@ -71,7 +71,7 @@ def main() -> None:
     import ray
 
     from scotd.config import ResourcesConfig, TeacherConfig
-    from scotd.engine import Sampling, build_llm, resolve_dtype
+    from scotd.engine import Sampling, build_llm, engine_process_env, resolve_dtype
     from scotd.prompts import load_exemplars
     from scotd.tasks import load_questions
     from scotd.teacher import engine_spec, sample_rationales, to_request
@@ -114,7 +114,8 @@ def main() -> None:
     if args.bare_in_ray:
         # The bare call again, in a Ray actor (a plain vllm.LLM: no Ray Data, no scotd stage code) while the
         # cluster runs: what running under Ray costs the engine by itself.
-        actor = ray.remote(num_cpus=ResourcesConfig().engine_cpus, num_gpus=1 if args.gpu else 0)(BareEngine)
+        actor = ray.remote(num_cpus=ResourcesConfig().engine_cpus, num_gpus=1 if args.gpu else 0,
+                           runtime_env={"env_vars": engine_process_env(spec)})(BareEngine)
         engine = actor.remote(asdict(spec))
         results["bare_in_ray"] = ray.get(engine.run.remote(prompts, requests, asdict(sampling), args.n))
         results["ratio_bare_in_ray_over_bare"] = (results["bare_in_ray"]["tok_per_s"]

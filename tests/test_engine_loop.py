@@ -232,3 +232,29 @@ def test_stage_gives_each_engine_concurrent_batches_at_once(ray_cluster, tiny_te
         assert overlapping > 0, calls
         most_at_once = max(sum(s <= t < f for s, f in calls) for t, _ in calls)
         assert most_at_once <= concurrent_batches, calls
+
+
+def test_cpu_engine_workers_start_with_one_openmp_thread_per_bound_core(ray_cluster):
+    """Ray starts workers with OMP_NUM_THREADS = num_cpus (1); a CPU engine's worker must start with its bound
+    cores instead (scotd/engine.py: ``engine_process_env``), or its OpenMP threads sleep between parallel regions.
+    Checked in real Ray workers: what the OpenMP runtime read at start-up, before anything set a thread count."""
+    import os
+
+    import ray
+
+    from scotd.engine import EngineSpec, bound_cores, engine_process_env
+
+    env = engine_process_env(EngineSpec(model="unused"))
+    cores = len(bound_cores(os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or f"0-{(os.cpu_count() or 1) - 1}"))
+    assert env == {"OMP_NUM_THREADS": str(cores)}
+    assert engine_process_env(EngineSpec(model="unused", use_gpu=True)) == {}
+
+    def startup_threads() -> tuple[str | None, int]:
+        import torch
+
+        return os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+
+    engine_worker = ray.remote(num_cpus=1, runtime_env={"env_vars": env}, max_calls=1)(startup_threads)
+    plain_worker = ray.remote(num_cpus=1, max_calls=1)(startup_threads)
+    assert ray.get(engine_worker.remote(), timeout=120) == (str(cores), cores)
+    assert ray.get(plain_worker.remote(), timeout=120) == ("1", 1)  # Ray's default, which the engine must not keep
