@@ -274,8 +274,7 @@ class EngineLoop:
         self._thread = threading.Thread(target=self._run, args=(thread_setup, build, ready),
                                         name="scotd-engine-loop", daemon=True)
         self._thread.start()
-        self.llm = ready.result()
-        self.engine = self.llm.llm_engine
+        self.llm = ready.result()  # the step thread has set self.engine
 
     def submit(self, prompts: list[str], params: list) -> Future:
         if len(prompts) != len(params):
@@ -474,8 +473,8 @@ def engine_process_env(spec: EngineSpec) -> dict[str, str]:
     runtime has read the variable at start-up: its worker threads then sleep between parallel regions instead of
     waiting for the next one. Measured on 2 AMX cores (Qwen2.5-Coder-1.5B bf16, 64 sequences, engine built and
     stepped on one thread with 2 compute threads): 102.8 generated tokens/s started with ``OMP_NUM_THREADS=1``
-    against 131.2 with 2; the engine process used 135 % of its 2 cores in the stage against 194 % for the bare
-    engine. The cores are counted on the driver's machine (``VLLM_CPU_OMP_THREADS_BIND`` if set there, else all
+    against 131.2 with 2; with Ray's 1, the stage's engine process used 135 % of its 2 cores against 194 % for
+    the bare engine. The cores are counted on the driver's machine (``VLLM_CPU_OMP_THREADS_BIND`` if set there, else all
     of them), which is the engine's machine for the local clusters CPU engines are meant for.
     """
     if spec.use_gpu:

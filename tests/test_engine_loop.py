@@ -172,19 +172,7 @@ def test_a_group_submitted_during_a_step_joins_the_next_step():
 def test_a_failed_engine_step_fails_every_waiting_group_and_later_submits():
     """A stand-in engine whose step raises (a real engine cannot be made to fail on demand here)."""
 
-    class BrokenEngine:
-        def __init__(self):
-            self.requests: list[str] = []
-
-        def add_request(self, request_id, prompt, params):
-            self.requests.append(request_id)
-
-        def has_unfinished_requests(self):
-            return bool(self.requests)
-
-        def get_num_unfinished_requests(self):
-            return len(self.requests)
-
+    class BrokenEngine(StandInEngine):
         def step(self):
             time.sleep(0.2)  # the second group is queued before the step fails
             raise RuntimeError("device lost")
