@@ -4,21 +4,22 @@
                                             [--sweep 100,1000] [--gpu]
 
 Measures, in one process and one Ray session:
-  1. bare ``vllm.LLM.generate`` (the ceiling): the same prompts and SamplingParams as the stage, n = 1, 5, 30
-     and --n, each one call from an empty prefix cache; time per generated token: it falls with n when the prompt
-     is not paid n times;
+  1. bare ``vllm.LLM.generate`` (the ceiling): the same prompts and SamplingParams as the stage, each one call
+     from an empty prefix cache: first the fresh engine's first call at --n (``bare_cold``: the stage's engines
+     are fresh too, and a CPU engine's first call pays a one-time cost), then warm calls at n = 1, 5, 30 and --n;
+     time per generated token: it falls with n when the prompt is not paid n times;
   2. scotd's sampling stage (Ray Data + vLLM actor, resumable blocks, parsing, metrics) on the same questions:
      generated tokens/s from its first engine call's start (engine start-up excluded, as for the bare engine) and
-     the ratio to the bare engine's plain call at the same n (goal >= 0.95), once per --concurrent-batches value;
-     with --bare-in-ray also the bare call inside a Ray actor while the cluster runs (Ray's own cost), and with
-     --bare-loop the bare call through scotd's ``EngineLoop`` (built and stepped on its own thread) in the plain
-     process;
+     the ratio to the fresh bare engine's call at the same n (goal >= 0.95; also to the warm call), once per
+     --concurrent-batches value; with --bare-in-ray also the bare call inside a Ray actor while the cluster runs
+     (Ray's own cost), and with --bare-loop the bare call through scotd's ``EngineLoop`` (built and stepped on its
+     own thread) in the plain process, both on fresh engines;
      every engine path reports its steps, sequences per step and seconds inside steps, so a gap splits into
      time the engine waited for work and slower or more steps;
   3. the stage on --sweep question counts (default 100 and 1000): throughput and the driver's resident memory,
      which should both stay flat as the question count grows;
-  4. a plain transformers ``generate`` loop (what one would write without an engine) on --hf-questions questions:
-     the ratio bare engine / transformers (goal >= 10x).
+  4. a plain transformers ``generate`` loop (what one would write without an engine) on --hf-questions questions,
+     with the stage's stop strings, after a warm-up call: the ratio warm bare engine / transformers (goal >= 10x).
 Prints a JSON object; benchmarks/RESULTS.md records runs.
 """
 
@@ -58,8 +59,9 @@ def main() -> None:
     parser.add_argument("--hf-questions", type=int, default=4, help="questions for the transformers baseline")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16, help="questions per engine call in the stage")
-    parser.add_argument("--concurrent-batches", default="2",
-                        help="teacher.concurrent_batches values to run the stage with, e.g. 1,2")
+    parser.add_argument("--concurrent-batches", default="auto",
+                        help="teacher.concurrent_batches values to run the stage with, e.g. auto,2 (auto: the "
+                             "default, enough batches to fill the engine)")
     parser.add_argument("--bare-in-ray", action="store_true",
                         help="also time the bare call inside a Ray actor while the local cluster runs")
     parser.add_argument("--bare-loop", action="store_true",
@@ -100,13 +102,16 @@ def main() -> None:
         """One ``generate`` call over all questions from an empty prefix cache: the call a user would write."""
         return timed_generate(llm, prompts, request_params(sampling, requests, n))
 
-    bare(1)  # warm-up (kernels, allocator)
+    # The stage's engines are fresh when their first call starts, so the ratio's bare call is a fresh engine's
+    # first call too: a CPU engine's first call pays a one-time cost (measured on 2 AMX cores: 21.5 s for 16
+    # questions x 4, then 17.1-17.6 s for new questions and 17.0-18.1 s for the same ones again).
+    results["bare_cold"] = bare(args.n)
     for n in sorted({*(int(x) for x in args.bare_n.split(",")), args.n}):
-        results[f"bare_n{n}"] = bare(n)
+        results[f"bare_n{n}"] = bare(n)  # warm: after the first call
     llm = None  # free the engine before the next one starts
     if args.bare_loop:
         results["bare_loop"] = timed_loop(spec, prompts, requests, sampling, args.n)
-        results["ratio_bare_loop_over_bare"] = results["bare_loop"]["tok_per_s"] / results[f"bare_n{args.n}"]["tok_per_s"]
+        results["ratio_bare_loop_over_bare"] = results["bare_loop"]["tok_per_s"] / results["bare_cold"]["tok_per_s"]
 
     # 2. scotd's stage on a local Ray cluster
     ray.init(address="local", num_cpus=4, num_gpus=1 if args.gpu else 0, include_dashboard=False,
@@ -119,14 +124,20 @@ def main() -> None:
         engine = actor.remote(asdict(spec))
         results["bare_in_ray"] = ray.get(engine.run.remote(prompts, requests, asdict(sampling), args.n))
         results["ratio_bare_in_ray_over_bare"] = (results["bare_in_ray"]["tok_per_s"]
-                                                  / results[f"bare_n{args.n}"]["tok_per_s"])
+                                                  / results["bare_cold"]["tok_per_s"])
         ray.kill(engine)
-    for k in [int(x) for x in args.concurrent_batches.split(",") if x]:
-        summary = sample_rationales(questions, {"csqa": shots}, replace(cfg, concurrent_batches=k),
+    for k in [x for x in args.concurrent_batches.split(",") if x]:
+        summary = sample_rationales(questions, {"csqa": shots},
+                                    replace(cfg, concurrent_batches=None if k == "auto" else int(k)),
                                     ResourcesConfig(), model, work / f"stage-c{k}")
         results[f"stage_c{k}"] = summary
         results[f"ratio_stage_c{k}_over_bare"] = (summary["steady_generated_tokens_per_s"]
-                                                  / results[f"bare_n{args.n}"]["tok_per_s"])
+                                                  / results["bare_cold"]["tok_per_s"])
+        results[f"ratio_stage_c{k}_over_warm_bare"] = (summary["steady_generated_tokens_per_s"]
+                                                       / results[f"bare_n{args.n}"]["tok_per_s"])
+        if "bare_in_ray" in results:  # what the stage costs beyond running under Ray at all
+            results[f"ratio_stage_c{k}_over_bare_in_ray"] = (summary["steady_generated_tokens_per_s"]
+                                                             / results["bare_in_ray"]["tok_per_s"])
 
     # 3. scaling with the question count: throughput and driver memory
     for count in sweep:
@@ -139,10 +150,14 @@ def main() -> None:
 
     # 4. transformers generate loop on a subset (--hf-questions 0 skips it)
     if args.hf_questions:
-        hf = hf_generate(model, prompts[: args.hf_questions], args.n, args.max_new_tokens, resolve_dtype(spec),
-                         args.gpu)
+        stops = [json.loads(r["stop"]) for r in requests[: args.hf_questions]]
+        hf = hf_generate(model, prompts[: args.hf_questions], stops, args.n, args.max_new_tokens,
+                         resolve_dtype(spec), args.gpu)
         results["transformers"] = {**hf, "questions": args.hf_questions}
         results["ratio_bare_over_transformers"] = results[f"bare_n{args.n}"]["tok_per_s"] / hf["tok_per_s"]
+        results["transformers_no_stop"] = {**hf["no_stop"], "questions": args.hf_questions}
+        results["ratio_bare_over_transformers_no_stop"] = (results[f"bare_n{args.n}"]["tok_per_s"]
+                                                           / hf["no_stop"]["tok_per_s"])
     print(json.dumps(results, indent=2))
 
 
@@ -165,13 +180,10 @@ def timed_generate(llm, prompts: list[str], params: list) -> dict:
 
 def timed_loop(spec, prompts: list[str], requests: list[dict], sampling, n: int) -> dict:
     """The bare call submitted to scotd's ``EngineLoop`` in the plain process: an engine of its own, built and
-    stepped on the loop's thread as in the stage, warmed up like the bare engine, timed from an empty prefix cache."""
-    from scotd.engine import EngineLoop, StepAccount, build_llm
+    stepped on the loop's thread as in the stage, timed on its first call as the fresh bare engine."""
+    from scotd.engine import EngineLoop, build_llm
 
     loop = EngineLoop(lambda: build_llm(spec))
-    loop.submit(prompts, request_params(sampling, requests, 1)).result()  # warm-up, as for the bare call
-    loop.llm.reset_prefix_cache()  # no request in flight: safe from this thread
-    loop.account = StepAccount()
     started = time.perf_counter()
     outs = loop.submit(prompts, request_params(sampling, requests, n)).result()
     seconds = time.perf_counter() - started
@@ -223,7 +235,7 @@ class BareEngine:
         from scotd.engine import Sampling
 
         s = Sampling(**sampling)
-        timed_generate(self.llm, prompts, request_params(s, requests, 1))  # warm-up, as for the bare call
+        # The first call of a fresh engine, as for the bare call it is compared with.
         return timed_generate(self.llm, prompts, request_params(s, requests, n))
 
 
@@ -240,8 +252,13 @@ def resolve(ref: str, questions, shots, work: Path) -> str:
     return resolve_model(ref, Path(os.path.expanduser("~/.cache/scotd")))
 
 
-def hf_generate(model: str, prompts: list[str], n: int, max_new_tokens: int, dtype: str, gpu: bool) -> dict:
-    """The loop a user would write: one ``generate`` call per question with n return sequences, same dtype."""
+def hf_generate(model: str, prompts: list[str], stops: list[list[str]], n: int, max_new_tokens: int, dtype: str,
+                gpu: bool) -> dict:
+    """The loop a user would write: one ``generate`` call per question with n return sequences, the same dtype and
+    stop strings as the stage (a call ends when all n have stopped), after one untimed call (the bare engine's
+    rate is a warm one too). Counts the tokens up to each sequence's end, as the engine does. Also the same loop
+    without stop strings (``no_stop``: every sequence runs to the token limit, which is transformers' best rate:
+    its stop-string check cost 0.14 s per step here, and stopped sequences still take part in every step)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -249,14 +266,23 @@ def hf_generate(model: str, prompts: list[str], n: int, max_new_tokens: int, dty
     tok = AutoTokenizer.from_pretrained(model)
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(device)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    started, tokens = time.perf_counter(), 0
-    for prompt in prompts:
+
+    def sample(prompt: str, stop: list[str] | None, max_tokens: int):
         ids = tok(prompt, return_tensors="pt").to(device)
-        out = lm.generate(**ids, do_sample=True, temperature=1.0, max_new_tokens=max_new_tokens,
-                          num_return_sequences=n, pad_token_id=pad)
-        tokens += int((out[:, ids["input_ids"].shape[1]:] != pad).sum())
-    seconds = time.perf_counter() - started
-    return {"s": round(seconds, 2), "generated_tokens": tokens, "tok_per_s": tokens / seconds}
+        stopping = {"stop_strings": stop, "tokenizer": tok} if stop else {}
+        out = lm.generate(**ids, do_sample=True, temperature=1.0, max_new_tokens=max_tokens, num_return_sequences=n,
+                          pad_token_id=pad, **stopping)
+        return int((out[:, ids["input_ids"].shape[1]:] != pad).sum())
+
+    def loop(with_stops: bool) -> dict:
+        started, tokens = time.perf_counter(), 0
+        for prompt, stop in zip(prompts, stops):
+            tokens += sample(prompt, stop if with_stops else None, max_new_tokens)
+        seconds = time.perf_counter() - started
+        return {"s": round(seconds, 2), "generated_tokens": tokens, "tok_per_s": tokens / seconds}
+
+    sample(prompts[0], stops[0], 8)  # warm-up
+    return {**loop(True), "no_stop": loop(False)}
 
 
 if __name__ == "__main__":

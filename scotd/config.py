@@ -87,9 +87,11 @@ class TeacherConfig:
         "the cluster (autoscaler) has GPUs; None = exactly num_replicas."
     )
     batch_size: int = opt(16, "Questions per Ray Data batch handed to one engine call.")
-    concurrent_batches: int = opt(
-        2, "Batches each engine works on at once: the next batch's requests join the running batch while the "
-        "previous one's last sequences finish (Ray's max_concurrency on the engine actor)."
+    concurrent_batches: int | None = opt(
+        None, "Batches each engine works on at once: the next batch's requests join the running batch while the "
+        "previous one's last sequences finish (Ray's max_concurrency on the engine actor). None = enough to keep "
+        "the engine full: ceil(max_num_seqs / (batch_size x num_samples)) + 1, with vLLM's default max_num_seqs "
+        "when that is unset (256 on CPU, 1024 on GPU)."
     )
     gpu_memory_utilization: float = opt(0.9, "Share of GPU memory vLLM may take (GPU only).")
     resource: str | None = opt(
@@ -259,7 +261,7 @@ def check_students(cfg: ExperimentConfig) -> ExperimentConfig:
     micro-batches over its workers (else the accumulation would round it silently), and names are unique (each
     names a folder)."""
     for key in ("num_samples", "batch_size", "concurrent_batches", "num_replicas"):
-        if getattr(cfg.teacher, key) < 1:
+        if getattr(cfg.teacher, key) is not None and getattr(cfg.teacher, key) < 1:
             raise ConfigError(f"teacher.{key}: {getattr(cfg.teacher, key)} must be at least 1")
     seen: set[str] = set()
     for i, s in enumerate(cfg.students):

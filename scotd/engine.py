@@ -18,7 +18,8 @@ last steps run with few sequences; one call per Ray Data batch would leave the e
 (on a GPU a decode step costs about the same for 2 sequences as for 200). So each actor takes up to
 ``teacher.concurrent_batches`` batches at once (an async callable with Ray's ``max_concurrency``, as ``ray.data.llm``
 does) and one thread of its own steps the engine for all of them (``EngineLoop``): the next batch's requests join
-the running batch while the previous one drains.
+the running batch while the previous one drains. By default that is enough batches to give the engine as many
+sequences as it decodes at once (``batches_to_fill``), as one big ``generate`` call would.
 
 Rows in: ``prompt`` (str), ``seed`` (int), ``n`` (int), ``stop`` (JSON list of strings) and any pass-through
 columns (scalars only: lists travel as JSON text, so ragged lists never become Ray tensor columns).
@@ -35,6 +36,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -434,14 +436,42 @@ class VLLMGenerator:
         return rows
 
 
+def engine_capacity(spec: EngineSpec) -> int:
+    """Sequences one engine decodes at once: ``max_num_seqs``, or vLLM's default for its offline ``LLM`` class when
+    unset (vLLM 0.32: 256 per rank on CPU; on GPUs 1024 on H100/H200-class ones and 256 on others; the larger
+    value is taken, since a driver does not know its engines' GPUs and sequences beyond the engine's own cap just
+    wait in its queue)."""
+    if spec.max_num_seqs:
+        return spec.max_num_seqs
+    return 1024 if spec.use_gpu else 256 * spec.tensor_parallel_size * spec.pipeline_parallel_size
+
+
+def batches_to_fill(spec: EngineSpec, batch_size: int, samples_per_request: int) -> int:
+    """Batches an engine takes at once to stay full: enough for ``engine_capacity`` sequences, and one more that
+    waits in the engine's queue, so that while the oldest batch's last sequences finish the next batch's join.
+
+    Measured on 2 AMX cores (Qwen2.5-Coder-1.5B bf16, 64 CommonsenseQA questions x 4, calls of 8 questions): a
+    fixed 2 calls at once gave the engine 64 sequences a step and 128.7 generated tokens/s against 191.7 for one
+    bare ``generate`` call over all 256 sequences (the same engine decodes more sequences per step for little more
+    time per step).
+    """
+    return math.ceil(engine_capacity(spec) / max(batch_size * samples_per_request, 1)) + 1
+
+
 def generate(ds, spec: EngineSpec, sampling: Sampling, *, replicas: int | tuple[int, int], batch_size: int,
-             num_cpus: float, run: str = "teacher", resource: str | None = None, concurrent_batches: int = 2):
+             num_cpus: float, run: str = "teacher", resource: str | None = None,
+             concurrent_batches: int | None = None, samples_per_request: int = 1):
     """Map ``ds`` through a pool of ``replicas`` engines (a count, or a (min, max) autoscaling range); returns the
     lazy output dataset (streamed by the caller). ``run`` tags the dashboard metrics; ``resource`` is a custom Ray
     resource each replica asks for, one unit per GPU (keeps replicas on the nodes that offer it);
-    ``concurrent_batches`` batches share each engine at once (see the module docstring)."""
+    ``concurrent_batches`` batches share each engine at once (see the module docstring; None: ``batches_to_fill``
+    for rows of ``samples_per_request`` samples each)."""
     import ray
 
+    if concurrent_batches is None:
+        concurrent_batches = batches_to_fill(spec, batch_size, samples_per_request)
+        log.info("%s: %d batches of %d x %d sequences at once per engine (%d sequences a step at most)", run,
+                 concurrent_batches, batch_size, samples_per_request, engine_capacity(spec))
     size = dict(min_size=replicas[0], max_size=replicas[1]) if isinstance(replicas, tuple) else dict(size=replicas)
     kwargs: dict[str, Any] = dict(
         fn_constructor_kwargs={"spec": asdict(spec), "sampling": asdict(sampling), "run": run,

@@ -87,7 +87,8 @@ def evaluate_run(run: str, questions: list[Question], prompt_fn: Callable[[Quest
     ds = ray.data.from_items([eval_request(q, prompt_fn(q), samples, question_seed(0, q.id)) for q in questions])
     out = generate(ds, replace(spec, enable_prefix_caching=True), Sampling(temperature=temperature if samples > 1
                    else 0.0, max_new_tokens=max_new_tokens, logprobs=False), replicas=replicas,
-                   batch_size=batch_size, num_cpus=num_cpus, run=f"eval:{run}", resource=resource)
+                   batch_size=batch_size, num_cpus=num_cpus, run=f"eval:{run}", resource=resource,
+                   samples_per_request=samples)
     texts: dict[str, list[tuple[int, str]]] = {}
     for batch in stream_batches(out, total=len(questions), label=f"eval {run}"):
         for qid, index, text in zip(batch["question_id"], batch["sample_index"], batch["text"]):

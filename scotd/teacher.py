@@ -131,7 +131,7 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
                        Sampling(temperature=cfg.temperature if temperature is None else temperature,
                                 top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens),
                        replicas=replica_range(cfg), batch_size=cfg.batch_size, num_cpus=resources.engine_cpus,
-                       resource=cfg.resource, concurrent_batches=cfg.concurrent_batches)
+                       resource=cfg.resource, concurrent_batches=cfg.concurrent_batches, samples_per_request=n)
         counters = throughput_counters()
         engines = EngineStats()
         by_question: dict[str, list[dict]] = {}

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from scotd.config import TeacherConfig
-from scotd.engine import EngineSpec, EngineStats, bound_cores, replica_bundles
+from scotd.engine import (
+    EngineSpec,
+    EngineStats,
+    batches_to_fill,
+    bound_cores,
+    engine_capacity,
+    replica_bundles,
+)
 from scotd.teacher import engine_spec, replica_range
 
 
@@ -41,6 +48,17 @@ def test_replica_range_fixed_or_autoscaling():
     assert replica_range(TeacherConfig(num_replicas=1, max_replicas=8)) == (1, 8)
     with pytest.raises(ValueError, match="teacher.max_replicas"):
         replica_range(TeacherConfig(num_replicas=4, max_replicas=2))
+
+
+def test_batches_in_flight_fill_the_engine_plus_one_waiting():
+    cpu = EngineSpec(model="m")
+    assert engine_capacity(cpu) == 256  # vLLM's CPU default (checked against a real engine in test_engine_loop)
+    assert batches_to_fill(cpu, 8, 4) == 9  # 8 calls of 32 sequences fill 256, one more waits
+    assert batches_to_fill(cpu, 16, 30) == 2  # the paper's N: one call of 480 sequences already overfills it
+    assert batches_to_fill(EngineSpec(model="m", max_num_seqs=12), 2, 3) == 3
+    gpu = EngineSpec(model="m", use_gpu=True)
+    assert engine_capacity(gpu) == 1024 and batches_to_fill(gpu, 64, 30) == 2
+    assert batches_to_fill(EngineSpec(model="m", use_gpu=True, max_num_seqs=512), 16, 1) == 33
 
 
 def test_engine_spec_carries_the_throughput_settings():

@@ -1,5 +1,5 @@
 """Engine calls that overlap: ``EngineLoop`` serves requests added while the engine steps, and the Ray Data stage
-hands an engine ``concurrent_batches`` batches at once (no more).
+hands an engine ``concurrent_batches`` batches at once (no more; unset, as many as keep the engine full).
 
 Real stack: the tiny teacher in vLLM's CPU engine, inside Ray workers of the session's Ray head."""
 
@@ -43,9 +43,10 @@ def test_engine_loop_serves_requests_added_while_it_steps(ray_cluster, tiny_teac
     def run() -> dict:
         from vllm import SamplingParams
 
-        from scotd.engine import EngineSpec, build_llm
+        from scotd.engine import EngineSpec, build_llm, engine_capacity
 
-        llm = build_llm(EngineSpec(model=model, max_model_len=1024))
+        spec = EngineSpec(model=model, max_model_len=1024)
+        llm = build_llm(spec)
 
         def params(seed: int):  # forced lengths: the first group is still running when the second one is added
             return SamplingParams(n=N, temperature=1.0, seed=seed, max_tokens=TOKENS, ignore_eos=True)
@@ -83,6 +84,8 @@ def test_engine_loop_serves_requests_added_while_it_steps(ray_cluster, tiny_teac
             "prompt_ids": [o.prompt_token_ids for o in outputs],
             "samples": [[len(c.token_ids) for c in o.outputs] for o in outputs],
             "engine_idle": not llm.llm_engine.has_unfinished_requests(),
+            "max_num_seqs": llm.llm_engine.vllm_config.scheduler_config.max_num_seqs,
+            "capacity": engine_capacity(spec),
         }
 
     got = ray.get(run.remote(), timeout=600)
@@ -91,6 +94,9 @@ def test_engine_loop_serves_requests_added_while_it_steps(ray_cluster, tiny_teac
     assert got["prompt_ids"] == got["reference_prompt_ids"]
     assert got["samples"] == [[TOKENS] * N] * len(prompts)
     assert got["engine_idle"]
+    # The stage sizes its batches in flight by what the engine decodes at once; with max_num_seqs unset that is
+    # vLLM's own default, which scotd has to know before any engine exists.
+    assert got["capacity"] == got["max_num_seqs"], got
     assert "maximum context length" in got["refused"], got["refused"]
     # The stage sends each batch as one call: a prompt and the few-shot prefix are computed once even when every
     # request starts in the same engine step (scotd/engine.py's docstring).
@@ -187,9 +193,12 @@ def test_a_failed_engine_step_fails_every_waiting_group_and_later_submits():
         loop.submit(["d"], [SimpleNamespace()])
 
 
-@pytest.mark.parametrize("concurrent_batches", [2, 1])
-def test_stage_gives_each_engine_concurrent_batches_at_once(ray_cluster, tiny_teacher, concurrent_batches):
-    """Calls overlap in time with 2 and never with 1; every (question, sample) comes back once either way."""
+@pytest.mark.parametrize(("concurrent_batches", "max_num_seqs", "most"), [(2, None, 2), (1, None, 1), (None, 12, 3)])
+def test_stage_gives_each_engine_concurrent_batches_at_once(ray_cluster, tiny_teacher, concurrent_batches,
+                                                            max_num_seqs, most):
+    """Calls overlap in time with 2 and never with 1; unset, as many as fill the engine (max_num_seqs 12, batches
+    of 2 questions x 3 samples: 2 calls fill it, and a third waits in its queue); every (question, sample) comes
+    back once each time."""
     import ray
     from ray.util.state import list_actors
 
@@ -198,11 +207,11 @@ def test_stage_gives_each_engine_concurrent_batches_at_once(ray_cluster, tiny_te
     from scotd.teacher import engine_spec, to_request
 
     model, questions, shots, _ = tiny_teacher
-    cfg = TeacherConfig(model=model, max_model_len=1024)
+    cfg = TeacherConfig(model=model, max_model_len=1024, max_num_seqs=max_num_seqs)
     ds = ray.data.from_items([to_request(q, shots, cfg, N) for q in questions])
     # Its own metrics tag: the session's cluster sums counters across tests, and other tests count run=teacher.
     out = generate(ds, engine_spec(cfg, model), Sampling(max_new_tokens=TOKENS), replicas=1, batch_size=2,
-                   num_cpus=1, concurrent_batches=concurrent_batches, run="test-overlap")
+                   num_cpus=1, concurrent_batches=concurrent_batches, samples_per_request=N, run="test-overlap")
     rows = out.to_pandas()
     # The engine actor is gone once the stage is done (the next stage needs its CPUs or GPU).
     deadline = time.monotonic() + 60
@@ -214,12 +223,12 @@ def test_stage_gives_each_engine_concurrent_batches_at_once(ray_cluster, tiny_te
     calls = sorted({(r.call_started_at, r.call_finished_at) for r in rows.itertuples()})
     assert len(calls) == len(questions) // 2
     overlapping = sum(later[0] < earlier[1] for earlier, later in zip(calls, calls[1:]))
-    if concurrent_batches == 1:
+    if most == 1:
         assert overlapping == 0, calls
     else:
         assert overlapping > 0, calls
         most_at_once = max(sum(s <= t < f for s, f in calls) for t, _ in calls)
-        assert most_at_once <= concurrent_batches, calls
+        assert most_at_once <= most, calls
 
 
 def test_cpu_engine_workers_start_with_one_openmp_thread_per_bound_core(ray_cluster):
