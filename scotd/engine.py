@@ -438,12 +438,12 @@ class VLLMGenerator:
 
 def engine_capacity(spec: EngineSpec) -> int:
     """Sequences one engine decodes at once: ``max_num_seqs``, or vLLM's default for its offline ``LLM`` class when
-    unset (vLLM 0.32: 256 per rank on CPU; on GPUs 1024 on H100/H200-class ones and 256 on others; the larger
-    value is taken, since a driver does not know its engines' GPUs and sequences beyond the engine's own cap just
-    wait in its queue)."""
+    unset (vLLM 0.32: 256 on CPU, where scotd's engines are one rank; on GPUs 1024 on H100/H200-class ones and 256
+    on others, and the larger value is taken, since a driver does not know its engines' GPUs and sequences beyond
+    the engine's own cap just wait in its queue)."""
     if spec.max_num_seqs:
         return spec.max_num_seqs
-    return 1024 if spec.use_gpu else 256 * spec.tensor_parallel_size * spec.pipeline_parallel_size
+    return 1024 if spec.use_gpu else 256
 
 
 def batches_to_fill(spec: EngineSpec, batch_size: int, samples_per_request: int) -> int:
