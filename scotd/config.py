@@ -90,8 +90,9 @@ class TeacherConfig:
     concurrent_batches: int | None = opt(
         None, "Batches each engine works on at once: the next batch's requests join the running batch while the "
         "previous one's last sequences finish (Ray's max_concurrency on the engine actor). None = enough to keep "
-        "the engine full: ceil(max_num_seqs / (batch_size x num_samples)) + 1, with vLLM's default max_num_seqs "
-        "when that is unset (256 on CPU, 1024 on GPU)."
+        "the engine full: ceil(max_num_seqs / (batch_size x num_samples)) + 1 (at most 64), with vLLM's default "
+        "max_num_seqs when that is unset (256 on CPU, up to 1024 on GPU). Teacher sampling only: evaluation and "
+        "the judge always take the automatic value."
     )
     gpu_memory_utilization: float = opt(0.9, "Share of GPU memory vLLM may take (GPU only).")
     resource: str | None = opt(

@@ -436,11 +436,14 @@ class VLLMGenerator:
         return rows
 
 
+MAX_BATCHES_IN_FLIGHT = 64
+
+
 def engine_capacity(spec: EngineSpec) -> int:
     """Sequences one engine decodes at once: ``max_num_seqs``, or vLLM's default for its offline ``LLM`` class when
-    unset (vLLM 0.32: 256 on CPU, where scotd's engines are one rank; on GPUs 1024 on H100/H200-class ones and 256
-    on others, and the larger value is taken, since a driver does not know its engines' GPUs and sequences beyond
-    the engine's own cap just wait in its queue)."""
+    unset (vLLM 0.32: 256 on CPU, where scotd's engines are one rank; on GPUs 1024 with 70 GB or more other than
+    A100s, 256 on A100s and smaller GPUs; the larger value is taken, since a driver does not know its engines' GPUs
+    and sequences beyond the engine's own cap just wait in its queue)."""
     if spec.max_num_seqs:
         return spec.max_num_seqs
     return 1024 if spec.use_gpu else 256
@@ -451,11 +454,12 @@ def batches_to_fill(spec: EngineSpec, batch_size: int, samples_per_request: int)
     waits in the engine's queue, so that while the oldest batch's last sequences finish the next batch's join.
 
     Measured on 2 AMX cores (Qwen2.5-Coder-1.5B bf16, 64 CommonsenseQA questions x 4, calls of 8 questions): a
-    fixed 2 calls at once gave the engine 64 sequences a step and 128.7 generated tokens/s against 191.7 for one
-    bare ``generate`` call over all 256 sequences (the same engine decodes more sequences per step for little more
-    time per step).
+    fixed 2 calls at once gave the engine 52 sequences a step on average and 123.0 generated tokens/s, 9 calls 205
+    and 164.5, against 211 and 184.3 for one bare ``generate`` call over all 256 sequences on a fresh engine (a
+    step over more sequences costs little more time). At most 64 calls: smaller batches than that needs should
+    be made larger (``batch_size``) rather than queued as hundreds of Ray tasks.
     """
-    return math.ceil(engine_capacity(spec) / max(batch_size * samples_per_request, 1)) + 1
+    return min(math.ceil(engine_capacity(spec) / max(batch_size * samples_per_request, 1)) + 1, MAX_BATCHES_IN_FLIGHT)
 
 
 def generate(ds, spec: EngineSpec, sampling: Sampling, *, replicas: int | tuple[int, int], batch_size: int,
@@ -466,20 +470,15 @@ def generate(ds, spec: EngineSpec, sampling: Sampling, *, replicas: int | tuple[
     resource each replica asks for, one unit per GPU (keeps replicas on the nodes that offer it);
     ``concurrent_batches`` batches share each engine at once (see the module docstring; None: ``batches_to_fill``
     for rows of ``samples_per_request`` samples each)."""
-    import ray
-
     if concurrent_batches is None:
         concurrent_batches = batches_to_fill(spec, batch_size, samples_per_request)
         log.info("%s: %d batches of %d x %d sequences at once per engine (%d sequences a step at most)", run,
                  concurrent_batches, batch_size, samples_per_request, engine_capacity(spec))
-    size = dict(min_size=replicas[0], max_size=replicas[1]) if isinstance(replicas, tuple) else dict(size=replicas)
     kwargs: dict[str, Any] = dict(
         fn_constructor_kwargs={"spec": asdict(spec), "sampling": asdict(sampling), "run": run,
                                "concurrent_batches": concurrent_batches},
         batch_size=batch_size,
-        # One more task queued per actor than run at once, so that the next batch is there when one finishes.
-        compute=ray.data.ActorPoolStrategy(**size, max_concurrent_calls_per_actor=concurrent_batches,
-                                           max_tasks_in_flight_per_actor=concurrent_batches + 1),
+        compute=pool_strategy(replicas, concurrent_batches),
         num_cpus=num_cpus,
     )
     bundles = replica_bundles(spec, resource, num_cpus)
@@ -492,6 +491,27 @@ def generate(ds, spec: EngineSpec, sampling: Sampling, *, replicas: int | tuple[
     if env := engine_process_env(spec):
         kwargs["runtime_env"] = {"env_vars": env}
     return ds.map_batches(VLLMGenerator, **kwargs)
+
+
+def pool_strategy(replicas: int | tuple[int, int], concurrent_batches: int):
+    """Ray Data's actor pool for ``replicas`` engines taking ``concurrent_batches`` calls each.
+
+    A fixed pool queues one task per actor beyond those running, so that the next batch is there when one finishes.
+    An autoscaling pool adds an engine only once its tasks in flight reach ``actor_pool_util_upscaling_threshold``
+    (Ray 2.60: 1.75) times its running slots, so it queues that many: with one more than running, a (min, max) range
+    would never grow past its minimum (Ray Data warns so at start).
+    """
+    import ray
+
+    in_flight = concurrent_batches + 1
+    if isinstance(replicas, tuple):
+        threshold = ray.data.DataContext.get_current().autoscaling_config.actor_pool_util_upscaling_threshold
+        in_flight = max(in_flight, math.ceil(threshold * concurrent_batches))
+        size = {"min_size": replicas[0], "max_size": replicas[1]}
+    else:
+        size = {"size": replicas}
+    return ray.data.ActorPoolStrategy(**size, max_concurrent_calls_per_actor=concurrent_batches,
+                                      max_tasks_in_flight_per_actor=in_flight)
 
 
 def engine_process_env(spec: EngineSpec) -> dict[str, str]:

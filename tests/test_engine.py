@@ -14,6 +14,7 @@ from scotd.engine import (
     batches_to_fill,
     bound_cores,
     engine_capacity,
+    pool_strategy,
     replica_bundles,
 )
 from scotd.teacher import engine_spec, replica_range
@@ -59,6 +60,20 @@ def test_batches_in_flight_fill_the_engine_plus_one_waiting():
     gpu = EngineSpec(model="m", use_gpu=True)
     assert engine_capacity(gpu) == 1024 and batches_to_fill(gpu, 64, 30) == 2
     assert batches_to_fill(EngineSpec(model="m", use_gpu=True, max_num_seqs=512), 16, 1) == 33
+    assert batches_to_fill(cpu, 1, 1) == 64  # a ceiling: batches this small should be made larger instead
+
+
+@pytest.mark.parametrize("concurrent_batches", [1, 2, 9])
+def test_an_autoscaling_pool_queues_enough_calls_for_ray_data_to_add_engines(concurrent_batches):
+    import ray.data
+
+    threshold = ray.data.DataContext.get_current().autoscaling_config.actor_pool_util_upscaling_threshold
+    grows = pool_strategy((1, 8), concurrent_batches)
+    assert (grows.min_size, grows.max_size, grows.max_concurrent_calls_per_actor) == (1, 8, concurrent_batches)
+    # Ray Data adds an actor once tasks in flight / running slots reach the threshold
+    assert grows.max_tasks_in_flight_per_actor / concurrent_batches >= threshold
+    fixed = pool_strategy(3, concurrent_batches)
+    assert (fixed.min_size, fixed.max_size, fixed.max_tasks_in_flight_per_actor) == (3, 3, concurrent_batches + 1)
 
 
 def test_engine_spec_carries_the_throughput_settings():

@@ -3,6 +3,7 @@ hands an engine ``concurrent_batches`` batches at once (no more; unset, as many 
 
 Real stack: the tiny teacher in vLLM's CPU engine, inside Ray workers of the session's Ray head."""
 
+import logging
 import threading
 import time
 from dataclasses import asdict
@@ -195,7 +196,7 @@ def test_a_failed_engine_step_fails_every_waiting_group_and_later_submits():
 
 @pytest.mark.parametrize(("concurrent_batches", "max_num_seqs", "most"), [(2, None, 2), (1, None, 1), (None, 12, 3)])
 def test_stage_gives_each_engine_concurrent_batches_at_once(ray_cluster, tiny_teacher, concurrent_batches,
-                                                            max_num_seqs, most):
+                                                            max_num_seqs, most, caplog):
     """Calls overlap in time with 2 and never with 1; unset, as many as fill the engine (max_num_seqs 12, batches
     of 2 questions x 3 samples: 2 calls fill it, and a third waits in its queue); every (question, sample) comes
     back once each time."""
@@ -209,10 +210,13 @@ def test_stage_gives_each_engine_concurrent_batches_at_once(ray_cluster, tiny_te
     model, questions, shots, _ = tiny_teacher
     cfg = TeacherConfig(model=model, max_model_len=1024, max_num_seqs=max_num_seqs)
     ds = ray.data.from_items([to_request(q, shots, cfg, N) for q in questions])
+    caplog.set_level(logging.INFO, logger="scotd.engine")
     # Its own metrics tag: the session's cluster sums counters across tests, and other tests count run=teacher.
     out = generate(ds, engine_spec(cfg, model), Sampling(max_new_tokens=TOKENS), replicas=1, batch_size=2,
                    num_cpus=1, concurrent_batches=concurrent_batches, samples_per_request=N, run="test-overlap")
     rows = out.to_pandas()
+    if concurrent_batches is None:  # the value the stage resolved and handed to Ray Data
+        assert f"{most} batches of 2 x {N} sequences at once per engine (12 sequences a step at most)" in caplog.text
     # The engine actor is gone once the stage is done (the next stage needs its CPUs or GPU).
     deadline = time.monotonic() + 60
     while engines := [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
@@ -255,3 +259,26 @@ def test_cpu_engine_workers_start_with_one_openmp_thread_per_bound_core(ray_clus
     plain_worker = ray.remote(num_cpus=1, max_calls=1)(startup_threads)
     assert ray.get(engine_worker.remote(), timeout=120) == (str(cores), cores)
     assert ray.get(plain_worker.remote(), timeout=120) == ("1", 1)  # Ray's default, which the engine must not keep
+
+
+def test_an_autoscaling_pool_adds_an_engine_while_calls_queue(ray_cluster, tiny_teacher):
+    """``max_replicas``: with calls queued at the first engine, Ray Data starts a second one, and both answer
+    calls (the pool's tasks in flight must reach Ray Data's upscaling threshold: scotd/engine.py ``pool_strategy``).
+    The session's cluster has CPUs for two 1-CPU engines."""
+    import ray
+
+    from scotd.config import TeacherConfig
+    from scotd.engine import Sampling, generate
+    from scotd.teacher import engine_spec, to_request
+
+    model, questions, shots, _ = tiny_teacher
+    cfg = TeacherConfig(model=model, max_model_len=1024)
+    # Enough calls to outlast a second engine's start (~20 s here): every question 16 times, one per call.
+    requests = [{**to_request(q, shots, cfg, N), "question_id": f"{q.id}-{i}"} for i in range(16) for q in questions]
+    out = generate(ray.data.from_items(requests), engine_spec(cfg, model), Sampling(max_new_tokens=TOKENS),
+                   replicas=(1, 2), batch_size=1, num_cpus=1, concurrent_batches=2, samples_per_request=N,
+                   run="test-autoscale")
+    rows = out.to_pandas()
+    assert len(rows) == len(requests) * N and len(set(rows.question_id)) == len(requests)
+    calls = rows.groupby("engine_id").question_id.nunique().to_dict()
+    assert len(calls) == 2, f"calls answered per engine: {calls}"
