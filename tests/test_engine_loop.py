@@ -262,23 +262,39 @@ def test_cpu_engine_workers_start_with_one_openmp_thread_per_bound_core(ray_clus
 
 
 def test_an_autoscaling_pool_adds_an_engine_while_calls_queue(ray_cluster, tiny_teacher):
-    """``max_replicas``: with calls queued at the first engine, Ray Data starts a second one, and both answer
-    calls (the pool's tasks in flight must reach Ray Data's upscaling threshold: scotd/engine.py ``pool_strategy``).
-    The session's cluster has CPUs for two 1-CPU engines."""
+    """``max_replicas``: with calls queued at the first engine, Ray Data starts a second one (the pool's tasks in
+    flight must reach Ray Data's upscaling threshold: scotd/engine.py ``pool_strategy``; with one task more than
+    running, the pool never grew). The test stops reading once the second engine actor exists: two CPU engines on
+    two cores would share them for minutes."""
     import ray
+    from ray.util.state import list_actors
 
     from scotd.config import TeacherConfig
     from scotd.engine import Sampling, generate
     from scotd.teacher import engine_spec, to_request
 
+    def engines() -> list:
+        return [a for a in list_actors(filters=[("state", "!=", "DEAD")], limit=1000)
+                if "VLLMGenerator" in (a.class_name or "")]
+
     model, questions, shots, _ = tiny_teacher
     cfg = TeacherConfig(model=model, max_model_len=1024)
-    # Enough calls to outlast a second engine's start (~20 s here): every question 16 times, one per call.
+    # Far more calls than one engine answers while a second one starts: every question 16 times, one per call.
     requests = [{**to_request(q, shots, cfg, N), "question_id": f"{q.id}-{i}"} for i in range(16) for q in questions]
     out = generate(ray.data.from_items(requests), engine_spec(cfg, model), Sampling(max_new_tokens=TOKENS),
                    replicas=(1, 2), batch_size=1, num_cpus=1, concurrent_batches=2, samples_per_request=N,
                    run="test-autoscale")
-    rows = out.to_pandas()
-    assert len(rows) == len(requests) * N and len(set(rows.question_id)) == len(requests)
-    calls = rows.groupby("engine_id").question_id.nunique().to_dict()
-    assert len(calls) == 2, f"calls answered per engine: {calls}"
+    answered, most = 0, 0
+    batches = iter(out.iter_batches(batch_size=None, batch_format="numpy"))
+    for batch in batches:
+        answered += len(set(batch["question_id"].tolist()))
+        most = max(most, len(engines()))
+        if most >= 2:
+            break
+    batches.close()  # stops the dataset's execution and its engines
+    assert most == 2, f"one engine answered all {answered} calls"
+    assert answered < len(requests)
+    deadline = time.monotonic() + 60
+    while running := engines():
+        assert time.monotonic() < deadline, f"engine actors still alive a minute after the stage stopped: {running}"
+        time.sleep(1)
