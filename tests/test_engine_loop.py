@@ -33,6 +33,21 @@ def tiny_teacher(tmp_path_factory, shared_data):
     return str(folder), questions, shots, [teacher_prompt(q, shots) for q in questions]
 
 
+def engine_actors(state: tuple[str, str]) -> list:
+    """The stage's engine actors whose state matches ``state`` (a ``list_actors`` filter: operator, value)."""
+    from ray.util.state import list_actors
+
+    return [a for a in list_actors(filters=[("state", *state)], limit=1000) if "VLLMGenerator" in (a.class_name or "")]
+
+
+def wait_until_no_engines(state: tuple[str, str], after: str) -> None:
+    """Engines hold CPUs (or GPUs) the next stage needs: none matching ``state`` may be left a minute ``after``."""
+    deadline = time.monotonic() + 60
+    while engines := engine_actors(state):
+        assert time.monotonic() < deadline, f"engine actors still alive a minute after {after}: {engines}"
+        time.sleep(1)
+
+
 def test_engine_loop_serves_requests_added_while_it_steps(ray_cluster, tiny_teacher):
     import ray
 
@@ -201,7 +216,6 @@ def test_stage_gives_each_engine_concurrent_batches_at_once(ray_cluster, tiny_te
     of 2 questions x 3 samples: 2 calls fill it, and a third waits in its queue); every (question, sample) comes
     back once each time."""
     import ray
-    from ray.util.state import list_actors
 
     from scotd.config import TeacherConfig
     from scotd.engine import Sampling, generate
@@ -218,11 +232,7 @@ def test_stage_gives_each_engine_concurrent_batches_at_once(ray_cluster, tiny_te
     if concurrent_batches is None:  # the value the stage resolved and handed to Ray Data
         assert f"{most} batches of 2 x {N} sequences at once per engine (12 sequences a step at most)" in caplog.text
     # The engine actor is gone once the stage is done (the next stage needs its CPUs or GPU).
-    deadline = time.monotonic() + 60
-    while engines := [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-                      if "VLLMGenerator" in (a.class_name or "")]:
-        assert time.monotonic() < deadline, f"engine actors still alive a minute after the stage: {engines}"
-        time.sleep(1)
+    wait_until_no_engines(("=", "ALIVE"), after="the stage")
     assert sorted(zip(rows.question_id, rows.sample_index)) == sorted((q.id, i) for q in questions for i in range(N))
     calls = sorted({(r.call_started_at, r.call_finished_at) for r in rows.itertuples()})
     assert len(calls) == len(questions) // 2
@@ -267,15 +277,10 @@ def test_an_autoscaling_pool_adds_an_engine_while_calls_queue(ray_cluster, tiny_
     running, the pool never grew). The test stops reading once the second engine actor exists: two CPU engines on
     two cores would share them for minutes."""
     import ray
-    from ray.util.state import list_actors
 
     from scotd.config import TeacherConfig
     from scotd.engine import Sampling, generate
     from scotd.teacher import engine_spec, to_request
-
-    def engines() -> list:
-        return [a for a in list_actors(filters=[("state", "!=", "DEAD")], limit=1000)
-                if "VLLMGenerator" in (a.class_name or "")]
 
     model, questions, shots, _ = tiny_teacher
     cfg = TeacherConfig(model=model, max_model_len=1024)
@@ -288,13 +293,10 @@ def test_an_autoscaling_pool_adds_an_engine_while_calls_queue(ray_cluster, tiny_
     batches = iter(out.iter_batches(batch_size=None, batch_format="numpy"))
     for batch in batches:
         answered += len(set(batch["question_id"].tolist()))
-        most = max(most, len(engines()))
+        most = max(most, len(engine_actors(("!=", "DEAD"))))
         if most >= 2:
             break
     batches.close()  # stops the dataset's execution and its engines
     assert most == 2, f"one engine answered all {answered} calls"
     assert answered < len(requests)
-    deadline = time.monotonic() + 60
-    while running := engines():
-        assert time.monotonic() < deadline, f"engine actors still alive a minute after the stage stopped: {running}"
-        time.sleep(1)
+    wait_until_no_engines(("!=", "DEAD"), after="the stage stopped")
