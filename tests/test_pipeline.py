@@ -2,6 +2,7 @@
 Data, Ray Train + DeepSpeed ZeRO, Parquet hand-offs. One run (module fixture) is checked stage by stage."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -68,6 +69,20 @@ def test_job_succeeded_printed_the_report_and_reported_metrics(tiny_run):
     assert 0 < seen["scotd_rationales"] <= cfg.tasks[0].max_train * cfg.teacher.num_samples
     summary = json.loads((out / "teacher" / "sampling_summary.json").read_text())
     assert 0 < seen["scotd_engine_busy_seconds"] <= summary["engine_busy_s"] + 0.01
+
+
+def test_job_output_is_scotd_lines_without_tracebacks_or_engine_chatter(tiny_run):
+    """The driver's output of a run that succeeded: stages, progress (teacher and students), report; the engines'
+    and training workers' own lines stay in Ray's log folder."""
+    _, _, logs, _ = tiny_run
+    assert "Traceback" not in logs
+    for stage in ("tasks", "teacher", "corpus", "students", "eval", "report"):
+        assert f"=== stage {stage} ===" in logs
+    assert "[teacher] 48/48 questions" in logs
+    assert re.search(r"\[students\] scotd: epoch 4/4, step \d+/\d+, loss [\d.]+; label-only: epoch 4/4", logs), logs
+    for chatter in ("PlacementGroupCleaner", "Initializing a V1 LLM engine", "(MapWorker(", "logging_progress",
+                    "issue_detector_manager", "Progress bars disabled"):
+        assert chatter not in logs, chatter
 
 
 def test_questions_stage(tiny_run):

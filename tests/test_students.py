@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from scotd.config import StudentConfig
 from scotd.prompts import student_prompt
 from scotd.schema import CORPUS_SCHEMA, to_table, write_table
-from scotd.student.train import STUDENT_META, best_key, train_students
+from scotd.student.train import PROGRESS_FILE, STUDENT_META, best_key, train_students
 from scotd.tasks import load_questions
 from scotd.tiny import ensure_tiny_model
 
@@ -67,7 +67,8 @@ def test_zero2_and_zero3_students_train_in_parallel(ray_cluster, corpus, shared_
     # One question a step (96 steps an epoch): on a fast CPU, batches of 8 trained each student in ~2 s, less than
     # the two trainers' start-up skew (up to ~3 s), so two students launched together could train one after the other.
     small = dict(batch_size=1, micro_batch_size=1)
-    results = train_students([job(folder, model, "zero2", zero_stage=2, epochs=3, dev=dev, **small),
+    # The ZeRO-2 student trains under bfloat16 autocast (students.cpu_bf16): it must learn like the fp32 one.
+    results = train_students([job(folder, model, "zero2", zero_stage=2, epochs=3, dev=dev, cpu_bf16=True, **small),
                               job(folder, model, "zero3", zero_stage=3, epochs=3, dev=dev, **small)])
     initial = load_file(str(model / "model.safetensors"))
     spans = []
@@ -83,6 +84,10 @@ def test_zero2_and_zero3_students_train_in_parallel(ray_cluster, corpus, shared_
         meta = json.loads(open(os.path.join(result["model_dir"], STUDENT_META)).read())
         assert meta["student"]["zero_stage"] == stage and meta["epochs_done"] == 3
         spans.append((history[0]["started_at"], history[-1]["ended_at"]))
+        # the position the driver logs as progress: the last step of the last epoch
+        position = json.loads(open(os.path.join(os.path.dirname(result["model_dir"]), PROGRESS_FILE)).read())
+        assert (position["epoch"], position["epochs"]) == (3, 3) and position["step"] == position["steps"] > 1
+        assert position["loss"] == pytest.approx(history[-1]["loss"], rel=1e-6)
         # dev accuracy after every epoch; the best checkpoint is the epoch best_key ranks first, exported when it
         # is not the last one
         assert all(h["dev_questions"] == len(dev) and 0 <= h["dev_accuracy"] <= 1 for h in history), history

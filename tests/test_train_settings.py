@@ -61,3 +61,33 @@ def test_fit_student_lets_queued_students_wait_without_tracebacks(monkeypatch, t
         fit_student(StudentConfig(name="s", use_gpu=True), "model", "rows.parquet", str(tmp_path / "s"),
                     str(tmp_path / "ray_train"), meta={})
     assert seen == {"value": expected, "backend": "nccl"}
+
+
+def test_progress_line_gives_position_loss_and_time_left():
+    from scotd.student.train import progress_line
+
+    assert progress_line("scotd", None) == "scotd: starting"
+    position = {"epoch": 2, "epochs": 4, "first_epoch": 1, "step": 5, "steps": 10, "loss": 1.23456,
+                "started": 1000.0, "time": 1150.0}
+    # 15 of 40 steps in 150 s: 25 steps left at 10 s each
+    assert progress_line("scotd", position) == "scotd: epoch 2/4, step 5/10, loss 1.235, ~250 s left"
+    resumed = {**position, "first_epoch": 2}  # a rerun that resumed after epoch 1: 5 of its 30 steps in 150 s
+    assert progress_line("s", resumed).endswith("~750 s left")
+    done = {**position, "epoch": 4, "step": 10}
+    assert progress_line("s", done) == "s: epoch 4/4, step 10/10, loss 1.235"
+
+
+def test_progress_file_is_written_every_few_seconds_and_at_epoch_end(tmp_path, monkeypatch):
+    import json
+
+    from scotd.student import train
+
+    clock = iter([100.0, 101.0, 106.5, 107.0])
+    monkeypatch.setattr(train.time, "monotonic", lambda: next(clock))
+    progress = train.Progress(tmp_path / "progress.json", every_s=5.0)
+    written = []
+    for step in (1, 2, 3, 4):
+        progress.update(epoch=1, epochs=1, first_epoch=1, step=step, steps=4, loss=float(step))
+        written.append(json.loads((tmp_path / "progress.json").read_text())["step"])
+    assert written == [1, 1, 3, 4]  # step 2 within 5 s of step 1; step 4 is the epoch's last
+    assert train.Progress(tmp_path / "absent" / "progress.json").path is None  # the folder is on another node

@@ -130,7 +130,8 @@ def train_loop_per_worker(config: dict) -> None:
         for step, batch in enumerate(batches, start=1):
             inputs, num_real = collate(batch, pad_id)
             inputs = {k: v.to(engine.device) for k, v in inputs.items()}
-            loss = engine(**inputs).loss  # HF causal-LM loss: mean over the target tokens of the micro-batch
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.cpu_bf16 and not cfg.use_gpu):
+                loss = engine(**inputs).loss  # HF causal-LM loss: mean over the target tokens of the micro-batch
             engine.backward(loss)
             engine.step()
             loss_sum += float(loss.detach())
