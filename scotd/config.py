@@ -170,9 +170,10 @@ class StudentConfig:
     zero_stage: Literal[0, 1, 2, 3] = opt(2, "DeepSpeed ZeRO stage.")
     num_workers: int = opt(1, "Ray Train workers (data-parallel ranks) for this student.")
     use_gpu: bool = opt(False, "One GPU per worker, bf16 and NCCL; False trains in fp32 over gloo on CPU.")
-    cpu_bf16: bool = opt(
-        False, "CPU training only: forward passes under bfloat16 autocast (weights, gradients and optimizer stay "
-        "fp32); for CPUs with native bf16 (AMX or AVX-512 BF16). benchmarks/training.py --cpu-bf16 compares it."
+    cpu_bf16: Literal["off", "on", "auto"] = opt(
+        "off", "CPU training only: forward passes under bfloat16 autocast (weights, gradients and optimizer stay "
+        "fp32). auto: on where the CPU has native bf16 (AMX or AVX-512 BF16), where it was 1.9x the fp32 step; "
+        "benchmarks/training.py --cpu-bf16 compares them."
     )
     cpus_per_worker: float = opt(1.0, "CPUs reserved per training worker.")
     seed: int = opt(0, "Seed for initialisation-independent randomness: data order and rationale draws.")

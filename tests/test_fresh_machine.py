@@ -26,7 +26,7 @@ SCOTD = str(Path(sys.executable).with_name("scotd"))
 def empty_home_env(home) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("RAY_", "XDG_", "HF_", "PIP_CACHE", "TRANSFORMERS_", "TORCH_EXTENSIONS"))}
-    env.update(HOME=str(home), RAY_AUTH_MODE="token")
+    env["HOME"] = str(home)  # no ~/.ray/auth_token either: Ray makes one, as for a new user
     return env
 
 

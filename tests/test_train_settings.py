@@ -91,3 +91,16 @@ def test_progress_file_is_written_every_few_seconds_and_at_epoch_end(tmp_path, m
         written.append(json.loads((tmp_path / "progress.json").read_text())["step"])
     assert written == [1, 1, 3, 4]  # step 2 within 5 s of step 1; step 4 is the epoch's last
     assert train.Progress(tmp_path / "absent" / "progress.json").path is None  # the folder is on another node
+
+
+@pytest.mark.parametrize("setting, native, use_gpu, expected", [
+    ("off", True, False, False), ("on", False, False, True), ("auto", True, False, True),
+    ("auto", False, False, False), ("on", True, True, False),  # GPUs train in bf16 weights, not CPU autocast
+])
+def test_cpu_autocast_follows_the_setting_and_the_cpu(monkeypatch, setting, native, use_gpu, expected):
+    from scotd import engine
+    from scotd.config import StudentConfig
+    from scotd.student.train import cpu_autocast
+
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: native)
+    assert cpu_autocast(StudentConfig(name="s", cpu_bf16=setting, use_gpu=use_gpu)) is expected

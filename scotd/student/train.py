@@ -101,6 +101,7 @@ def train_loop_per_worker(config: dict) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     dtype = torch.bfloat16 if cfg.use_gpu else torch.float32
+    autocast = cpu_autocast(cfg)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
 
     rows = pq.read_table(config["rows_path"]).to_pylist()
@@ -130,7 +131,7 @@ def train_loop_per_worker(config: dict) -> None:
         for step, batch in enumerate(batches, start=1):
             inputs, num_real = collate(batch, pad_id)
             inputs = {k: v.to(engine.device) for k, v in inputs.items()}
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.cpu_bf16 and not cfg.use_gpu):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 loss = engine(**inputs).loss  # HF causal-LM loss: mean over the target tokens of the micro-batch
             engine.backward(loss)
             engine.step()
@@ -146,11 +147,19 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {**dev, "epoch": epoch + 1, "loss": loss_sum / max(1, len(batches)), "micro_batches": len(batches),
                    "tokens_per_s": real * world / elapsed, "real_token_share": real / max(1, padded),
                    "target_tokens": target_tokens, "lr": scheduler.get_last_lr()[0], "epoch_s": elapsed,
-                   "started_at": started_at, "ended_at": time.time(), "threads": torch.get_num_threads()}
+                   "started_at": started_at, "ended_at": time.time(), "threads": torch.get_num_threads(),
+                   "cpu_bf16_autocast": autocast}
         history.append(metrics)
         _report(engine, tokenizer, cfg, config, metrics, history, rank)
     if resume_dir:
         shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+def cpu_autocast(cfg: StudentConfig) -> bool:
+    """Whether a CPU student's forward passes run under bfloat16 autocast (``students[].cpu_bf16``)."""
+    from scotd.engine import cpu_has_bf16
+
+    return not cfg.use_gpu and (cfg.cpu_bf16 == "on" or (cfg.cpu_bf16 == "auto" and cpu_has_bf16()))
 
 
 PROGRESS_FILE = "progress.json"
