@@ -117,7 +117,7 @@ def main() -> None:
     results["ratio_scotd_over_plain_tokens_per_s"] = one["tokens_per_s"] / results["plain"]["tokens_per_s"]
     results["scotd"]["loss"] = one["loss"]
     if args.cpu_bf16:
-        bf16 = train_students([job(replace(cfg, name="bench-bf16", cpu_bf16="on"))])[0]["history"][0]
+        bf16 = train_students([job(replace(cfg, name="bench-bf16", cpu_bf16=True))])[0]["history"][0]
         results["scotd_cpu_bf16"] = {k: bf16.get(k) for k in ("epoch_s", "tokens_per_s", "loss")}
         results["ratio_bf16_over_fp32_tokens_per_s"] = bf16["tokens_per_s"] / one["tokens_per_s"]
 

@@ -170,10 +170,11 @@ class StudentConfig:
     zero_stage: Literal[0, 1, 2, 3] = opt(2, "DeepSpeed ZeRO stage.")
     num_workers: int = opt(1, "Ray Train workers (data-parallel ranks) for this student.")
     use_gpu: bool = opt(False, "One GPU per worker, bf16 and NCCL; False trains in fp32 over gloo on CPU.")
-    cpu_bf16: Literal["off", "on", "auto"] = opt(
-        "off", "CPU training only: forward passes under bfloat16 autocast (weights, gradients and optimizer stay "
-        "fp32). auto: on where the CPU has native bf16 (AMX or AVX-512 BF16), where it was 1.9x the fp32 step; "
-        "benchmarks/training.py --cpu-bf16 compares them."
+    cpu_bf16: bool | Literal["auto"] = opt(
+        False, "CPU training only: forward passes under bfloat16 autocast (weights, gradients and optimizer stay "
+        "fp32); auto: where the CPU has native bf16 (AMX or AVX-512 BF16). Faster steps, but small updates are "
+        "rounded away in the forward pass, so loss falls slower at small learning rates (benchmarks/training.py "
+        "--cpu-bf16)."
     )
     cpus_per_worker: float = opt(1.0, "CPUs reserved per training worker.")
     seed: int = opt(0, "Seed for initialisation-independent randomness: data order and rationale draws.")
@@ -349,10 +350,16 @@ def _convert(hint: Any, value: Any, dotted: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        lists = [a for a in inner if typing.get_origin(a) is tuple]
-        if lists and isinstance(value, list):  # str | tuple[str, ...]: a list takes the tuple form
-            return _convert(lists[0], value, dotted)
-        return _convert(inner[0], value, dotted)
+        errors = []
+        for alternative in inner:  # the first form the value fits (str | tuple[str, ...], bool | Literal["auto"])
+            try:
+                return _convert(alternative, value, dotted)
+            except ConfigError as err:
+                errors.append((typing.get_origin(alternative) is tuple, str(err)))
+        shaped = [message for is_list, message in errors if is_list == isinstance(value, list)]
+        if isinstance(value, list) and shaped:  # an item of a list is wrong: say which
+            raise ConfigError(shaped[0])
+        raise ConfigError("; or ".join(message for _, message in errors))
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(map(repr, args))}")

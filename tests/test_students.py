@@ -68,7 +68,7 @@ def test_zero2_and_zero3_students_train_in_parallel(ray_cluster, corpus, shared_
     # the two trainers' start-up skew (up to ~3 s), so two students launched together could train one after the other.
     small = dict(batch_size=1, micro_batch_size=1)
     # The ZeRO-2 student trains under bfloat16 autocast (students.cpu_bf16): it must learn like the fp32 one.
-    results = train_students([job(folder, model, "zero2", zero_stage=2, epochs=3, dev=dev, cpu_bf16="on", **small),
+    results = train_students([job(folder, model, "zero2", zero_stage=2, epochs=3, dev=dev, cpu_bf16=True, **small),
                               job(folder, model, "zero3", zero_stage=3, epochs=3, dev=dev, **small)])
     initial = load_file(str(model / "model.safetensors"))
     spans = []

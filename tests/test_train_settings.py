@@ -94,8 +94,8 @@ def test_progress_file_is_written_every_few_seconds_and_at_epoch_end(tmp_path, m
 
 
 @pytest.mark.parametrize("setting, native, use_gpu, expected", [
-    ("off", True, False, False), ("on", False, False, True), ("auto", True, False, True),
-    ("auto", False, False, False), ("on", True, True, False),  # GPUs train in bf16 weights, not CPU autocast
+    (False, True, False, False), (True, False, False, True), ("auto", True, False, True),
+    ("auto", False, False, False), (True, True, True, False),  # GPUs train in bf16 weights, not CPU autocast
 ])
 def test_cpu_autocast_follows_the_setting_and_the_cpu(monkeypatch, setting, native, use_gpu, expected):
     from scotd import engine

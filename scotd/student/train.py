@@ -159,7 +159,7 @@ def cpu_autocast(cfg: StudentConfig) -> bool:
     """Whether a CPU student's forward passes run under bfloat16 autocast (``students[].cpu_bf16``)."""
     from scotd.engine import cpu_has_bf16
 
-    return not cfg.use_gpu and (cfg.cpu_bf16 == "on" or (cfg.cpu_bf16 == "auto" and cpu_has_bf16()))
+    return not cfg.use_gpu and (cfg.cpu_bf16 is True or (cfg.cpu_bf16 == "auto" and cpu_has_bf16()))
 
 
 PROGRESS_FILE = "progress.json"
