@@ -9,6 +9,7 @@ before any cluster work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -279,8 +280,24 @@ def check_students(cfg: ExperimentConfig) -> ExperimentConfig:
     for key in ("num_samples", "batch_size", "concurrent_batches", "num_replicas"):
         if getattr(cfg.teacher, key) is not None and getattr(cfg.teacher, key) < 1:
             raise ConfigError(f"teacher.{key}: {getattr(cfg.teacher, key)} must be at least 1")
+    for i, t in enumerate(cfg.tasks):
+        if not NAME.match(t.name):
+            raise ConfigError(f"tasks.{i}.name: {t.name!r} must be 1-64 letters, digits, '.', '_' or '-', starting "
+                              "with a letter or digit (it names files and report columns)")
+        if t.name in {u.name for u in cfg.tasks[:i]}:
+            raise ConfigError(f"tasks.{i}.name: {t.name!r} is used by an earlier task")
+    if cfg.teacher.max_replicas is not None and cfg.teacher.max_replicas < cfg.teacher.num_replicas:
+        raise ConfigError(f"teacher.max_replicas: {cfg.teacher.max_replicas} is below teacher.num_replicas = "
+                          f"{cfg.teacher.num_replicas}")
+    if not cfg.output.dir.strip():
+        raise ConfigError("output.dir: empty; give the experiment folder (a path or a URI)")
     seen: set[str] = set()
     for i, s in enumerate(cfg.students):
+        reserved = s.name == "teacher" or s.name.startswith("untrained") or s.name.endswith(("_best", "_last"))
+        if not NAME.match(s.name) or reserved:
+            raise ConfigError(f"students.{i}.name: {s.name!r} must be 1-64 letters, digits, '.', '_' or '-', "
+                              "starting with a letter or digit, and not 'teacher', 'untrained...' or '..._best' / "
+                              "'..._last' (it names the student's folder and evaluation runs)")
         for key in ("batch_size", "micro_batch_size", "dev_batch_size", "num_workers", "selector_k", "epochs"):
             if getattr(s, key) < 1:
                 raise ConfigError(f"students.{i}.{key}: {getattr(s, key)} must be at least 1")
@@ -324,6 +341,46 @@ def _list_index(node: list, part: str, dotted: str) -> int:
     return int(part)
 
 
+# Valid values of the numeric fields, checked at load with the dotted key: (low, high), either end None for
+# unbounded; a low given as a string (">0") is exclusive. None values of optional fields are not checked.
+POSITIVE, NONNEGATIVE, ABOVE_ZERO = (1, None), (0, None), (">0", None)
+RANGES: dict[str, dict[str, tuple]] = {
+    "TaskConfig": {"num_exemplars": POSITIVE, "student_shots": NONNEGATIVE, "max_train": POSITIVE,
+                   "max_eval": POSITIVE, "max_dev": NONNEGATIVE},
+    "TeacherConfig": {"num_samples": (1, 10_000), "temperature": (0, 100), "top_p": (">0", 1),
+                      "max_new_tokens": POSITIVE, "seed": NONNEGATIVE, "max_model_len": (16, None),
+                      "tensor_parallel_size": POSITIVE, "pipeline_parallel_size": POSITIVE,
+                      "num_replicas": POSITIVE, "max_replicas": POSITIVE, "batch_size": POSITIVE,
+                      "concurrent_batches": POSITIVE, "gpu_memory_utilization": (">0", 1),
+                      "max_num_seqs": POSITIVE, "cpu_kvcache_gb": POSITIVE, "block_size": POSITIVE},
+    "StudentConfig": {"selector_k": POSITIVE, "epochs": POSITIVE, "learning_rate": (">0", 1),
+                      "weight_decay": NONNEGATIVE, "batch_size": POSITIVE, "micro_batch_size": POSITIVE,
+                      "dev_batch_size": POSITIVE, "warmup_steps": NONNEGATIVE, "grad_clip": ABOVE_ZERO,
+                      "max_length": (8, None), "num_workers": POSITIVE, "cpus_per_worker": ABOVE_ZERO,
+                      "seed": NONNEGATIVE},
+    "EvalConfig": {"max_new_tokens": POSITIVE, "batch_size": POSITIVE, "self_consistency": NONNEGATIVE,
+                   "self_consistency_temperature": (0, 100), "untrained_shots": NONNEGATIVE},
+    "ResourcesConfig": {"num_cpus": POSITIVE, "engine_cpus": ABOVE_ZERO, "omp_threads": POSITIVE},
+}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _check_range(cls: type, name: str, value: Any, dotted: str) -> None:
+    bounds = RANGES.get(cls.__name__, {}).get(name)
+    if bounds is None or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    low, high = bounds
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{dotted}: {value!r} must be a finite number")
+    if isinstance(low, str):
+        if not value > float(low[1:]):
+            raise ConfigError(f"{dotted}: {value!r} must be greater than {low[1:]}")
+    elif low is not None and value < low:
+        raise ConfigError(f"{dotted}: {value!r} must be at least {low}")
+    if high is not None and value > high:
+        raise ConfigError(f"{dotted}: {value!r} must be at most {high}")
+
+
 def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from ``raw``, checking every key and type; errors name the dotted key."""
     if not isinstance(raw, dict):
@@ -339,6 +396,7 @@ def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
         dotted = f"{prefix}.{name}" if prefix else name
         if name in raw:
             values[name] = _convert(hints[name], raw[name], dotted)
+            _check_range(cls, name, values[name], dotted)
         elif f.default is dataclasses.MISSING:
             raise ConfigError(f"missing required key {dotted}")
     return cls(**values)
@@ -361,7 +419,7 @@ def _convert(hint: Any, value: Any, dotted: str) -> Any:
             raise ConfigError(shaped[0])
         raise ConfigError("; or ".join(message for _, message in errors))
     if origin is Literal:
-        if value not in args:
+        if not any(value == a and type(value) is type(a) for a in args):  # True == 1 and 2.0 == 2: not stages
             raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
     if origin is tuple:

@@ -169,3 +169,57 @@ def test_paper_grid_configs_cover_sizes_methods_and_ablations(task):
                for s in cfg.students)
     # the selectors at the paper's equal budget: 5 per question (open_ended: 1/3/5/7/9, 5 on average)
     assert {s.selector_k for s in cfg.students if s.selector in ("random", "likelihood", "diverse", "open_ended")} == {5}
+
+
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+@pytest.mark.parametrize("override, message", [
+    # names that would show another run's numbers, or write outside output.dir (issue 19, items 1-2)
+    ("students.1.name=teacher", r"students\.1\.name: 'teacher' must be"),
+    ("students.0.name=untrained:tiny:student", r"students\.0\.name: 'untrained:tiny:student' must be"),
+    ("students.0.name=label-only_best", r"students\.0\.name: 'label-only_best' must be"),
+    ("students.0.name=/abs/path", r"students\.0\.name: '/abs/path' must be"),
+    ("students.0.name=../../x", r"students\.0\.name: '\.\./\.\./x' must be"),
+    ("students.0.name=a:b", r"students\.0\.name: 'a:b' must be"),
+    ("tasks.0.name=", r"tasks\.0\.name: '' must be"),
+    # sizes and settings that would change meaning (items 6-7)
+    ("tasks.0.max_train=-5", r"tasks\.0\.max_train: -5 must be at least 1"),
+    ("tasks.0.max_train=0", r"tasks\.0\.max_train: 0 must be at least 1"),
+    ("tasks.0.max_eval=-1", r"tasks\.0\.max_eval: -1 must be at least 1"),
+    ("eval.batch_size=0", r"eval\.batch_size: 0 must be at least 1"),
+    ("eval.max_new_tokens=-1", r"eval\.max_new_tokens: -1 must be at least 1"),
+    ("teacher.max_new_tokens=0", r"teacher\.max_new_tokens: 0 must be at least 1"),
+    ("teacher.temperature=-1", r"teacher\.temperature: -1\.0 must be at least 0"),
+    ("teacher.top_p=5", r"teacher\.top_p: 5\.0 must be at most 1"),
+    ("teacher.max_model_len=0", r"teacher\.max_model_len: 0 must be at least 16"),
+    ("students.0.learning_rate=-1", r"students\.0\.learning_rate: -1\.0 must be greater than 0"),
+    ("students.0.learning_rate=.inf", r"students\.0\.learning_rate: inf must be a finite number"),
+    ("students.0.warmup_steps=-10", r"students\.0\.warmup_steps: -10 must be at least 0"),
+    ("students.0.max_length=0", r"students\.0\.max_length: 0 must be at least 8"),
+    ("resources.num_cpus=0", r"resources\.num_cpus: 0 must be at least 1"),
+    ("teacher.gpu_memory_utilization=7", r"teacher\.gpu_memory_utilization: 7\.0 must be at most 1"),
+    ("teacher.max_replicas=0", r"teacher\.max_replicas: 0 must be at least 1"),
+    ("teacher.num_samples=100000", r"teacher\.num_samples: 100000 must be at most 10000"),
+    ("students.0.zero_stage=true", r"students\.0\.zero_stage: True is not one of 0, 1, 2, 3"),
+    ("students.0.zero_stage=2.0", r"students\.0\.zero_stage: 2\.0 is not one of 0, 1, 2, 3"),
+    ("output.dir=", r"output\.dir: empty"),
+])
+def test_bad_names_and_sizes_are_refused_at_load_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TINY, [override])
+
+
+def test_bad_names_exit_2_with_one_line(capsys):
+    from scotd.cli import main
+
+    assert main(["config", str(TINY), "students.1.name=teacher"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "students.1.name" in err and "Traceback" not in err
+
+
+def test_a_second_task_of_the_same_name_and_replicas_below_the_minimum_are_refused():
+    with pytest.raises(ConfigError, match=r"tasks\.1\.name: 'csqa' is used by an earlier task"):
+        load_config(TINY, ["tasks=[{name: csqa, format: jsonl, eval: a}, {name: csqa, format: jsonl, eval: b}]"])
+    with pytest.raises(ConfigError, match=r"teacher\.max_replicas: 1 is below teacher\.num_replicas = 2"):
+        load_config(TINY, ["teacher.num_replicas=2", "teacher.max_replicas=1"])
