@@ -308,7 +308,25 @@ def check_students(cfg: ExperimentConfig) -> ExperimentConfig:
         if s.name in seen:
             raise ConfigError(f"students.{i}.name: {s.name!r} is used by an earlier student")
         seen.add(s.name)
+    runs = greedy_run_names(cfg)
+    for i, pair in enumerate(cfg.eval.judge_pairs):
+        unknown = [name for name in pair if name not in runs and name.rsplit("@", 1)[0] not in seen]
+        if len(pair) != 2 or unknown:
+            raise ConfigError(f"eval.judge_pairs.{i}: expected two of the evaluation runs {sorted(runs)}, got "
+                              f"{list(pair)}")
     return cfg
+
+
+def greedy_run_names(cfg: ExperimentConfig) -> list[str]:
+    """The greedy evaluation runs a config asks for (``pipeline.eval_runs`` adds ``<student>@best`` / ``@last``
+    rows once training has chosen checkpoints)."""
+    names = ["teacher"] if cfg.eval.teacher else []
+    if cfg.eval.untrained:
+        for model in dict.fromkeys(s.model for s in cfg.students):
+            names.append(f"untrained:{model}")
+            if cfg.eval.untrained_shots:
+                names.append(f"untrained:{model} {cfg.eval.untrained_shots}-shot")
+    return names + [s.name for s in cfg.students]
 
 
 def apply_override(raw: dict, item: str) -> None:

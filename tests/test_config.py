@@ -223,3 +223,13 @@ def test_a_second_task_of_the_same_name_and_replicas_below_the_minimum_are_refus
         load_config(TINY, ["tasks=[{name: csqa, format: jsonl, eval: a}, {name: csqa, format: jsonl, eval: b}]"])
     with pytest.raises(ConfigError, match=r"teacher\.max_replicas: 1 is below teacher\.num_replicas = 2"):
         load_config(TINY, ["teacher.num_replicas=2", "teacher.max_replicas=1"])
+
+
+def test_judge_pairs_name_runs_the_config_evaluates():
+    """Caught at load, not after training and evaluation (issue 19, item 14)."""
+    with pytest.raises(ConfigError, match=r"eval\.judge_pairs\.0: expected two of the evaluation runs .*'nobody'"):
+        load_config(TINY, ["eval.judge_pairs=[[scotd, nobody]]"])
+    with pytest.raises(ConfigError, match=r"eval\.judge_pairs\.0"):
+        load_config(TINY, ["eval.judge_pairs=[[scotd]]"])
+    cfg = load_config(TINY, ["eval.judge_pairs=[[scotd@best, teacher], [label-only, 'untrained:tiny:student 3-shot']]"])
+    assert len(cfg.eval.judge_pairs) == 2
