@@ -62,7 +62,11 @@ def test_judge_pairs_must_name_two_greedy_runs(tmp_path):
     (tmp_path / "exp.yaml").write_text(
         f"tasks: [{{name: g, format: jsonl, train: a.jsonl, eval: b.jsonl}}]\nstudents: [{{name: s}}]\n"
         f"eval: {{judge_pairs: [[s, teacher], [s, nobody]]}}\noutput: {{dir: {tmp_path / 'out'}}}\n")
-    cfg = load_config(tmp_path / "exp.yaml")
+    from scotd.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval\.judge_pairs\.1: expected two of the evaluation runs"):
+        load_config(tmp_path / "exp.yaml")  # refused at load, before any work
+    cfg = load_config(tmp_path / "exp.yaml", check_training=False)  # a saved config: the stage checks it again
     assert cfg.eval.judge_pairs == (("s", "teacher"), ("s", "nobody"))
     with pytest.raises(ValueError, match=r"eval\.judge_pairs\.1: expected two evaluation runs of .*'s', 'teacher'.*"
                                          r"got \['s', 'nobody'\]"):
