@@ -21,8 +21,8 @@ from scotd.prompts import (Exemplar, load_exemplars, normalize_text, render_answ
 from scotd.schema import PREDICTION_SCHEMA, QUESTION_SCHEMA, read_table, to_table, write_table
 from scotd import symbolic
 from scotd.assets import MissingAssetError
-from scotd.tasks import (DEFAULT_EXEMPLARS, SPLITS, Question, SourceUnavailableError, carve_dev, hash_split,
-                         load_hf_questions, load_questions)
+from scotd.tasks import (DEFAULT_EXEMPLARS, SPLITS, Question, SourceUnavailableError, TaskDataError, carve_dev,
+                         hash_split, load_hf_questions, load_questions)
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,7 @@ def stage_tasks(exp: Experiment) -> dict:
     """Load every task, drop exemplar questions from training, hold out the dev split, cap sizes, write
     questions/{train,dev,eval}.parquet."""
     summary, splits = {}, {"train": [], "dev": [], "eval": []}
+    owners: dict[str, str] = {}  # question id -> the task that has it: samples, labels and scores are keyed by id
     for task in exp.cfg.tasks:
         shots = {normalize_text(e.question.text) for e in exp.exemplars(task)}
         train, skipped_train, source = load_task_split(task, "train", exp.cache) if task.train else ([], 0, "")
@@ -208,6 +209,11 @@ def stage_tasks(exp: Experiment) -> dict:
         evaluation, skipped_eval, eval_source = load_task_split(task, "eval", exp.cache)
         held = {q.id for q in kept} | {q.id for q in dev}
         evaluation = [q for q in evaluation if q.id not in held]
+        for q in kept[: task.max_train] + dev + evaluation[: task.max_eval]:
+            if owners.setdefault(q.id, task.name) != task.name:
+                raise TaskDataError(
+                    f"tasks.{task.name}: question id {q.id!r} is also a question of task {owners[q.id]}; ids must "
+                    "be unique across tasks (give one of them other files, or ids of its own)")
         splits["train"] += kept[: task.max_train]
         splits["dev"] += dev
         splits["eval"] += evaluation[: task.max_eval]

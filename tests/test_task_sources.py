@@ -77,3 +77,15 @@ def test_generated_task_sizes_come_from_the_task(tmp_path):
     without = config(tmp_path, "gen:arithmetic:train:2-3", "gen:arithmetic:eval:2-3", fmt="arithmetic")
     with pytest.raises(ValueError, match=r"tasks\.t\.max_train: a generated task"):
         stage_tasks(Experiment(without))
+
+
+def test_two_tasks_sharing_question_ids_are_refused(tmp_path):
+    """Samples, labels and scores are keyed by question id: two tasks with the same ids would mix (issue 19, 3)."""
+    first = write_rows(tmp_path / "a.jsonl", 4)
+    second = write_rows(tmp_path / "b.jsonl", 4)  # the same ids q0..q3, other files
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"tasks: [{{name: a, format: jsonl, train: {first}, eval: {first}}}, "
+                    f"{{name: b, format: jsonl, eval: {second}}}]\nstudents: [{{name: s}}]\n"
+                    f"output: {{dir: {tmp_path / 'out'}}}\n")
+    with pytest.raises(TaskDataError, match=r"tasks\.b: question id 'q\d' is also a question of task a"):
+        stage_tasks(Experiment(load_config(path)))
