@@ -8,7 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from scotd import console
+from scotd.assets import AssetIntegrityError, MissingAssetError
 from scotd.config import ConfigError, describe, load_config
+from scotd.tasks import TaskDataError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("config", type=Path)
     run.add_argument("overrides", nargs="*", help="config overrides, e.g. teacher.num_samples=4")
     run.add_argument("--stages", default="", help="comma-separated subset of: tasks,teacher,corpus,students,eval,report")
+    run.add_argument("--debug", action="store_true", help="show the traceback of a data error too")
     rep = sub.add_parser("report", help="rebuild report.json/report.md of a finished experiment folder, or combine "
                          "several folders into one report: scotd report DIR [DIR ...] --out OUT")
     rep.add_argument("experiment_dirs", type=Path, nargs="+", metavar="experiment_dir")
@@ -73,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(describe()))
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except (TaskDataError, MissingAssetError, AssetIntegrityError) as err:
+        # the data or an asset cannot be had, or is malformed: the message names it and what to do
+        if args.command == "run" and args.debug:
+            raise
+        print(f"data error: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -50,3 +50,25 @@ def test_console_shows_scotd_lines_and_library_warnings_only(capsys):
     assert "Starting execution" not in err and "Initializing" not in err
     assert re.search(r"^\d\d:\d\d:\d\d WARNING somelib: something to know$", err, re.M), err
     assert console.ray_init_kwargs(False)["log_to_driver"] is False
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", TINY, "teacher.stop=[unclosed"], "config error: .*override 'teacher.stop=\\[unclosed': the value is not valid YAML"),
+    (["config", str(REPO / "configs")], "config error: .*configs: a folder, not a config file"),
+    (["run", TINY, "--stages", "tasks", "tasks.0.train=/nope/train.jsonl"],
+     "data error: tasks.csqa.train: no source of train questions can be read here:\n  - /nope/train.jsonl: file not found"),
+])
+def test_user_errors_are_one_message_and_exit_2(tmp_path, capsys, args, message):
+    """Issue 19, item 11 and issue 18: a bad override, a folder as config, data that cannot be had."""
+    import re
+
+    assert main([*args, f"output.dir={tmp_path}"] if args[0] == "run" else args) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+
+
+def test_non_utf8_config_is_a_config_error(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"name: \xff\xfe\n")
+    assert main(["config", str(path)]) == 2
+    assert "not UTF-8 text (byte 6)" in capsys.readouterr().err
