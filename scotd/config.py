@@ -256,7 +256,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *
     saved config is reported as it was run."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except IsADirectoryError:
@@ -275,6 +275,22 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *
         return check_students(cfg) if check_training else cfg
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error, not the last one silently."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:  # the mapping's own keys; merged ones (<<: *base) may be overridden
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = key_node.value
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def check_students(cfg: ExperimentConfig) -> ExperimentConfig:

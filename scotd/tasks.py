@@ -21,6 +21,7 @@ from scotd.storage import is_uri, read_bytes
 log = logging.getLogger(__name__)
 
 MAX_CHOICES = 10
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark some editors write at the start of a file
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,13 @@ def _check_choices(choices: list[str]) -> tuple[str, ...]:
         raise RowError(f"fewer than 2 choices ({len(choices)})")
     if len(choices) > MAX_CHOICES:
         raise RowError(f"more than {MAX_CHOICES} choices ({len(choices)})")
-    return tuple(_text(c, f"choice {i + 1}") for i, c in enumerate(choices))
+    # Repeated choices are kept: the official CommonsenseQA files have rows with two equal choices.
+    return tuple(_text(_number_as_text(c), f"choice {i + 1}") for i, c in enumerate(choices))
+
+
+def _number_as_text(value: Any) -> Any:
+    """A numeric choice (``[3, 5, 8]``) is its text; booleans are not numbers here."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def _labelled_choices(obj: dict) -> tuple[tuple[str, ...], list[str], str]:
@@ -158,6 +165,10 @@ def parse_generic(obj: dict, task: str) -> Question:
     elif isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().isalpha():
         index = ord(answer.strip().lower()) - ord("a")
         index = index if index < len(choices) else None
+        as_text = " ".join(answer.split())
+        if as_text in choices and choices.index(as_text) != index:
+            raise RowError(f"answer {answer!r} is both the letter of choice {index + 1 if index is not None else '?'} "
+                           f"and the text of choice {choices.index(as_text) + 1}: give its index instead")
     elif isinstance(answer, str):
         norm = " ".join(answer.split())
         index = choices.index(norm) if norm in choices else None
@@ -223,12 +234,12 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[int, Any]]:
 
     Decoding is per line so that one bad byte sequence is one bad row, reported with its line.
     """
-    data = read_bytes(path)
+    data = read_bytes(path).removeprefix(BOM)
     head = data.lstrip()[:1]
     if head == b"[":
         yield from _iter_json_array(path, data)
         return
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    for number, raw in enumerate(data.removeprefix(BOM).split(b"\n"), start=1):
         if not raw.strip():
             continue
         try:
@@ -245,7 +256,7 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[int, Any]]:
 def iter_tsv_records(path: str | Path) -> Iterator[tuple[int, Any]]:
     """Yield (line number, {header: value} or RowError) for a tab-separated file with a header line (one record per
     line; fields may be quoted CSV-style), at a path or a URI."""
-    lines = read_bytes(path).split(b"\n")
+    lines = read_bytes(path).removeprefix(BOM).split(b"\n")
     try:
         header = lines[0].decode("utf-8").rstrip("\r").split("\t")
     except UnicodeDecodeError:
@@ -278,6 +289,11 @@ def _iter_json_array(path: str | Path, data: bytes) -> Iterator[tuple[int, Any]]
         while pos < len(text) and text[pos] in " \t\r\n,":
             pos += 1
         if pos >= len(text) or text[pos] == "]":
+            rest = text[pos + 1:].strip()
+            if rest:
+                line = text.count("\n", 0, pos + 1 + text[pos + 1:].index(rest[0])) + 1
+                raise TaskDataError(f"{path}:{line}: data after the JSON array that starts the file (a JSONL file "
+                                    "whose first line is an array?)")
             return
         line = text.count("\n", 0, pos) + 1
         try:
@@ -330,6 +346,9 @@ def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool
         questions.append(q)
     if skipped:
         log.warning("%s: skipped %d malformed rows (first: %s)", path, len(skipped), skipped[0])
+    if not questions:
+        raise TaskDataError(f"{path}: no questions" + (f" ({len(skipped)} malformed rows skipped)" if skipped else
+                                                         " (the file is empty)"))
     return LoadResult(questions, len(skipped), skipped[:20])
 
 

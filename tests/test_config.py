@@ -233,3 +233,10 @@ def test_judge_pairs_name_runs_the_config_evaluates():
         load_config(TINY, ["eval.judge_pairs=[[scotd]]"])
     cfg = load_config(TINY, ["eval.judge_pairs=[[scotd@best, teacher], [label-only, 'untrained:tiny:student 3-shot']]"])
     assert len(cfg.eval.judge_pairs) == 2
+
+
+def test_a_key_given_twice_in_the_yaml_is_an_error(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: a\nteacher:\n  num_samples: 4\n  num_samples: 8\n")
+    with pytest.raises(ConfigError, match=r"(?s)twice\.yaml: not valid YAML: key .num_samples. given twice.*line 4"):
+        load_config(path)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from scotd.tasks import Question, TaskDataError, load_questions
+from scotd.tasks import Question, RowError, TaskDataError, load_questions, parse_generic
 
 MC = {"id": "q1", "question": {"stem": "Where is milk kept?", "choices": [
     {"label": "A", "text": "fridge"}, {"label": "B", "text": "oven"}, {"label": "C", "text": "shelf"}]},
@@ -189,3 +189,42 @@ def test_imdb_tsv_faults_name_file_and_line(tmp_path, line, fault):
     with pytest.raises(TaskDataError, match=rf"reviews.tsv:3: {fault}"):
         load_questions(path, "imdb", "imdb")
     assert load_questions(path, "imdb", "imdb", skip_bad_rows=True).num_skipped == 1
+
+
+# ------------------------------------------------------------------------------------ input edge cases (issue 19, 13)
+
+
+def test_utf8_bom_is_not_part_of_the_first_row(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"id": "a", "question": "Q?", "choices": ["x", "y"], "answer": 1}\n')
+    assert [q.id for q in load_questions(path, "jsonl", "t").questions] == ["a"]
+    tsv = tmp_path / "bom.tsv"
+    tsv.write_bytes(b"\xef\xbb\xbfSentiment\tText\nPositive\tGood film.\n")
+    assert load_questions(tsv, "imdb", "t").questions[0].answer_index == 0
+
+
+def test_an_empty_file_or_one_of_only_bad_rows_is_an_error(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(TaskDataError, match=r"empty\.jsonl: no questions \(the file is empty\)"):
+        load_questions(empty, "jsonl", "t")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "Q?"}\n')
+    with pytest.raises(TaskDataError, match=r"bad\.jsonl: no questions \(1 malformed rows skipped\)"):
+        load_questions(bad, "jsonl", "t", skip_bad_rows=True)
+
+
+def test_jsonl_whose_first_line_is_an_array_is_not_cut_short(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('[{"id": "a", "question": "Q?", "choices": ["x", "y"], "answer": 0}]\n'
+                    '{"id": "b", "question": "R?", "choices": ["x", "y"], "answer": 1}\n')
+    with pytest.raises(TaskDataError, match=r"mixed\.jsonl:2: data after the JSON array"):
+        load_questions(path, "jsonl", "t")
+
+
+def test_numeric_choices_are_their_text_and_an_ambiguous_letter_is_refused(tmp_path):
+    q = parse_generic({"question": "What is 2 + 3?", "choices": [4, 5, 6.5], "answer": 1}, "t")
+    assert q.choices == ("4", "5", "6.5") and q.answer_index == 1
+    with pytest.raises(RowError, match=r"answer 'a' is both the letter of choice 1 and the text of choice 2"):
+        parse_generic({"question": "Q?", "choices": ["b", "a", "c"], "answer": "a"}, "t")
+    assert parse_generic({"question": "Q?", "choices": ["b", "a", "c"], "answer": 1}, "t").answer_index == 1
