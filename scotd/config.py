@@ -37,7 +37,7 @@ def required(help: str) -> Any:
 class TaskConfig:
     name: str = required("Task label used in ids, reports and exemplar lookup (e.g. csqa).")
     format: Literal["commonsenseqa", "openbookqa", "arc", "quarel", "strategyqa", "jsonl", "imdb", "hf",
-                    "arithmetic", "coin_flip"] = required(
+                    "arithmetic", "arithmetic_check", "coin_flip"] = required(
         "File format of the task's data: an official benchmark format, generic JSONL, the IMDb contrast-set TSV "
         "(Sentiment<TAB>Text), a Hugging Face dataset, or a generated symbolic task (scotd/symbolic.py; its "
         "sources are gen:<kind>:<split>:<min steps>-<max steps>)."

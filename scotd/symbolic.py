@@ -6,6 +6,8 @@ deterministic stream of questions of one kind; the task's ``max_train`` / ``max_
 - ``arithmetic``: "What is 28 - 68 + 41?", k two-digit operands joined by + and -, five numeric choices. The
   wrong choices are the results of slips a solver makes (one operator read the other way, a step off by ten, the
   last operand left out), so only working the steps tells the answer from them.
+- ``arithmetic_check``: "Is 28 - 68 + 41 equal to 11?", yes or no; half the proposed results are right, the others
+  are the slips above. The answer is the sum's, with no letter to look up among numbers.
 - ``coin_flip``: "A coin is heads up. Ana flips the coin. Ben does not flip the coin. Is the coin still heads
   up?", yes or no, for k people (Wei et al. 2022's task).
 
@@ -61,6 +63,16 @@ def arithmetic_question(rng: random.Random, steps: int) -> tuple[str, tuple[str,
     return text, tuple(str(c) for c in choices), position
 
 
+def arithmetic_check_question(rng: random.Random, steps: int) -> tuple[str, tuple[str, ...], int]:
+    """(question, ("yes", "no"), gold index): is a sum of ``steps`` operands equal to a proposed result? Half the
+    proposals are right; the others are one of ``arithmetic_question``'s wrong choices (a solver's slips), so the
+    answer needs the sum worked out."""
+    text, choices, gold = arithmetic_question(rng, steps)
+    right = rng.random() < 0.5
+    proposed = choices[gold] if right else rng.choice([c for i, c in enumerate(choices) if i != gold])
+    return f"Is {text.removeprefix('What is ').removesuffix('?')} equal to {proposed}?", ("yes", "no"), 0 if right else 1
+
+
 def evaluate(operands: list[int], ops: list[str]) -> int:
     total = operands[0]
     for op, x in zip(ops, operands[1:]):
@@ -77,7 +89,8 @@ def coin_flip_question(rng: random.Random, steps: int) -> tuple[str, tuple[str, 
     return f"A coin is heads up. {acts} Is the coin still heads up?", ("yes", "no"), 0 if heads else 1
 
 
-GENERATORS = {"arithmetic": arithmetic_question, "coin_flip": coin_flip_question}
+GENERATORS = {"arithmetic": arithmetic_question, "arithmetic_check": arithmetic_check_question,
+              "coin_flip": coin_flip_question}
 
 
 def parse_ref(ref: str) -> tuple[str, str, int, int]:

@@ -216,13 +216,15 @@ ROW_PARSERS: dict[str, Callable[[dict, str], Question]] = {
     "imdb": parse_sentiment,
     "hf": parse_hf_multiple_choice,
     "arithmetic": parse_generic,  # generated tasks (scotd.symbolic) saved as generic JSONL
+    "arithmetic_check": parse_generic,
     "coin_flip": parse_generic,
 }
 
 # The exemplar file each format uses unless the task names another.
 DEFAULT_EXEMPLARS = {"commonsenseqa": "commonsenseqa", "openbookqa": "openbookqa", "arc": "arc",
                      "quarel": "quarel", "strategyqa": "strategyqa", "jsonl": "generic", "hf": "generic",
-                     "imdb": "imdb", "arithmetic": "arithmetic", "coin_flip": "coin_flip"}
+                     "imdb": "imdb", "arithmetic": "arithmetic", "arithmetic_check": "arithmetic_check",
+                     "coin_flip": "coin_flip"}
 
 
 # ---------------------------------------------------------------------------------------------------------------

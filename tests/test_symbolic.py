@@ -85,3 +85,17 @@ def test_exemplars_are_right_and_render_like_questions() -> None:
     for ex in load_exemplars("coin_flip", "c"):
         flips = ex.question.text.count(" flips the coin.")
         assert ex.question.answer_index == (0 if flips % 2 == 0 else 1)
+
+
+def test_arithmetic_check_says_yes_exactly_when_the_proposal_is_the_sum() -> None:
+    questions = symbolic.generate("gen:arithmetic_check:train:2-4", "a", 1000)
+    yes = 0
+    for q in questions:
+        expression, proposed = re.fullmatch(r"Is (.*) equal to (-?\d+)\?", q.text).groups()
+        right = solve(f"What is {expression}?") == int(proposed)
+        assert q.choices == ("yes", "no") and q.answer_index == (0 if right else 1), q
+        yes += right
+    assert 430 < yes < 570, yes
+    for ex in load_exemplars("arithmetic_check", "a"):
+        expression, proposed = re.fullmatch(r"Is (.*) equal to (-?\d+)\?", ex.question.text).groups()
+        assert ex.question.answer_index == (0 if solve(f"What is {expression}?") == int(proposed) else 1)
