@@ -10,6 +10,7 @@ from pathlib import Path
 from scotd import console
 from scotd.assets import AssetIntegrityError, MissingAssetError
 from scotd.config import ConfigError, describe, load_config
+from scotd.report import ReportError
 from scotd.tasks import TaskDataError
 
 
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("overrides", nargs="*", help="config overrides, e.g. teacher.num_samples=4")
     run.add_argument("--stages", default="", help="comma-separated subset of: tasks,teacher,corpus,students,eval,report")
     run.add_argument("--debug", action="store_true", help="show the traceback of a data error too")
+    run.add_argument("--restart", metavar="STAGE", help="first remove the outputs of STAGE and of every later stage "
+                     "(tasks, teacher, corpus, students, eval, report), so they are built again from this config")
     rep = sub.add_parser("report", help="rebuild report.json/report.md of a finished experiment folder, or combine "
                          "several folders into one report: scotd report DIR [DIR ...] --out OUT")
     rep.add_argument("experiment_dirs", type=Path, nargs="+", metavar="experiment_dir")
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             config = load_config(args.config, args.overrides)
             stages = tuple(s for s in args.stages.split(",") if s) or pipeline.STAGES
-            exp = pipeline.run(config, stages)
+            exp = pipeline.run(config, stages, restart=args.restart, config_path=str(args.config))
             report = exp.dir / "report.md"
             if report.exists() and "report" in stages:
                 print(report.read_text())
@@ -76,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(describe()))
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except ReportError as err:
+        print(f"report error: {err}", file=sys.stderr)
         return 2
     except (TaskDataError, MissingAssetError, AssetIntegrityError) as err:
         # the data or an asset cannot be had, or is malformed: the message names it and what to do

@@ -69,9 +69,15 @@ def summarize(samples: list[dict], kept: list[dict], num_after_filter: int) -> d
     }
 
 
-def build_corpus(samples_dir: Path, cfg: CorpusConfig, out_dir: Path) -> dict:
-    """Read the teacher's samples, filter, dedup, write corpus.parquet, labels.parquet and summary.json."""
+def build_corpus(samples_dir: Path, cfg: CorpusConfig, out_dir: Path, question_ids: set[str] | None = None) -> dict:
+    """Read the teacher's samples (of ``question_ids`` only, when given: the training split of this run, where an
+    earlier run may have sampled more), filter, dedup, write corpus.parquet, labels.parquet and summary.json."""
     samples = read_table(samples_dir, SAMPLE_SCHEMA).to_pylist()
+    if question_ids is not None:
+        other = len({r["question_id"] for r in samples} - question_ids)
+        samples = [r for r in samples if r["question_id"] in question_ids]
+        if other:
+            log.info("corpus: samples of %d questions outside this run's training split left out", other)
     kept = keep_correct(samples) if cfg.setting == "supervised" else keep_parsed(samples)
     num_after_filter = len(kept)
     if cfg.dedup:

@@ -11,15 +11,15 @@ import json
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from scotd.config import ExperimentConfig, TaskConfig, dump_config
+from scotd.config import ConfigError, ExperimentConfig, TaskConfig, dump_config
 from scotd.prompts import (Exemplar, load_exemplars, normalize_text, render_answer, student_prompt,
                            teacher_prompt)
 from scotd.schema import PREDICTION_SCHEMA, QUESTION_SCHEMA, read_table, to_table, write_table
-from scotd import symbolic
+from scotd import provenance, symbolic
 from scotd.assets import MissingAssetError
 from scotd.tasks import (DEFAULT_EXEMPLARS, SPLITS, Question, SourceUnavailableError, TaskDataError, carve_dev,
                          hash_split, load_hf_questions, load_questions)
@@ -27,6 +27,7 @@ from scotd.tasks import (DEFAULT_EXEMPLARS, SPLITS, Question, SourceUnavailableE
 log = logging.getLogger(__name__)
 
 STAGES = ("tasks", "teacher", "corpus", "students", "eval", "report")
+RAY_STAGES = ("teacher", "students", "eval")  # the local Ray cluster starts with the first of these that runs
 
 
 @contextmanager
@@ -227,6 +228,7 @@ def stage_tasks(exp: Experiment) -> dict:
                  "answer_index": q.answer_index} for q in questions]
         write_table(to_table(rows, QUESTION_SCHEMA), exp.dir / "questions" / f"{split}.parquet")
     (exp.dir / "questions" / "summary.json").write_text(json.dumps(summary, indent=2))
+    provenance.record(exp.dir, exp.cfg, "questions")
     log.info("tasks: %s", summary)
     return summary
 
@@ -235,6 +237,7 @@ def stage_teacher(exp: Experiment) -> dict:
     from scotd.teacher import sample_rationales
 
     cfg = exp.cfg.teacher
+    provenance.record(exp.dir, exp.cfg, "teacher")
     model = exp.engine_model(exp.resolve_model(cfg.model))
     push = lambda block: exp.mirror.push(str(block.relative_to(exp.dir)))  # noqa: E731 - each block as written
     summary = sample_rationales(exp.questions("train"), exp.all_exemplars(), cfg, exp.cfg.resources, model,
@@ -249,13 +252,14 @@ def stage_teacher(exp: Experiment) -> dict:
 def stage_corpus(exp: Experiment) -> dict:
     from scotd.corpus import build_corpus
 
-    summary = build_corpus(exp.dir / "teacher" / "samples", exp.cfg.corpus, exp.dir / "corpus")
+    train = {q.id for q in exp.questions("train")}
+    summary = build_corpus(exp.dir / "teacher" / "samples", exp.cfg.corpus, exp.dir / "corpus", train)
     for setting in sorted({s.setting for s in exp.cfg.students} - {"", exp.cfg.corpus.setting}):
         summary[setting] = build_corpus(exp.dir / "teacher" / "samples", replace(exp.cfg.corpus, setting=setting),
-                                        exp.dir / "corpus" / setting)
+                                        exp.dir / "corpus" / setting, train)
     greedy = exp.dir / "teacher" / "greedy" / "samples"
     if greedy.exists():
-        summary["greedy"] = build_corpus(greedy, exp.cfg.corpus, exp.dir / "corpus" / "greedy")
+        summary["greedy"] = build_corpus(greedy, exp.cfg.corpus, exp.dir / "corpus" / "greedy", train)
     return summary
 
 
@@ -272,6 +276,7 @@ def stage_students(exp: Experiment) -> list[dict]:
         if (out / "model" / STUDENT_META).exists():
             log.info("student %s: already trained, skipping", s.name)
             continue
+        provenance.record(exp.dir, exp.cfg, f"student {s.name}")
         rows, selection = student_rows(exp, s)
         meta = {"prompt_format": {"input": student_prompt(_EXAMPLE), "target": render_answer("<rationale>", 0)
                                   if s.method == "scotd" else render_answer(None, 0)},
@@ -350,6 +355,7 @@ def stage_eval(exp: Experiment) -> list[dict]:
         prompt_fn = ((lambda q: teacher_prompt(q, shots[q.task])) if run["kind"] == "teacher"
                      else (lambda q, k=k: student_prompt(q, shots[q.task][: k if k else student_shots[q.task]])))
         teacher = run["kind"] == "teacher"
+        provenance.record(exp.dir, cfg, f"eval {run['run']}")
         results.append(evaluate_run(run["run"], questions, prompt_fn, spec, max_new_tokens=cfg.eval.max_new_tokens,
                                     batch_size=cfg.eval.batch_size, num_cpus=cfg.resources.engine_cpus,
                                     out_dir=exp.dir / "eval", replicas=replica_range(cfg.teacher) if teacher else 1,
@@ -466,32 +472,46 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES) -> Experiment:
-    """Run ``stages`` in order; writes the resolved config and per-stage wall times into the experiment folder."""
+def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES, *, restart: str | None = None,
+        config_path: str = "CONFIG") -> Experiment:
+    """Run ``stages`` in order; writes the resolved config and per-stage wall times into the experiment folder.
+
+    A rerun reuses finished work only when it was built from this config's values (``scotd.provenance``);
+    ``restart`` first removes the outputs of that stage and every later one, so they are built again."""
     unknown = [s for s in stages if s not in STAGE_FUNCTIONS]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
+    if restart and restart not in STAGES:
+        raise ConfigError(f"--restart {restart}: not a stage; stages: {', '.join(STAGES)}")
     exp = Experiment(cfg)
-    exp.dir.mkdir(parents=True, exist_ok=True)
-    exp.mirror.pull()  # a rerun from a fresh machine resumes from what output.dir already holds
-    (exp.dir / "config.yaml").write_text(dump_config(cfg))
+    exp.mirror.check_writable()
+    try:
+        exp.dir.mkdir(parents=True, exist_ok=True)
+        exp.mirror.pull()  # a rerun from a fresh machine resumes from what output.dir already holds
+        if restart:
+            removed = provenance.restart(exp.dir, restart)
+            exp.mirror.delete(*removed)
+            log.info("restart from stage %s: removed %s", restart, ", ".join(removed) or "nothing (none there)")
+        provenance.check(exp.dir, cfg, stages, config_path)
+        (exp.dir / "config.yaml").write_text(dump_config(cfg))
+    except OSError as err:
+        raise ConfigError(f"output.dir: {exp.dir}: cannot write there: {err.strerror or err}") from None
     timings_path = exp.dir / "timings.json"
     timings = _read_json(timings_path) or {}
-    needs_ray = any(s in ("teacher", "students", "eval") for s in stages)
-    with ray_cluster(cfg) if needs_ray else _nothing():
+    with ExitStack() as cluster:
+        have_cluster = False
         for stage in stages:
+            if stage in RAY_STAGES and not have_cluster:
+                cluster.enter_context(ray_cluster(cfg))  # after the stages that need no cluster checked the data
+                have_cluster = True
             log.info("=== stage %s ===", stage)
             started = time.monotonic()
             STAGE_FUNCTIONS[stage](exp)
             timings[stage] = round(time.monotonic() - started, 1)
             timings_path.write_text(json.dumps(timings, indent=2))
-            exp.mirror.push(*STAGE_OUTPUTS[stage], "config.yaml", "timings.json")
+            exp.mirror.push(*STAGE_OUTPUTS[stage], "config.yaml", "timings.json", provenance.FILE)
     if "report" in stages:
         stage_report(exp)  # again, so the report carries this run's final stage timings
         exp.mirror.push(*STAGE_OUTPUTS["report"])
     return exp
 
-
-@contextmanager
-def _nothing():
-    yield

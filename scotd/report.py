@@ -24,6 +24,39 @@ from scotd.evaluate import metrics_of
 Z95 = 1.959963984540054
 
 
+class ReportError(ValueError):
+    """A predictions file that cannot be scored as its run's answers to the evaluation split."""
+
+
+def read_predictions(path: Path, expected: set[str] | None) -> list[dict]:
+    """The rows of one run's predictions file, refused (``ReportError`` naming the file) unless it is a Parquet
+    file of PREDICTION_SCHEMA with exactly one row per evaluation question: ``expected`` holds the question ids
+    (None when the experiment's question file is absent, then only emptiness and repeats are checked)."""
+    from scotd.schema import PREDICTION_SCHEMA, read_table
+
+    if not path.is_file():
+        raise ReportError(f"{path}: {'a folder, not a predictions file' if path.is_dir() else 'no such file'}; "
+                          "remove it and rerun the eval stage (scotd run CONFIG --stages eval,report)")
+    try:
+        rows = read_table(path, PREDICTION_SCHEMA).to_pylist()
+    except Exception as err:  # pyarrow's ArrowInvalid, a missing column, a type that does not cast
+        raise ReportError(f"{path}: not a readable predictions file ({str(err).splitlines()[0]}); remove its folder "
+                          "and rerun the eval stage") from None
+    if not rows:
+        raise ReportError(f"{path}: no predictions in it; remove its folder and rerun the eval stage")
+    ids = Counter(r["question_id"] for r in rows)
+    repeated = [q for q, n in ids.items() if n > 1]
+    if repeated:
+        raise ReportError(f"{path}: {len(repeated)} question(s) answered more than once (e.g. {repeated[0]!r}); "
+                          "remove its folder and rerun the eval stage")
+    if expected is not None and set(ids) != expected:
+        missing, foreign = expected - set(ids), set(ids) - expected
+        raise ReportError(f"{path}: answers {len(ids)} questions, the evaluation split has {len(expected)} ("
+                          f"{len(missing)} missing, {len(foreign)} not in it); the file is from another run of "
+                          "the experiment: remove its folder and rerun the eval stage")
+    return rows
+
+
 def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, float]:
     if total == 0:
         return (0.0, 0.0)
@@ -99,11 +132,15 @@ def build_report(exp_dir: Path, runs: list[dict]) -> dict:
     """``runs``: [{"run": label, "kind": teacher|untrained|label_only|scotd, "model": ..., "dir": eval folder,
     "extra": only in the checkpoint table}] in table order. The report is written to ``exp_dir``; in a combined
     report each run also names its ``experiment`` and the ``experiment_dir`` its files are in."""
-    rows, correct_by_run = [], {}
+    rows, correct_by_run, expected = [], {}, {}
     for spec in runs:
         root = Path(spec.get("experiment_dir", exp_dir))
+        if root not in expected:
+            questions = root / "questions" / "eval.parquet"
+            expected[root] = (set(pq.read_table(questions, columns=["question_id"]).column(0).to_pylist())
+                              if questions.is_file() else None)
         path = root / "eval" / spec["dir"] / "predictions.parquet"
-        preds = pq.read_table(path).to_pylist()
+        preds = read_predictions(path, expected[root])
         correct_by_run[spec["run"]] = {p["question_id"]: bool(p["correct"]) for p in preds}
         m = metrics_of(preds)
         low, high = wilson_interval(m["correct"], m["total"])

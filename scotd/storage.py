@@ -26,8 +26,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# scheme://user[:password]@host...: the userinfo part of a URI, where pyarrow accepts S3 keys.
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")
+# scheme://user[:password]@host...: the userinfo part of a URI, where pyarrow accepts S3 keys. A password may hold
+# "/" (most AWS secret keys do), so "user:" before the first "/" starts userinfo that runs to the next "@"; without
+# a ":" it ends at the first "/" (so "s3://bucket/a@b" is a path, not a user).
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#@:]*:[^@]*|[^/?#]*)@")
 
 
 def is_uri(location: str) -> bool:
@@ -132,6 +134,36 @@ class Mirror:
             except Exception as err:  # pyarrow raises ArrowInvalid / OSError with its own words
                 raise ValueError(f"output.dir: {redact(location)!r}: not a filesystem pyarrow can open: "
                                  f"{redact(str(err))}") from None
+
+    def check_writable(self) -> None:
+        """Write and remove a probe file at the URI, so that a location the job cannot write fails before any work
+        (``ConfigError`` naming ``output.dir``), not when the first stage's files are pushed."""
+        if not self.uri:
+            return
+        from scotd.config import ConfigError
+
+        probe = f"{self.root}/.scotd-write-check"
+        try:
+            self.fs.create_dir(self.root, recursive=True)
+            with self.fs.open_output_stream(probe) as out:
+                out.write(b"scotd")
+            self.fs.delete_file(probe)
+        except OSError as err:
+            raise ConfigError(f"output.dir: {redact(self.uri)}: cannot write there: {redact(str(err))}") from None
+
+    def delete(self, *relatives: str) -> None:
+        """Remove files or folders (paths relative to the experiment) at the URI, so a pull cannot bring them back."""
+        if not self.uri:
+            return
+        import pyarrow.fs as pafs
+
+        for relative in relatives:
+            target = f"{self.root}/{relative}"
+            kind = self.fs.get_file_info(target).type
+            if kind == pafs.FileType.Directory:
+                self.fs.delete_dir(target)
+            elif kind == pafs.FileType.File:
+                self.fs.delete_file(target)
 
     def remote(self, relative: str) -> str:
         """The location of ``relative`` (a path inside the experiment) for readers on any node."""

@@ -72,3 +72,26 @@ def test_non_utf8_config_is_a_config_error(tmp_path, capsys):
     path.write_bytes(b"name: \xff\xfe\n")
     assert main(["config", str(path)]) == 2
     assert "not UTF-8 text (byte 6)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("tasks.0.train=/nope/train.jsonl", "data error: tasks.csqa.train: no source of train questions can be read here"),
+    ("output.dir=/proc/scotd-out", "config error: output.dir: /proc/scotd-out: cannot write there"),
+    ("output.dir=file:///proc/scotd-out", "config error: output.dir: file:///proc/scotd-out: cannot write there"),
+])
+def test_inputs_and_output_are_checked_before_ray_starts(tmp_path, override, message):
+    """Issue 19, item 12: a whole run (every stage) with data it cannot read or a folder it cannot write stops with
+    one line before the local Ray cluster starts."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    args = [str(Path(sys.executable).with_name("scotd")), "run", TINY, override]
+    if not override.startswith("output.dir"):
+        args.append(f"output.dir={tmp_path / 'out'}")
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and message in output, output[-3000:]
+    assert "Ray workers' logs" not in output and "Traceback" not in output and "=== stage teacher" not in output

@@ -221,6 +221,29 @@ def test_resolved_config_saved_and_rerun_on_a_fresh_machine_skips_finished_work(
     assert {p: p.stat().st_mtime_ns for p in watched} == before
 
 
+def test_rerun_with_changed_settings_is_refused_before_any_work(tiny_run, tmp_path, capsys):
+    """Issue 19, item 4, on the real job's folder: every stage recorded what it was built from."""
+    import shutil
+
+    from scotd.cli import main
+
+    cfg, out, _, _ = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    recorded = json.loads((copy / "provenance.json").read_text())
+    assert {"questions", "teacher", "student scotd", "student label-only", "eval teacher", "eval scotd"} <= set(recorded)
+    args = ["run", str(REPO / "configs" / "tiny.yaml"), f"output.dir={copy}", f"output.cache_dir={cfg.output.cache_dir}",
+            f"tasks.0.train={cfg.tasks[0].train}", f"tasks.0.eval={cfg.tasks[0].eval}"]
+    before = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
+    assert main([*args, "teacher.num_samples=8"]) == 2
+    err = capsys.readouterr().err
+    assert "teacher (teacher/samples): teacher.num_samples was 4, now 8" in err and "--restart teacher" in err, err
+    assert main([*args, "tasks.0.max_train=16"]) == 2
+    err = capsys.readouterr().err
+    assert "student scotd (students/scotd): tasks.0.max_train was 48, now 16" in err and "--restart students" in err
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()} == before  # nothing touched
+
+
 def test_import_scotd_is_light():
     code = "import sys, scotd, scotd.config, scotd.pipeline, scotd.tasks, scotd.prompts; " \
            "print(sorted(m for m in ('vllm', 'deepspeed', 'ray.train', 'torch') if m in sys.modules))"

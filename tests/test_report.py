@@ -235,3 +235,65 @@ def test_a_report_of_reference_rows_only_is_still_a_one_folder_report(tmp_path):
                                       "extra": True}])
     assert report["experiment"] == tmp_path.name and report["stage_seconds"] == {"tasks": 1.5}
     assert "experiments" not in report
+
+
+def _predictions_folder(tmp_path, ids=("q0", "q1", "q2", "q3")):
+    """An experiment folder with an evaluation split of ``ids`` and run ``a``'s answers to all of them."""
+    from scotd.schema import QUESTION_SCHEMA
+
+    questions = {q: Question(q, "t", "?", ("x", "y"), 0) for q in ids}
+    write_table(to_table([{"question_id": q, "task": "t", "question": "?", "choices": ["x", "y"], "answer_index": 0}
+                          for q in ids], QUESTION_SCHEMA), tmp_path / "questions" / "eval.parquet")
+    rows = [score("a", questions, q, " (a)") for q in ids]
+    write_table(to_table(rows, PREDICTION_SCHEMA), tmp_path / "eval" / "a" / "predictions.parquet")
+    return rows
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("empty", "no predictions in it"),
+    ("folder", "a folder, not a predictions file"),
+    ("missing", "no such file"),
+    ("twice", "2 question(s) answered more than once (e.g. 'q0')"),
+    ("subset", "answers 2 questions, the evaluation split has 4 (2 missing, 0 not in it)"),
+    ("corrupt", "not a readable predictions file"),
+    ("columns", "not a readable predictions file (" ),
+])
+def test_report_refuses_a_predictions_file_that_is_not_its_runs_answers(tmp_path, capsys, damage, message):
+    """Issue 19, item 5: a 0-row file, a folder, repeated rows or other questions are refused, naming the file."""
+    import pyarrow as pa
+
+    from scotd.cli import main
+    from scotd.report import ReportError
+
+    rows = _predictions_folder(tmp_path)
+    path = tmp_path / "eval" / "a" / "predictions.parquet"
+    if damage == "empty":
+        write_table(to_table([], PREDICTION_SCHEMA), path)
+    elif damage in ("folder", "missing"):
+        path.unlink()
+        if damage == "folder":
+            path.mkdir()
+    elif damage == "twice":
+        write_table(to_table(rows[:2] * 2, PREDICTION_SCHEMA), path)
+    elif damage == "subset":
+        write_table(to_table(rows[:2], PREDICTION_SCHEMA), path)
+    elif damage == "corrupt":
+        path.write_bytes(path.read_bytes()[:40])
+    else:
+        pq.write_table(pa.table({"question_id": ["q0"]}), path)
+    with pytest.raises(ReportError) as err:
+        write_report(tmp_path, [{"run": "a", "kind": "scotd", "model": "m", "dir": "a"}])
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value), err.value
+    assert not (tmp_path / "report.json").exists()
+    (tmp_path / "config.yaml").write_text(
+        "tasks: [{name: t, format: jsonl, train: x.jsonl, eval: x.jsonl}]\n"
+        "students: [{name: a}]\neval: {teacher: false, untrained: false}\n")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"\nreport error: {path}: " in err and message in err and "Traceback" not in err
+
+
+def test_report_accepts_the_complete_answers(tmp_path):
+    _predictions_folder(tmp_path)
+    report = write_report(tmp_path, [{"run": "a", "kind": "scotd", "model": "m", "dir": "a"}])
+    assert (report["rows"][0]["correct"], report["rows"][0]["total"]) == (4, 4)

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from scotd.storage import Mirror, is_uri, local_copy
+from scotd.storage import Mirror, is_uri, local_copy, redact
 
 
 def test_local_paths_are_used_as_they_are(tmp_path):
@@ -196,12 +196,15 @@ def test_engine_model_with_a_local_output_dir_or_a_hub_id(tmp_path):
 
 
 SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"
+SLASHED = "wJalr/XUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # most AWS secret keys hold "/"
 
 
 @pytest.mark.parametrize(("override", "key"), [
     pytest.param(f"output.dir=s3://AKIAEXAMPLE:{SECRET}@bucket/runs/x", "output.dir", id="output-dir"),
     pytest.param(f"tasks.0.train=s3://AKIAEXAMPLE:{SECRET}@bucket/data/train.jsonl", "tasks.0.train", id="data"),
     pytest.param(f"output.dir=gs://user:{SECRET}@bucket/x", "output.dir", id="gs"),
+    pytest.param(f"tasks.0.train=s3://AKIAEXAMPLE:{SLASHED}@bucket/x.jsonl", "tasks.0.train", id="slash-in-secret"),
+    pytest.param(f"output.dir=s3://AKIAEXAMPLE:{SLASHED}@bucket/x", "output.dir", id="slash-in-secret-output"),
 ])
 @pytest.mark.parametrize("command", ["run", "config"])
 def test_credentials_in_a_uri_are_refused_before_anything_is_written(tmp_path, capsys, caplog, override, key,
@@ -214,8 +217,20 @@ def test_credentials_in_a_uri_are_refused_before_anything_is_written(tmp_path, c
     assert main([command, str(tmp_path / "exp.yaml"), override]) == 2
     out, err = capsys.readouterr()
     assert f"config error: {key}: " in err and "***@bucket" in err and "credentials" in err
-    assert SECRET not in out + err + caplog.text
+    assert SECRET not in out + err + caplog.text and "XUtnFEMI" not in out + err + caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]  # no config.yaml, no local copy
+
+
+@pytest.mark.parametrize(("location", "shown"), [
+    (f"s3://AKIAEXAMPLE:{SLASHED}@bucket/x", "s3://***@bucket/x"),
+    (f"s3://AKIAEXAMPLE:{SLASHED}@bucket/v@2/x", "s3://***@bucket/v@2/x"),
+    ("s3://user@bucket/x", "s3://***@bucket/x"),
+    ("s3://bucket/runs@2/x", "s3://bucket/runs@2/x"),  # an "@" in the path is no userinfo
+    ("gs://bucket/a:b@c", "gs://bucket/a:b@c"),
+    ("/local/path@x", "/local/path@x"),
+])
+def test_redact_hides_every_form_of_userinfo(location, shown):
+    assert redact(location) == shown
 
 
 def test_mirror_refuses_credentials_itself(tmp_path):

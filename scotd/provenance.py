@@ -1,0 +1,185 @@
+"""What each piece of finished work in an experiment folder was built from, so that a rerun never mixes settings.
+
+A rerun of an experiment resumes: it keeps the teacher's samples, trained students and finished evaluation runs.
+That is only right while the settings they were built from are the ones in the config. Each unit of work (the
+questions, the teacher's samples, one student, one evaluation run) therefore records, when it starts, the config
+values it depends on in ``provenance.json``; before a rerun does any work, ``check`` compares them with the config
+and refuses (``StaleWorkError``, exit 2) when a unit that would be reused was built from other values, naming the
+keys, the old and new values, and the command that redoes it (``--restart STAGE``).
+
+Only values that change a unit's result count: engine sizes, batch sizes and CPU counts do not. Tasks and students
+are matched by name, so adding one to an experiment reuses what the others finished.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from scotd.config import ConfigError, ExperimentConfig
+
+FILE = "provenance.json"
+
+# Per-question teacher samples depend on the prompt (a task's format and exemplars) and the sampling settings.
+TASK_PROMPT_KEYS = ("format", "exemplars", "num_exemplars")
+TEACHER_KEYS = ("model", "num_samples", "temperature", "top_p", "max_new_tokens", "stop", "seed", "dtype",
+                "chat_template", "greedy_rationales")
+# Student keys that do not change what is learned.
+STUDENT_SKIP = ("name", "cpus_per_worker", "dev_batch_size")
+
+# Stages in order, and the folders --restart removes for each (the stage's own and every later stage's).
+RESTART_FOLDERS = {"tasks": ("questions",), "teacher": ("teacher",), "corpus": ("corpus",),
+                   "students": ("students", "ray_train"), "eval": ("eval", "judge"), "report": ()}
+
+
+class StaleWorkError(ConfigError):
+    """Finished work in the experiment folder was built from other config values than this run's."""
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-comparable form of a config value (tuples as lists)."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _task(cfg: ExperimentConfig, name: str) -> tuple[int, Any]:
+    return next((i, t) for i, t in enumerate(cfg.tasks) if t.name == name)
+
+
+def units(cfg: ExperimentConfig, exp_dir: Path | None = None) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every unit of work this config makes: name -> (its folder in the experiment, {key: value} it depends on).
+
+    Keys name a task or student by its name (``tasks[csqa].max_train``) so that reordering or adding entries
+    changes nothing; ``display_key`` turns them into the config's dotted keys for messages.
+    """
+    from scotd.pipeline import eval_runs
+
+    questions = {f"tasks[{t.name}].{f.name}": _plain(getattr(t, f.name)) for t in cfg.tasks for f in fields(t)
+                 if f.name != "student_shots"}
+    teacher = {**{f"tasks[{t.name}].{k}": _plain(getattr(t, k)) for t in cfg.tasks for k in TASK_PROMPT_KEYS},
+               **{f"teacher.{k}": _plain(getattr(cfg.teacher, k)) for k in TEACHER_KEYS}}
+    shots = {f"tasks[{t.name}].student_shots": t.student_shots for t in cfg.tasks}
+    corpus = {**questions, **teacher, **{f"corpus.{k}": v for k, v in asdict(cfg.corpus).items()}}
+    found = {"questions": ("questions", questions), "teacher": ("teacher/samples", teacher)}
+    student_values = {}
+    for s in cfg.students:
+        values = {**corpus, **shots, "eval.max_new_tokens": cfg.eval.max_new_tokens,  # dev answers pick the epoch
+                  **{f"students[{s.name}].{f.name}": _plain(getattr(s, f.name)) for f in fields(s)
+                     if f.name not in STUDENT_SKIP}}
+        student_values[s.name] = values
+        found[f"student {s.name}"] = (f"students/{s.name}", values)
+    for r in eval_runs(cfg, exp_dir):
+        if "student" in r:
+            model = student_values[r["student"]]
+        elif r["kind"] == "teacher":
+            model = {**{f"tasks[{t.name}].{k}": _plain(getattr(t, k)) for t in cfg.tasks for k in TASK_PROMPT_KEYS},
+                     **{f"teacher.{k}": _plain(getattr(cfg.teacher, k)) for k in ("model", "dtype", "chat_template")}}
+        else:
+            model = {**shots, "model": r["model_ref"]}
+        values = {**questions, **model, "eval.max_new_tokens": cfg.eval.max_new_tokens}
+        if r["samples"] > 1:
+            values["eval.self_consistency_temperature"] = cfg.eval.self_consistency_temperature
+        found[f"eval {r['run']}"] = (f"eval/{r['dir']}", values)
+    return found
+
+
+def stage_of(unit: str) -> str:
+    """The stage that builds a unit: questions -> tasks, teacher, student <name> -> students, eval <run> -> eval."""
+    return {"questions": "tasks", "teacher": "teacher", "student": "students", "eval": "eval"}[unit.split(" ", 1)[0]]
+
+
+def display_key(cfg: ExperimentConfig, key: str) -> str:
+    """``tasks[csqa].max_train`` -> ``tasks.0.max_train`` (the override form), when the entry still exists."""
+    for kind, entries in (("tasks", cfg.tasks), ("students", cfg.students)):
+        prefix = f"{kind}["
+        if key.startswith(prefix):
+            name, rest = key[len(prefix):].split("]", 1)
+            index = next((i for i, e in enumerate(entries) if e.name == name), None)
+            return f"{kind}.{index}{rest}" if index is not None else key
+    return key
+
+
+def _read(exp_dir: Path) -> dict[str, dict[str, Any]]:
+    path = exp_dir / FILE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StaleWorkError(f"{path}: not readable ({err}); remove it to rebuild the record, or use a new "
+                             "output.dir") from None
+
+
+def record(exp_dir: Path, cfg: ExperimentConfig, *names: str) -> None:
+    """Note that the units ``names`` are being built from this config (called when their work starts)."""
+    current = units(cfg, exp_dir)
+    recorded = _read(exp_dir)
+    for name in names:
+        recorded[name] = current[name][1]
+    (exp_dir / FILE).write_text(json.dumps(recorded, indent=1, sort_keys=True))
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, recorded value, current value) for every key whose value differs (a missing key reads as absent)."""
+    absent = "(absent)"
+    return [(k, old.get(k, absent), new.get(k, absent)) for k in sorted(set(old) | set(new))
+            if old.get(k, absent) != new.get(k, absent)]
+
+
+def check(exp_dir: Path, cfg: ExperimentConfig, stages: tuple[str, ...], config_path: str = "CONFIG") -> None:
+    """Refuse a rerun that would reuse work built from other values: ``StaleWorkError`` listing each such unit
+    with its changed keys, and the command that redoes the earliest stage involved. The questions are rebuilt by
+    every run of the tasks stage, so they count only when that stage is not run."""
+    recorded = _read(exp_dir)
+    if not recorded:
+        return
+    stale = []
+    for name, (folder, values) in units(cfg, exp_dir).items():
+        if name not in recorded or not (exp_dir / folder).exists():
+            continue  # new work, or work whose folder was removed: built afresh from this config
+        if name == "questions" and "tasks" in stages:
+            continue
+        changed = differences(recorded[name], values)
+        if changed:
+            stale.append((name, folder, changed))
+    if not stale:
+        return
+    order = list(RESTART_FOLDERS)
+    first = min((stage_of(name) for name, _, _ in stale), key=order.index)
+    lines = [f"{exp_dir} holds work built from other settings than this config's:"]
+    for name, folder, changed in stale[:8]:
+        shown = ", ".join(f"{display_key(cfg, k)} was {json.dumps(a)}, now {json.dumps(b)}" for k, a, b in changed[:4])
+        more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+        lines.append(f"  {name} ({folder}): {shown}{more}")
+    if len(stale) > 8:
+        lines.append(f"  and {len(stale) - 8} more")
+    removed = [f + "/" for stage in order[order.index(first):] for f in RESTART_FOLDERS[stage]]
+    lines.append(f"Redo it: scotd run {config_path} ... --restart {first} (removes {', '.join(removed)} and the "
+                 "report), or give another output.dir.")
+    raise StaleWorkError("\n".join(lines))
+
+
+def restart(exp_dir: Path, stage: str) -> list[str]:
+    """Remove the outputs of ``stage`` and of every later stage, and their records; returns the paths removed
+    (relative to the experiment folder)."""
+    order = list(RESTART_FOLDERS)
+    if stage not in order:
+        raise ConfigError(f"--restart {stage}: not a stage; stages: {', '.join(order)}")
+    removed = []
+    for later in order[order.index(stage):]:
+        for folder in RESTART_FOLDERS[later]:
+            if (exp_dir / folder).exists():
+                shutil.rmtree(exp_dir / folder)
+                removed.append(folder)
+    for report in sorted(exp_dir.glob("report*")):
+        report.unlink()
+        removed.append(report.name)
+    recorded = _read(exp_dir)
+    if recorded:
+        kept = {k: v for k, v in recorded.items() if order.index(stage_of(k)) < order.index(stage)}
+        (exp_dir / FILE).write_text(json.dumps(kept, indent=1, sort_keys=True))
+    return removed
