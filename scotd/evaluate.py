@@ -72,9 +72,11 @@ def metrics_of(rows: list[dict]) -> dict:
 def evaluate_run(run: str, questions: list[Question], prompt_fn: Callable[[Question], str], spec: EngineSpec,
                  *, max_new_tokens: int, batch_size: int, num_cpus: float, out_dir: Path,
                  replicas: int | tuple[int, int] = 1, resource: str | None = None, samples: int = 1,
-                 temperature: float = 0.0, run_dir: str | None = None) -> dict:
+                 temperature: float = 0.0, run_dir: str | None = None, left_out: set[str] = frozenset()) -> dict:
     """Answers of one model on ``questions``: greedy (``samples=1``), or the majority vote of ``samples`` answers
-    sampled at ``temperature``; writes predictions and metrics under ``out_dir/<run_dir or run>``."""
+    sampled at ``temperature``; writes predictions and metrics under ``out_dir/<run_dir or run>``. Questions in
+    ``left_out`` (prompts that do not fit the engine, ``scotd.fit``) are not asked: each is a failure with the
+    reason ``prompt_too_long``, so every run still answers the same questions."""
     import ray
 
     run_dir = out_dir / (run_dir or run_dir_name(run))
@@ -84,13 +86,14 @@ def evaluate_run(run: str, questions: list[Question], prompt_fn: Callable[[Quest
     by_id = {q.id: q for q in questions}
     from scotd.teacher import question_seed
 
-    ds = ray.data.from_items([eval_request(q, prompt_fn(q), samples, question_seed(0, q.id)) for q in questions])
+    asked = [q for q in questions if q.id not in left_out]
+    ds = ray.data.from_items([eval_request(q, prompt_fn(q), samples, question_seed(0, q.id)) for q in asked])
     out = generate(ds, replace(spec, enable_prefix_caching=True), Sampling(temperature=temperature if samples > 1
                    else 0.0, max_new_tokens=max_new_tokens, logprobs=False), replicas=replicas,
                    batch_size=batch_size, num_cpus=num_cpus, run=f"eval:{run}", resource=resource,
                    samples_per_request=samples)
     texts: dict[str, list[tuple[int, str]]] = {}
-    for batch in stream_batches(out, total=len(questions), label=f"eval {run}"):
+    for batch in stream_batches(out, total=len(asked), label=f"eval {run}"):
         for qid, index, text in zip(batch["question_id"], batch["sample_index"], batch["text"]):
             texts.setdefault(str(qid), []).append((int(index), str(text)))
     rows, ties = [], 0
@@ -99,6 +102,9 @@ def evaluate_run(run: str, questions: list[Question], prompt_fn: Callable[[Quest
         chosen, tied = vote(ordered, len(by_id[qid].choices)) if samples > 1 else (0, False)
         rows.append(score(run, by_id, qid, ordered[chosen]))
         ties += tied
+    for qid in sorted(left_out & by_id.keys()):
+        rows.append({**score(run, by_id, qid, ""), "parse_error": "prompt_too_long"})
+    rows.sort(key=lambda r: r["question_id"])
     write_table(to_table(rows, PREDICTION_SCHEMA), run_dir / "predictions.parquet")
     metrics = {"run": run, "model": spec.model, "samples": samples, **metrics_of(rows)}
     if samples > 1:

@@ -16,13 +16,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from scotd.config import ConfigError, ExperimentConfig, TaskConfig, dump_config
+from scotd.fit import too_long
 from scotd.prompts import (Exemplar, load_exemplars, normalize_text, render_answer, student_prompt,
                            teacher_prompt)
 from scotd.schema import PREDICTION_SCHEMA, QUESTION_SCHEMA, read_table, to_table, write_table
 from scotd import provenance, symbolic
 from scotd.assets import MissingAssetError
-from scotd.tasks import (DEFAULT_EXEMPLARS, SPLITS, Question, SourceUnavailableError, TaskDataError, carve_dev,
-                         hash_split, load_hf_questions, load_questions)
+from scotd.tasks import (DEFAULT_EXEMPLARS, SPLITS, LoadResult, Question, SourceUnavailableError, TaskDataError,
+                         carve_dev, hash_split, load_hf_questions, load_questions)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,11 @@ class Experiment:
         return [Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]), r["answer_index"])
                 for r in table.to_pylist()]
 
+    def where(self) -> dict[str, str]:
+        """Question id -> the "file:line" it was read from (for messages about one question)."""
+        path = self.dir / "questions" / "where.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def resolve_model(self, ref: str) -> str:
         """``tiny:<role>`` (built here), ``offline:<key>`` (a model shipped on PyPI), or a path / hub id as is."""
         if ref.startswith("tiny:"):
@@ -136,9 +142,9 @@ def task_sources(task: TaskConfig, split: str) -> tuple[str, ...]:
     return (configured,) if isinstance(configured, str) else tuple(configured)
 
 
-def load_task_split(task: TaskConfig, split: str, cache_dir: Path) -> tuple[list[Question], int, str]:
-    """Questions of one split, rows skipped, and the source: the first of the task's sources that can be read here
-    (the log names it).
+def load_task_split(task: TaskConfig, split: str, cache_dir: Path) -> tuple[LoadResult, str]:
+    """Questions of one split (with rows skipped and where each question was read), and the source: the first of
+    the task's sources that can be read here (the log names it).
 
     A source that cannot be read at all (no such file, no hub access, a missing archive) passes to the next; when
     none is left, one error lists each with its reason. Malformed data in a source that exists is an error at once.
@@ -150,19 +156,19 @@ def load_task_split(task: TaskConfig, split: str, cache_dir: Path) -> tuple[list
     reasons = []
     for source in sources:
         try:
-            questions, skipped = read_source(task, split, source, cache_dir)
+            result = read_source(task, split, source, cache_dir)
         except (SourceUnavailableError, MissingAssetError) as err:
             reasons.append(str(err))
             continue
-        log.info("task %s, %s split: %d questions from %s", task.name, split, len(questions), source)
-        return questions, skipped, source
+        log.info("task %s, %s split: %d questions from %s", task.name, split, len(result.questions), source)
+        return result, source
     raise SourceUnavailableError(
         f"tasks.{task.name}.{key}: no source of {split} questions can be read here:\n  - " + "\n  - ".join(reasons)
         + f"\nGive a file you have: scotd run CONFIG tasks.<index>.{key}=/path/to/{split}.jsonl (format "
         f"{task.format}), or an 'hf:<dataset>:<split>' ref where the Hugging Face hub is reachable.")
 
 
-def read_source(task: TaskConfig, split: str, source: str, cache_dir: Path) -> tuple[list[Question], int]:
+def read_source(task: TaskConfig, split: str, source: str, cache_dir: Path) -> LoadResult:
     """One source's questions: ``offline:<dataset>:<split>`` (scotd.assets, cut by ``hash_split``; the dev split is
     the dataset's own), ``gen:<kind>:<split>:<steps>`` (scotd.symbolic: as many as the task uses),
     ``hf:<dataset>[:<config>]:<split>`` (the hub), or a file in the task's format."""
@@ -175,39 +181,44 @@ def read_source(task: TaskConfig, split: str, source: str, cache_dir: Path) -> t
             raise ValueError(f"tasks.{task.name}.{split}: {source!r}: expected offline:<dataset>:<{'|'.join(SPLITS)}>")
         wanted = "dev" if split == "dev" else wanted
         result = load_questions(ensure_dataset(key, cache_dir), "jsonl", task.name, skip_bad_rows=task.skip_bad_rows)
-        return [q for q in result.questions if hash_split(q.id) == wanted], result.num_skipped
+        return replace(result, questions=[q for q in result.questions if hash_split(q.id) == wanted])
     if source.startswith(symbolic.PREFIX):
         wanted = task.max_eval if split == "eval" else (task.max_train or 0) + task.max_dev
         if not wanted:
             raise ValueError(f"tasks.{task.name}.max_{'eval' if split == 'eval' else 'train'}: a generated task "
                              f"({source}) needs a count")
-        return symbolic.generate(source, task.name, wanted), 0
+        generated = symbolic.generate(source, task.name, wanted)
+        return LoadResult(generated, 0, [], {q.id: f"{source} #{i}" for i, q in enumerate(generated)})
     if source.startswith("hf:") or task.format == "hf":
-        result = load_hf_questions(source.removeprefix("hf:"), task.name, skip_bad_rows=task.skip_bad_rows)
-    else:
-        result = load_questions(source, task.format, task.name, skip_bad_rows=task.skip_bad_rows)
-    return result.questions, result.num_skipped
+        return load_hf_questions(source.removeprefix("hf:"), task.name, skip_bad_rows=task.skip_bad_rows)
+    return load_questions(source, task.format, task.name, skip_bad_rows=task.skip_bad_rows)
 
 
 def stage_tasks(exp: Experiment) -> dict:
     """Load every task, drop exemplar questions from training, hold out the dev split, cap sizes, write
     questions/{train,dev,eval}.parquet."""
-    summary, splits = {}, {"train": [], "dev": [], "eval": []}
+    summary, splits, where = {}, {"train": [], "dev": [], "eval": []}, {}
     owners: dict[str, str] = {}  # question id -> the task that has it: samples, labels and scores are keyed by id
     for task in exp.cfg.tasks:
         shots = {normalize_text(e.question.text) for e in exp.exemplars(task)}
-        train, skipped_train, source = load_task_split(task, "train", exp.cache) if task.train else ([], 0, "")
+        loaded, source = (load_task_split(task, "train", exp.cache) if task.train
+                          else (LoadResult([], 0, []), ""))
+        train, skipped_train = loaded.questions, loaded.num_skipped
+        where.update(loaded.where)
         kept = [q for q in train if normalize_text(q.text) not in shots]
         removed = len(train) - len(kept)
         if task.max_dev and not task.train:
             raise ValueError(f"tasks.{task.name}.max_dev: an evaluation-only task has no training questions to "
                              "carve a dev split from")
         if task.max_dev and source.startswith("offline:"):
-            dev, _ = read_source(task, "dev", source, exp.cache)
-            dev = [q for q in dev if normalize_text(q.text) not in shots][: task.max_dev]
+            held = read_source(task, "dev", source, exp.cache)
+            where.update(held.where)
+            dev = [q for q in held.questions if normalize_text(q.text) not in shots][: task.max_dev]
         else:
             kept, dev = carve_dev(kept, task.max_dev)
-        evaluation, skipped_eval, eval_source = load_task_split(task, "eval", exp.cache)
+        loaded, eval_source = load_task_split(task, "eval", exp.cache)
+        evaluation, skipped_eval = loaded.questions, loaded.num_skipped
+        where.update(loaded.where)
         held = {q.id for q in kept} | {q.id for q in dev}
         evaluation = [q for q in evaluation if q.id not in held]
         for q in kept[: task.max_train] + dev + evaluation[: task.max_eval]:
@@ -228,6 +239,8 @@ def stage_tasks(exp: Experiment) -> dict:
                  "answer_index": q.answer_index} for q in questions]
         write_table(to_table(rows, QUESTION_SCHEMA), exp.dir / "questions" / f"{split}.parquet")
     (exp.dir / "questions" / "summary.json").write_text(json.dumps(summary, indent=2))
+    used = {q.id for questions in splits.values() for q in questions}
+    (exp.dir / "questions" / "where.json").write_text(json.dumps({i: w for i, w in where.items() if i in used}))
     provenance.record(exp.dir, exp.cfg, "questions")
     log.info("tasks: %s", summary)
     return summary
@@ -238,13 +251,20 @@ def stage_teacher(exp: Experiment) -> dict:
 
     cfg = exp.cfg.teacher
     provenance.record(exp.dir, exp.cfg, "teacher")
-    model = exp.engine_model(exp.resolve_model(cfg.model))
+    local = exp.resolve_model(cfg.model)
+    model = exp.engine_model(local)
+    shots = exp.all_exemplars()
+    questions = exp.questions("train")
+    left_out = too_long(exp.cfg, questions, lambda q: teacher_prompt(q, shots[q.task]), local,
+                        chat_template=cfg.chat_template, stage="teacher", where=exp.where())
+    questions = [q for q in questions if q.id not in left_out]
     push = lambda block: exp.mirror.push(str(block.relative_to(exp.dir)))  # noqa: E731 - each block as written
-    summary = sample_rationales(exp.questions("train"), exp.all_exemplars(), cfg, exp.cfg.resources, model,
-                                exp.dir / "teacher", on_block=push, cache_dir=exp.cfg.output.cache_dir)
+    summary = sample_rationales(questions, shots, cfg, exp.cfg.resources, model, exp.dir / "teacher", on_block=push,
+                                cache_dir=exp.cfg.output.cache_dir)
+    summary["questions_left_out_prompt_too_long"] = len(left_out)
     if cfg.greedy_rationales:
-        summary["greedy"] = sample_rationales(exp.questions("train"), exp.all_exemplars(), cfg, exp.cfg.resources,
-                                              model, exp.dir / "teacher" / "greedy", num_samples=1, temperature=0.0,
+        summary["greedy"] = sample_rationales(questions, shots, cfg, exp.cfg.resources, model,
+                                              exp.dir / "teacher" / "greedy", num_samples=1, temperature=0.0,
                                               on_block=push, cache_dir=exp.cfg.output.cache_dir)
     return summary
 
@@ -343,6 +363,7 @@ def stage_eval(exp: Experiment) -> list[dict]:
     runs = eval_runs(cfg, exp.dir)
     shots = exp.all_exemplars()
     student_shots = {t.name: t.student_shots for t in cfg.tasks}
+    where = exp.where()
     results = []
     for run in runs:
         trained = "student" in run
@@ -356,11 +377,15 @@ def stage_eval(exp: Experiment) -> list[dict]:
                      else (lambda q, k=k: student_prompt(q, shots[q.task][: k if k else student_shots[q.task]])))
         teacher = run["kind"] == "teacher"
         provenance.record(exp.dir, cfg, f"eval {run['run']}")
+        done = (exp.dir / "eval" / run["dir"] / "metrics.json").exists()
+        left_out = set() if done else too_long(cfg, questions, prompt_fn, model, chat_template=spec.chat_template,
+                                               stage=f"eval {run['run']}", where=where)
         results.append(evaluate_run(run["run"], questions, prompt_fn, spec, max_new_tokens=cfg.eval.max_new_tokens,
                                     batch_size=cfg.eval.batch_size, num_cpus=cfg.resources.engine_cpus,
                                     out_dir=exp.dir / "eval", replicas=replica_range(cfg.teacher) if teacher else 1,
                                     resource=cfg.teacher.resource if teacher else None, samples=run["samples"],
-                                    temperature=cfg.eval.self_consistency_temperature, run_dir=run["dir"]))
+                                    temperature=cfg.eval.self_consistency_temperature, run_dir=run["dir"],
+                                    left_out=left_out))
         exp.mirror.push(f"eval/{run['dir']}")
     if cfg.eval.judge_pairs:
         stage_judge(exp, runs)

@@ -12,7 +12,7 @@ import csv
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -52,6 +52,7 @@ class LoadResult:
     questions: list[Question]
     num_skipped: int
     skipped: list[str]  # "file:line: fault" for the first few skipped rows
+    where: dict[str, str] = field(default_factory=dict)  # question id -> "file:line" it was read from
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -319,7 +320,7 @@ def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool
     if fmt not in ROW_PARSERS or fmt == "hf":
         raise TaskDataError(f"{path}: unknown file format {fmt!r} (known: {', '.join(ROW_PARSERS)})")
     parser = ROW_PARSERS[fmt]
-    questions, skipped, seen = [], [], set()
+    questions, skipped, seen, where = [], [], set(), {}
     try:
         records = list(iter_tsv_records(path) if fmt == "imdb" else iter_json_records(path))
     except FileNotFoundError:
@@ -346,12 +347,13 @@ def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool
             continue
         seen.add(q.id)
         questions.append(q)
+        where[q.id] = f"{path}:{line}"
     if skipped:
         log.warning("%s: skipped %d malformed rows (first: %s)", path, len(skipped), skipped[0])
     if not questions:
         raise TaskDataError(f"{path}: no questions" + (f" ({len(skipped)} malformed rows skipped)" if skipped else
                                                          " (the file is empty)"))
-    return LoadResult(questions, len(skipped), skipped[:20])
+    return LoadResult(questions, len(skipped), skipped[:20], where)
 
 
 SPLITS = ("train", "dev", "eval")
@@ -382,16 +384,17 @@ def load_hf_questions(spec: str, task: str, *, skip_bad_rows: bool = False) -> L
     except Exception as err:  # noqa: BLE001 - the hub's failures (offline, no such dataset/split) vary by version
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SourceUnavailableError(f"{spec}: cannot load from the Hugging Face hub ({reason[:200]})") from None
-    questions, skipped = [], []
+    questions, skipped, where = [], [], {}
     for number, obj in enumerate(rows, start=1):
         try:
             q = parse_hf_multiple_choice(dict(obj), task)
             questions.append(q if q.id else Question(f"{task}-{number}", task, q.text, q.choices, q.answer_index))
+            where[questions[-1].id] = f"{spec}:{number}"
         except RowError as err:
             if not skip_bad_rows:
                 raise TaskDataError(f"{spec}:{number}: {err}") from None
             skipped.append(f"{spec}:{number}: {err}")
-    return LoadResult(questions, len(skipped), skipped[:20])
+    return LoadResult(questions, len(skipped), skipped[:20], where)
 
 
 def carve_dev(train: list[Question], count: int) -> tuple[list[Question], list[Question]]:
