@@ -11,6 +11,7 @@ from scotd import console
 from scotd.assets import AssetIntegrityError, MissingAssetError
 from scotd.config import ConfigError, describe, load_config
 from scotd.report import ReportError
+from scotd.schema import CorruptFileError
 from scotd.tasks import TaskDataError
 
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as err:
         print(f"report error: {err}", file=sys.stderr)
         return 2
-    except (TaskDataError, MissingAssetError, AssetIntegrityError) as err:
+    except (TaskDataError, MissingAssetError, AssetIntegrityError, CorruptFileError) as err:
         # the data or an asset cannot be had, or is malformed: the message names it and what to do
         if args.command == "run" and args.debug:
             raise

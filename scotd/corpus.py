@@ -14,7 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 from scotd.config import CorpusConfig
-from scotd.schema import CORPUS_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA, read_table, to_table, write_table
+from scotd.schema import (CORPUS_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA, check_parquet_folder, read_table, to_table,
+                          write_table)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ def summarize(samples: list[dict], kept: list[dict], num_after_filter: int) -> d
 def build_corpus(samples_dir: Path, cfg: CorpusConfig, out_dir: Path, question_ids: set[str] | None = None) -> dict:
     """Read the teacher's samples (of ``question_ids`` only, when given: the training split of this run, where an
     earlier run may have sampled more), filter, dedup, write corpus.parquet, labels.parquet and summary.json."""
+    check_parquet_folder(samples_dir, SAMPLE_SCHEMA, "remove it and rerun the teacher stage (scotd run CONFIG): "
+                         "the teacher samples its questions again")
     samples = read_table(samples_dir, SAMPLE_SCHEMA).to_pylist()
     if question_ids is not None:
         other = len({r["question_id"] for r in samples} - question_ids)

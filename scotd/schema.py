@@ -98,3 +98,23 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     if missing:
         raise ValueError(f"{path}: missing columns {missing}")
     return table.select(schema.names).cast(schema)
+
+
+class CorruptFileError(ValueError):
+    """A file a stage wrote earlier cannot be read back (a copy cut short, a disk fault); the message names it and
+    how to rebuild it."""
+
+
+def check_parquet_folder(folder: str | Path, schema: pa.Schema, fix: str) -> list[Path]:
+    """The Parquet files in ``folder``, each checked to be readable with ``schema``'s columns (footer and schema
+    only, so it is cheap); ``CorruptFileError`` names the first that is not, followed by ``fix``."""
+    paths = sorted(Path(folder).glob("*.parquet"))
+    for path in paths:
+        try:
+            names = pq.read_schema(path).names
+        except Exception as err:  # ArrowInvalid ("magic bytes not found"), OSError: the reason varies
+            raise CorruptFileError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]}); {fix}") from None
+        missing = [f.name for f in schema if f.name not in names]
+        if missing:
+            raise CorruptFileError(f"{path}: missing columns {missing}; {fix}")
+    return paths

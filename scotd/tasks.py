@@ -340,10 +340,10 @@ def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool
             if q.id in seen:
                 raise RowError(f"duplicate id {q.id!r}")
         except RowError as err:
-            where = f"{path}:{line}: {err}"
+            fault = f"{path}:{line}: {err}"
             if not skip_bad_rows:
-                raise TaskDataError(where) from None
-            skipped.append(where)
+                raise TaskDataError(fault) from None
+            skipped.append(fault)
             continue
         seen.add(q.id)
         questions.append(q)

@@ -20,10 +20,13 @@ import pyarrow.parquet as pq
 from scotd.config import OutputConfig, ResourcesConfig, TeacherConfig
 from scotd.engine import EngineSpec, EngineStats, Sampling, generate, stream_batches, throughput_counters
 from scotd.prompts import Exemplar, parse_answer, stop_strings, teacher_prompt
-from scotd.schema import SAMPLE_SCHEMA, to_table, write_table
+from scotd.schema import SAMPLE_SCHEMA, check_parquet_folder, to_table, write_table
 from scotd.tasks import Question
 
 log = logging.getLogger(__name__)
+
+# What to do about a block that cannot be read: its questions count as unsampled once it is gone.
+BLOCK_FIX = "remove it and rerun (scotd run CONFIG): the teacher samples its questions again"
 
 
 def question_seed(seed: int, question_id: str) -> int:
@@ -96,7 +99,7 @@ def replica_range(cfg: TeacherConfig) -> int | tuple[int, int]:
 def finished_question_ids(samples_dir: Path) -> set[str]:
     """Questions already sampled in earlier runs: every id in a block file (blocks hold complete questions only)."""
     ids: set[str] = set()
-    for path in sorted(samples_dir.glob("*.parquet")):
+    for path in check_parquet_folder(samples_dir, SAMPLE_SCHEMA, BLOCK_FIX):
         ids.update(pq.read_table(path, columns=["question_id"]).column("question_id").to_pylist())
     return ids
 

@@ -69,3 +69,36 @@ def test_empty_corpus_is_a_clear_error(tmp_path):
     write_table(to_table([sample("q", 0, "r", 1, 0)], SAMPLE_SCHEMA), tmp_path / "s" / "b.parquet")
     with pytest.raises(RuntimeError, match="no rationale survived the supervised filter"):
         build_corpus(tmp_path / "s", CorpusConfig(), tmp_path / "c")
+
+
+def test_corpus_uses_the_samples_of_this_runs_training_questions_only(tmp_path):
+    """Issue 19, item 4: samples an earlier, larger run left (q2) do not enter a corpus of fewer questions."""
+    write_table(to_table(ROWS, SAMPLE_SCHEMA), tmp_path / "samples" / "block-1.parquet")
+    summary = build_corpus(tmp_path / "samples", CorpusConfig(), tmp_path / "corpus", {"q1"})
+    assert set(pq.read_table(tmp_path / "corpus" / "corpus.parquet")["question_id"].to_pylist()) == {"q1"}
+    assert summary["questions"] == 1 and summary["samples"] == 4
+
+
+@pytest.mark.parametrize("damage", ["truncated", "columns"])
+def test_a_corrupt_teacher_block_is_named_with_the_way_to_resample_it(tmp_path, damage):
+    """Issue 19, item 10: the corpus and the teacher's resume both refuse a block they cannot read, naming it."""
+    import pyarrow as pa
+
+    from scotd.schema import CorruptFileError
+    from scotd.teacher import finished_question_ids
+
+    write_table(to_table(ROWS[:4], SAMPLE_SCHEMA), tmp_path / "samples" / "block-1.parquet")
+    bad = tmp_path / "samples" / "block-2.parquet"
+    write_table(to_table(ROWS[4:], SAMPLE_SCHEMA), bad)
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:-30])
+    else:
+        pq.write_table(pa.table({"question_id": ["q2"]}), bad)
+    for call in (lambda: build_corpus(tmp_path / "samples", CorpusConfig(), tmp_path / "corpus"),
+                 lambda: finished_question_ids(tmp_path / "samples")):
+        with pytest.raises(CorruptFileError) as err:
+            call()
+        assert str(err.value).startswith(f"{bad}: ") and "remove it and rerun" in str(err.value)
+        assert "samples its questions again" in str(err.value)
+    bad.unlink()  # what the message says to do: the rest resumes
+    assert finished_question_ids(tmp_path / "samples") == {"q1"}
