@@ -420,7 +420,7 @@ def bigbench_sdist(cache_dir: Path) -> Path:
             f"the offline BIG-bench datasets need {BIGBENCH_SDIST} (sha256 {BIGBENCH_SHA256[:12]}...), which the "
             f"package index no longer serves and scotd does not download; {path} does not exist. If you have the "
             f"archive, set {BIGBENCH_ENV}=<path> or copy it to {Path(cache_dir) / 'downloads' / BIGBENCH_SDIST}; "
-            "otherwise use a task with files you have (configs/demo.yaml reads CommonsenseQA from ../shared/data).")
+            "otherwise use a task with files you have (configs/csqa-cpu.yaml reads CommonsenseQA from ../shared/data).")
     return path
 
 

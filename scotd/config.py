@@ -77,7 +77,11 @@ class TeacherConfig:
     num_samples: int = opt(30, "Rationales sampled per training question (paper: 30).")
     temperature: float = opt(1.0, "Sampling temperature (paper: 1.0).")
     top_p: float = opt(1.0, "Nucleus sampling mass.")
-    max_new_tokens: int = opt(128, "Generation budget per rationale; longer ones are cut and usually fail to parse.")
+    max_new_tokens: int | None = opt(
+        None, "Generation budget per rationale; a rationale cut at it has no answer (counted as cut_at_limit). "
+        "None: sized from the exemplars, twice the longest exemplar answer in the teacher's tokens (at least 32), "
+        "written into the experiment's config.yaml."
+    )
     stop: tuple[str, ...] = opt(("\n\n",), "Stop strings; the answer phrase of every letter is always added.")
     seed: int = opt(0, "Base seed; question i is sampled with a seed derived from (seed, question id).")
     dtype: str = opt("auto", "Engine dtype; auto = bfloat16 on GPUs and CPUs with native bf16, float32 on other CPUs.")
@@ -183,7 +187,15 @@ class StudentConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    max_new_tokens: int = opt(128, "Generation budget per evaluation answer.")
+    max_new_tokens: int | None = opt(
+        None, "Generation budget per evaluation answer (and per dev answer while students train). None: sized from "
+        "the kept corpus, its rationales' 99th-percentile length in teacher tokens x 1.25 + 16 (at least 32; the "
+        "teacher's budget when no corpus is built), written into the experiment's config.yaml."
+    )
+    repetition_penalty: float = opt(
+        1.0, "vLLM's repetition penalty for every evaluation run; 1.0 = off, above 1 discourages the loops a small "
+        "student's greedy answer can fall into (the report names the value)."
+    )
     batch_size: int = opt(32, "Questions per engine call.")
     self_consistency: int = opt(
         0, "Also evaluate every run by self-consistency: this many sampled answers, majority vote (paper: 30); "
@@ -399,7 +411,8 @@ RANGES: dict[str, dict[str, tuple]] = {
                       "dev_batch_size": POSITIVE, "warmup_steps": NONNEGATIVE, "grad_clip": ABOVE_ZERO,
                       "max_length": (8, None), "num_workers": POSITIVE, "cpus_per_worker": ABOVE_ZERO,
                       "seed": NONNEGATIVE},
-    "EvalConfig": {"max_new_tokens": POSITIVE, "batch_size": POSITIVE, "self_consistency": NONNEGATIVE,
+    "EvalConfig": {"max_new_tokens": POSITIVE, "repetition_penalty": (">0", 10), "batch_size": POSITIVE,
+                   "self_consistency": NONNEGATIVE,
                    "self_consistency_temperature": (0, 100), "untrained_shots": NONNEGATIVE},
     "ResourcesConfig": {"num_cpus": POSITIVE, "engine_cpus": ABOVE_ZERO, "omp_threads": POSITIVE},
 }

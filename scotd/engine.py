@@ -83,6 +83,7 @@ class Sampling:
     top_p: float = 1.0
     max_new_tokens: int = 128
     logprobs: bool = True
+    repetition_penalty: float = 1.0
 
 
 def cpu_engine_env(spec: EngineSpec) -> dict[str, str]:
@@ -216,7 +217,7 @@ def sampling_params(s: Sampling, n: int, seed: int, stop: str):
     return SamplingParams(n=int(n), temperature=s.temperature, top_p=s.top_p if sampled else 1.0,
                           max_tokens=s.max_new_tokens, seed=int(seed) if sampled else None,
                           stop=json.loads(str(stop)), include_stop_str_in_output=True,
-                          logprobs=0 if s.logprobs else None)
+                          logprobs=0 if s.logprobs else None, repetition_penalty=s.repetition_penalty)
 
 
 @dataclass

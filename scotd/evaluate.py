@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 from scotd.engine import EngineSpec, Sampling, generate, stream_batches
-from scotd.prompts import parse_answer, stop_strings
+from scotd.prompts import mark_cut, parse_answer, stop_strings
 from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
+from scotd.teacher import question_seed, warn_if_cut
 from scotd.tasks import Question
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,10 @@ def vote(texts: list[str], num_choices: int) -> tuple[int, bool]:
     return first, len(winners) > 1
 
 
-def score(run: str, questions: dict[str, Question], qid: str, text: str) -> dict:
-    """One PREDICTION_SCHEMA row (pure)."""
+def score(run: str, questions: dict[str, Question], qid: str, text: str, finish_reason: str | None = None) -> dict:
+    """One PREDICTION_SCHEMA row (pure); ``finish_reason`` "length" marks a failed answer as cut_at_limit."""
     q = questions[qid]
-    parsed = parse_answer(text, len(q.choices))
+    parsed = mark_cut(parse_answer(text, len(q.choices)), finish_reason)
     return {"run": run, "question_id": qid, "task": q.task, "text": text, "parsed_index": parsed.index,
             "parse_error": parsed.reason, "gold_index": q.answer_index,
             "correct": parsed.index is not None and parsed.index == q.answer_index}
@@ -66,13 +67,15 @@ def metrics_of(rows: list[dict]) -> dict:
     correct = sum(r["correct"] for r in rows)
     failures = sum(r["parse_error"] is not None for r in rows)
     return {"total": total, "correct": correct, "accuracy": correct / total if total else 0.0,
-            "parse_failures": failures, "parse_failure_rate": failures / total if total else 0.0}
+            "parse_failures": failures, "parse_failure_rate": failures / total if total else 0.0,
+            "cut_at_limit": sum(r["parse_error"] == "cut_at_limit" for r in rows)}
 
 
 def evaluate_run(run: str, questions: list[Question], prompt_fn: Callable[[Question], str], spec: EngineSpec,
                  *, max_new_tokens: int, batch_size: int, num_cpus: float, out_dir: Path,
                  replicas: int | tuple[int, int] = 1, resource: str | None = None, samples: int = 1,
-                 temperature: float = 0.0, run_dir: str | None = None, left_out: set[str] = frozenset()) -> dict:
+                 temperature: float = 0.0, run_dir: str | None = None, left_out: set[str] = frozenset(),
+                 repetition_penalty: float = 1.0) -> dict:
     """Answers of one model on ``questions``: greedy (``samples=1``), or the majority vote of ``samples`` answers
     sampled at ``temperature``; writes predictions and metrics under ``out_dir/<run_dir or run>``. Questions in
     ``left_out`` (prompts that do not fit the engine, ``scotd.fit``) are not asked: each is a failure with the
@@ -84,32 +87,36 @@ def evaluate_run(run: str, questions: list[Question], prompt_fn: Callable[[Quest
         log.info("eval %s: already done, skipping", run)
         return json.loads((run_dir / "metrics.json").read_text())
     by_id = {q.id: q for q in questions}
-    from scotd.teacher import question_seed
 
     asked = [q for q in questions if q.id not in left_out]
     ds = ray.data.from_items([eval_request(q, prompt_fn(q), samples, question_seed(0, q.id)) for q in asked])
     out = generate(ds, replace(spec, enable_prefix_caching=True), Sampling(temperature=temperature if samples > 1
-                   else 0.0, max_new_tokens=max_new_tokens, logprobs=False), replicas=replicas,
+                   else 0.0, max_new_tokens=max_new_tokens, logprobs=False,
+                   repetition_penalty=repetition_penalty), replicas=replicas,
                    batch_size=batch_size, num_cpus=num_cpus, run=f"eval:{run}", resource=resource,
                    samples_per_request=samples)
-    texts: dict[str, list[tuple[int, str]]] = {}
+    texts: dict[str, list[tuple[int, str, str | None]]] = {}
     for batch in stream_batches(out, total=len(asked), label=f"eval {run}"):
-        for qid, index, text in zip(batch["question_id"], batch["sample_index"], batch["text"]):
-            texts.setdefault(str(qid), []).append((int(index), str(text)))
+        for qid, index, text, finish in zip(batch["question_id"], batch["sample_index"], batch["text"],
+                                            batch["finish_reason"]):
+            texts.setdefault(str(qid), []).append((int(index), str(text), None if finish is None else str(finish)))
     rows, ties = [], 0
     for qid, answers in sorted(texts.items()):
-        ordered = [t for _, t in sorted(answers)]
-        chosen, tied = vote(ordered, len(by_id[qid].choices)) if samples > 1 else (0, False)
-        rows.append(score(run, by_id, qid, ordered[chosen]))
+        ordered = sorted(answers)
+        chosen, tied = vote([t for _, t, _ in ordered], len(by_id[qid].choices)) if samples > 1 else (0, False)
+        rows.append(score(run, by_id, qid, ordered[chosen][1], ordered[chosen][2]))
         ties += tied
     for qid in sorted(left_out & by_id.keys()):
         rows.append({**score(run, by_id, qid, ""), "parse_error": "prompt_too_long"})
     rows.sort(key=lambda r: r["question_id"])
     write_table(to_table(rows, PREDICTION_SCHEMA), run_dir / "predictions.parquet")
-    metrics = {"run": run, "model": spec.model, "samples": samples, **metrics_of(rows)}
+    metrics = {"run": run, "model": spec.model, "samples": samples, "max_new_tokens": max_new_tokens,
+               "repetition_penalty": repetition_penalty, **metrics_of(rows)}
     if samples > 1:
         metrics.update(temperature=temperature, tied_votes=ties)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log.info("eval %s: accuracy %.1f%% (%d/%d), parse failures %d", run, 100 * metrics["accuracy"],
-             metrics["correct"], metrics["total"], metrics["parse_failures"])
+    log.info("eval %s: accuracy %.1f%% (%d/%d), parse failures %d (%d cut at eval.max_new_tokens=%d)", run,
+             100 * metrics["accuracy"], metrics["correct"], metrics["total"], metrics["parse_failures"],
+             metrics["cut_at_limit"], max_new_tokens)
+    warn_if_cut(f"eval {run}", metrics["cut_at_limit"], metrics["total"], "eval.max_new_tokens", max_new_tokens)
     return metrics

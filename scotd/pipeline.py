@@ -16,11 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from scotd.config import ConfigError, ExperimentConfig, TaskConfig, dump_config
-from scotd.fit import too_long
+from scotd.fit import prompt_tokens, too_long
 from scotd.prompts import (Exemplar, load_exemplars, normalize_text, render_answer, student_prompt,
                            teacher_prompt)
 from scotd.schema import PREDICTION_SCHEMA, QUESTION_SCHEMA, read_table, to_table, write_table
-from scotd import provenance, symbolic
+from scotd import limits, provenance, symbolic
 from scotd.assets import MissingAssetError
 from scotd.tasks import (DEFAULT_EXEMPLARS, SPLITS, LoadResult, Question, SourceUnavailableError, TaskDataError,
                          carve_dev, hash_split, load_hf_questions, load_questions)
@@ -89,6 +89,43 @@ class Experiment:
         table = read_table(path, QUESTION_SCHEMA)
         return [Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]), r["answer_index"])
                 for r in table.to_pylist()]
+
+    def write_config(self) -> None:
+        """config.yaml: this run's config, with the token budgets sized from the data filled in."""
+        (self.dir / "config.yaml").write_text(dump_config(limits.resolved(self.cfg, self.dir)))
+
+    def teacher_tokens(self) -> int:
+        """``teacher.max_new_tokens``, sized from the exemplars when the config leaves it unset (scotd.limits)."""
+        if self.cfg.teacher.max_new_tokens is not None:
+            return self.cfg.teacher.max_new_tokens
+        sized = limits.read(self.dir).get("teacher.max_new_tokens")
+        if sized is None:
+            answers = [render_answer(e.rationale, e.question.answer_index)
+                       for shots in self.all_exemplars().values() for e in shots]
+            sized = limits.teacher_budget(prompt_tokens(self.resolve_model(self.cfg.teacher.model), answers,
+                                                        trust_remote_code=self.cfg.teacher.trust_remote_code))
+            self._sized("teacher.max_new_tokens", sized, "twice the longest exemplar answer in the teacher's tokens")
+        return sized
+
+    def eval_tokens(self) -> int:
+        """``eval.max_new_tokens``, sized from the kept corpus (or as the teacher's) when unset (scotd.limits)."""
+        if self.cfg.eval.max_new_tokens is not None:
+            return self.cfg.eval.max_new_tokens
+        sized = limits.read(self.dir).get("eval.max_new_tokens")
+        if sized is None:
+            corpus = self.dir / "corpus" / "corpus.parquet"
+            if corpus.exists():
+                sized = limits.eval_budget(limits.corpus_tokens(corpus))
+                why = "the kept rationales' 99th-percentile length x 1.25 + 16"
+            else:
+                sized, why = self.teacher_tokens(), "no corpus: the teacher's budget"
+            self._sized("eval.max_new_tokens", sized, why)
+        return sized
+
+    def _sized(self, key: str, value: int, why: str) -> None:
+        limits.save(self.dir, key, value)
+        self.write_config()
+        log.info("%s: %d tokens, sized from the data (%s)", key, value, why)
 
     def where(self) -> dict[str, str]:
         """Question id -> the "file:line" it was read from (for messages about one question)."""
@@ -249,7 +286,7 @@ def stage_tasks(exp: Experiment) -> dict:
 def stage_teacher(exp: Experiment) -> dict:
     from scotd.teacher import sample_rationales
 
-    cfg = exp.cfg.teacher
+    cfg = replace(exp.cfg.teacher, max_new_tokens=exp.teacher_tokens())
     provenance.record(exp.dir, exp.cfg, "teacher")
     local = exp.resolve_model(cfg.model)
     model = exp.engine_model(local)
@@ -290,6 +327,7 @@ def stage_students(exp: Experiment) -> list[dict]:
     student_shots = {t.name: t.student_shots for t in exp.cfg.tasks}
     dev = [{"prompt": student_prompt(q, shots[q.task][: student_shots[q.task]]), "num_choices": len(q.choices),
             "answer_index": q.answer_index} for q in exp.questions("dev")]
+    budget = exp.eval_tokens()  # dev answers are scored with the evaluation budget
     jobs = []
     for s in exp.cfg.students:
         out = exp.dir / "students" / s.name
@@ -307,7 +345,7 @@ def stage_students(exp: Experiment) -> list[dict]:
         jobs.append({"cfg": s, "model_path": exp.resolve_model(s.model),
                      "rows_path": exp.mirror.remote(relative), "out_dir": str(out),
                      "storage_path": exp.mirror.remote("ray_train"), "meta": meta,
-                     "dev": dev, "dev_max_new_tokens": exp.cfg.eval.max_new_tokens})
+                     "dev": dev, "dev_max_new_tokens": budget})
     return train_students(jobs) if jobs else []
 
 
@@ -364,6 +402,7 @@ def stage_eval(exp: Experiment) -> list[dict]:
     shots = exp.all_exemplars()
     student_shots = {t.name: t.student_shots for t in cfg.tasks}
     where = exp.where()
+    budget = exp.eval_tokens()
     results = []
     for run in runs:
         trained = "student" in run
@@ -380,12 +419,12 @@ def stage_eval(exp: Experiment) -> list[dict]:
         done = (exp.dir / "eval" / run["dir"] / "metrics.json").exists()
         left_out = set() if done else too_long(cfg, questions, prompt_fn, model, chat_template=spec.chat_template,
                                                stage=f"eval {run['run']}", where=where)
-        results.append(evaluate_run(run["run"], questions, prompt_fn, spec, max_new_tokens=cfg.eval.max_new_tokens,
+        results.append(evaluate_run(run["run"], questions, prompt_fn, spec, max_new_tokens=budget,
                                     batch_size=cfg.eval.batch_size, num_cpus=cfg.resources.engine_cpus,
                                     out_dir=exp.dir / "eval", replicas=replica_range(cfg.teacher) if teacher else 1,
                                     resource=cfg.teacher.resource if teacher else None, samples=run["samples"],
                                     temperature=cfg.eval.self_consistency_temperature, run_dir=run["dir"],
-                                    left_out=left_out))
+                                    left_out=left_out, repetition_penalty=cfg.eval.repetition_penalty))
         exp.mirror.push(f"eval/{run['dir']}")
     if cfg.eval.judge_pairs:
         stage_judge(exp, runs)
@@ -518,7 +557,7 @@ def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES, *, restart: str
             exp.mirror.delete(*removed)
             log.info("restart from stage %s: removed %s", restart, ", ".join(removed) or "nothing (none there)")
         provenance.check(exp.dir, cfg, stages, config_path)
-        (exp.dir / "config.yaml").write_text(dump_config(cfg))
+        exp.write_config()
     except OSError as err:
         raise ConfigError(f"output.dir: {exp.dir}: cannot write there: {err.strerror or err}") from None
     timings_path = exp.dir / "timings.json"
@@ -534,7 +573,7 @@ def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES, *, restart: str
             STAGE_FUNCTIONS[stage](exp)
             timings[stage] = round(time.monotonic() - started, 1)
             timings_path.write_text(json.dumps(timings, indent=2))
-            exp.mirror.push(*STAGE_OUTPUTS[stage], "config.yaml", "timings.json", provenance.FILE)
+            exp.mirror.push(*STAGE_OUTPUTS[stage], "config.yaml", "timings.json", provenance.FILE, limits.FILE)
     if "report" in stages:
         stage_report(exp)  # again, so the report carries this run's final stage timings
         exp.mirror.push(*STAGE_OUTPUTS["report"])

@@ -85,7 +85,15 @@ class Parsed:
     rationale: str = ""
 
 
-PARSE_REASONS = ("empty_output", "no_answer_phrase", "unknown_letter")
+PARSE_REASONS = ("empty_output", "no_answer_phrase", "unknown_letter", "cut_at_limit")
+
+
+def mark_cut(parsed: Parsed, finish_reason: str | None) -> Parsed:
+    """A completion the engine stopped at its token budget before any answer fails as ``cut_at_limit``: the
+    budget, not the model's answer, is what to change."""
+    if parsed.index is None and finish_reason == "length":
+        return Parsed(None, "cut_at_limit", parsed.rationale)
+    return parsed
 
 _PHRASE = re.compile(r"answer is:?\s*\(?\s*([A-Za-z])\s*\)", re.I)
 _LEAD_IN = re.compile(r"(?:so\s+)?the\s*$", re.I)  # "So the" before "answer is:" belongs to the phrase

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scotd.config import ConfigError, ExperimentConfig
+from scotd.limits import forget
 
 FILE = "provenance.json"
 
@@ -56,8 +57,11 @@ def units(cfg: ExperimentConfig, exp_dir: Path | None = None) -> dict[str, tuple
     Keys name a task or student by its name (``tasks[csqa].max_train``) so that reordering or adding entries
     changes nothing; ``display_key`` turns them into the config's dotted keys for messages.
     """
+    from scotd.limits import resolved
     from scotd.pipeline import eval_runs
 
+    if exp_dir is not None:
+        cfg = resolved(cfg, exp_dir)  # a budget sized from the data counts as the value it was sized to
     questions = {f"tasks[{t.name}].{f.name}": _plain(getattr(t, f.name)) for t in cfg.tasks for f in fields(t)
                  if f.name != "student_shots"}
     teacher = {**{f"tasks[{t.name}].{k}": _plain(getattr(t, k)) for t in cfg.tasks for k in TASK_PROMPT_KEYS},
@@ -80,7 +84,8 @@ def units(cfg: ExperimentConfig, exp_dir: Path | None = None) -> dict[str, tuple
                      **{f"teacher.{k}": _plain(getattr(cfg.teacher, k)) for k in ("model", "dtype", "chat_template")}}
         else:
             model = {**shots, "model": r["model_ref"]}
-        values = {**questions, **model, "eval.max_new_tokens": cfg.eval.max_new_tokens}
+        values = {**questions, **model, "eval.max_new_tokens": cfg.eval.max_new_tokens,
+                  "eval.repetition_penalty": cfg.eval.repetition_penalty}
         if r["samples"] > 1:
             values["eval.self_consistency_temperature"] = cfg.eval.self_consistency_temperature
         found[f"eval {r['run']}"] = (f"eval/{r['dir']}", values)
@@ -175,6 +180,7 @@ def restart(exp_dir: Path, stage: str) -> list[str]:
             if (exp_dir / folder).exists():
                 shutil.rmtree(exp_dir / folder)
                 removed.append(folder)
+    forget(exp_dir, order[order.index(stage):])
     for report in sorted(exp_dir.glob("report*")):
         report.unlink()
         removed.append(report.name)

@@ -141,6 +141,8 @@ def build_report(exp_dir: Path, runs: list[dict]) -> dict:
                               if questions.is_file() else None)
         path = root / "eval" / spec["dir"] / "predictions.parquet"
         preds = read_predictions(path, expected[root])
+        settings = json.loads((path.parent / "metrics.json").read_text()) if (path.parent / "metrics.json").exists() \
+            else {}
         correct_by_run[spec["run"]] = {p["question_id"]: bool(p["correct"]) for p in preds}
         m = metrics_of(preds)
         low, high = wilson_interval(m["correct"], m["total"])
@@ -148,7 +150,8 @@ def build_report(exp_dir: Path, runs: list[dict]) -> dict:
         for p in preds:
             by_task.setdefault(p["task"], []).append(p)
         flags = [bool(p["correct"]) for p in sorted(preds, key=lambda p: p["question_id"])]
-        row = {**spec, **m, "ci95": [low, high], "bootstrap95": list(bootstrap_interval(flags)),
+        row = {**spec, **m, **{k: settings[k] for k in ("max_new_tokens", "repetition_penalty") if k in settings},
+               "ci95": [low, high], "bootstrap95": list(bootstrap_interval(flags)),
                "predictions": os.path.relpath(path, exp_dir),
                "by_task": {t: metrics_of(ps)["accuracy"] for t, ps in sorted(by_task.items())}}
         kept = kept_per_question(root, spec) if "student" in spec else None
@@ -348,7 +351,8 @@ def render_markdown(report: dict) -> str:
         b_low, b_high = r.get("bootstrap95", (0.0, 0.0))
         lines.append(f"| {r['run']} | {r['kind']} | {r['model']} | {100 * r['accuracy']:.1f} % | "
                      f"{100 * low:.1f}-{100 * high:.1f} | {100 * b_low:.1f}-{100 * b_high:.1f} | "
-                     f"{r['correct']} / {r['total']} | {r['parse_failures']} |")
+                     f"{r['correct']} / {r['total']} | {failures_cell(r)} |")
+    lines += budget_lines(report["rows"])
     tasks = sorted({t for r in report["rows"] for t in r["by_task"]})
     if len(tasks) > 1:
         lines += ["", "## By task", "", "Accuracy per task (contrast sets and held-out tasks are tasks of their own).", "",
@@ -463,12 +467,38 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def failures_cell(r: dict) -> str:
+    """Parse failures of a run, with those cut at the token budget named apart (the budget, not the model)."""
+    cut = r.get("cut_at_limit", 0)
+    return f"{r['parse_failures']} ({cut} cut at the limit)" if cut else str(r["parse_failures"])
+
+
+def budget_lines(rows: list[dict], share: float = 0.05) -> list[str]:
+    """The answers' token budget and repetition penalty, and a warning for each run with more than ``share`` of
+    its answers cut at the budget."""
+    budgets = sorted({r["max_new_tokens"] for r in rows if r.get("max_new_tokens")})
+    penalties = sorted({r.get("repetition_penalty", 1.0) for r in rows})
+    lines = []
+    if budgets:
+        off = " (off)" if penalties == [1.0] else ""
+        lines += ["", f"Answers: at most {' / '.join(map(str, budgets))} new tokens (eval.max_new_tokens); repetition "
+                  f"penalty {' / '.join(map(str, penalties))}{off} (eval.repetition_penalty)."]
+    for r in rows:
+        if r["total"] and r.get("cut_at_limit", 0) / r["total"] > share:
+            lines += ["", f"**Cut at the token limit:** {r['run']}: {100 * r['cut_at_limit'] / r['total']:.1f} % of "
+                      "its answers stopped at eval.max_new_tokens before an answer; its accuracy measures the budget: "
+                      "raise eval.max_new_tokens (or set eval.repetition_penalty where answers loop)."]
+    return lines
+
+
 def corpus_line(corpus: dict) -> str:
     return (f"Setting: {corpus['setting']}. {corpus['samples']} teacher samples for {corpus['questions']} "
             f"questions; per-sample teacher accuracy {100 * corpus['sample_accuracy']:.1f} %; "
             f"{corpus['kept']} rationales kept ({corpus['duplicates_removed']} duplicates removed); "
             f"{100 * corpus['share_questions_with_kept_rationale']:.1f} % of questions have at least one; "
-            f"parse failures {corpus['parse_failures']}.")
+            f"parse failures {corpus['parse_failures']}"
+            + (f" ({cut} cut at teacher.max_new_tokens)" if (cut := corpus.get("parse_failures_by_reason", {})
+                                                              .get("cut_at_limit")) else "") + ".")
 
 
 def write_report(exp_dir: Path, runs: list[dict]) -> dict:

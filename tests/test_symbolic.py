@@ -10,6 +10,7 @@ import pytest
 from scotd import symbolic
 from scotd.prompts import load_exemplars, render_answer, render_question
 from scotd.tasks import TaskDataError
+from tests.conftest import REPO
 
 
 def solve(text: str) -> int:
@@ -99,3 +100,17 @@ def test_arithmetic_check_says_yes_exactly_when_the_proposal_is_the_sum() -> Non
     for ex in load_exemplars("arithmetic_check", "a"):
         expression, proposed = re.fullmatch(r"Is (.*) equal to (-?\d+)\?", ex.question.text).groups()
         assert ex.question.answer_index == (0 if solve(f"What is {expression}?") == int(proposed) else 1)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (REPO / "configs").rglob("*.yaml") if "gen:" in p.read_text()),
+                         ids=lambda p: p.name)
+def test_every_generated_task_of_a_shipped_config_has_its_questions(path):
+    """A shipped config never asks a generator for more distinct questions than it has (train + dev, eval)."""
+    from scotd.config import load_config
+    from scotd.symbolic import generate
+
+    for task in load_config(path).tasks:
+        if str(task.train).startswith("gen:"):
+            assert len(generate(task.train, task.name, task.max_train + task.max_dev)) == task.max_train + task.max_dev
+        if str(task.eval).startswith("gen:"):
+            assert len(generate(task.eval, task.name, task.max_eval)) == task.max_eval

@@ -1,0 +1,73 @@
+"""Token budgets sized from the data where the config leaves them unset (None).
+
+``teacher.max_new_tokens``: twice the longest exemplar answer (rationale and answer phrase) in the teacher's
+tokens, at least 32: sampled rationales run longer than hand-written ones, and one cut at the budget has no answer.
+``eval.max_new_tokens``: the kept corpus's rationales (teacher tokens, answer phrase included) at their 99th
+percentile, x 1.25 + 16, at least 32: a student that learned them needs that much, with room for another
+tokenizer; the teacher's budget when no corpus is built.
+
+An explicit value always wins. A sized value is kept in the experiment's ``limits.json`` (so reruns use the same)
+and written into its ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from scotd.config import ExperimentConfig
+
+FILE = "limits.json"
+FLOOR = 32
+# The stage whose output a sized value comes from: --restart of that stage or an earlier one sizes it again.
+SIZED_BY = {"teacher.max_new_tokens": "teacher", "eval.max_new_tokens": "corpus"}
+
+
+def teacher_budget(answer_tokens: list[int]) -> int:
+    return max(FLOOR, 2 * max(answer_tokens, default=0))
+
+
+def eval_budget(rationale_tokens: list[int]) -> int:
+    if not rationale_tokens:
+        return FLOOR
+    ordered = sorted(rationale_tokens)
+    p99 = ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+    return max(FLOOR, math.ceil(1.25 * p99) + 16)
+
+
+def corpus_tokens(corpus: Path) -> list[int]:
+    return pq.read_table(corpus, columns=["num_tokens"]).column(0).to_pylist()
+
+
+def read(exp_dir: Path) -> dict[str, int]:
+    path = exp_dir / FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save(exp_dir: Path, key: str, value: int) -> None:
+    sized = read(exp_dir)
+    sized[key] = int(value)
+    (exp_dir / FILE).write_text(json.dumps(sized, indent=1, sort_keys=True))
+
+
+def forget(exp_dir: Path, stages: list[str]) -> None:
+    """Drop the sized values that come from ``stages`` (their outputs are being rebuilt)."""
+    sized = read(exp_dir)
+    kept = {k: v for k, v in sized.items() if SIZED_BY.get(k) not in stages}
+    if kept != sized:
+        (exp_dir / FILE).write_text(json.dumps(kept, indent=1, sort_keys=True))
+
+
+def resolved(cfg: ExperimentConfig, exp_dir: Path) -> ExperimentConfig:
+    """``cfg`` with each unset budget replaced by the value sized for this experiment, where one was."""
+    sized = read(exp_dir)
+    teacher, evaluation = cfg.teacher, cfg.eval
+    if teacher.max_new_tokens is None and "teacher.max_new_tokens" in sized:
+        teacher = replace(teacher, max_new_tokens=sized["teacher.max_new_tokens"])
+    if evaluation.max_new_tokens is None and "eval.max_new_tokens" in sized:
+        evaluation = replace(evaluation, max_new_tokens=sized["eval.max_new_tokens"])
+    return replace(cfg, teacher=teacher, eval=evaluation)
