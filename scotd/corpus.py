@@ -14,41 +14,54 @@ from collections import Counter
 from pathlib import Path
 
 from scotd.config import CorpusConfig
+from scotd.prompts import letter
 from scotd.schema import (CORPUS_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA, check_parquet_folder, read_table, to_table,
                           write_table)
 
 log = logging.getLogger(__name__)
 
 
+def with_answer_keys(rows: list[dict]) -> list[dict]:
+    """Samples with ``parsed_answer`` and ``gold_answer`` (blocks written before free-form answers have indices
+    only: their keys are the letters)."""
+    def key(index):
+        return letter(index) if index is not None else None
+
+    return [r if r["parsed_answer"] is not None or r["gold_answer"] is not None or not r["choices"] else
+            {**r, "parsed_answer": key(r["parsed_index"]), "gold_answer": key(r["gold_index"])} for r in rows]
+
+
 def keep_correct(rows: list[dict]) -> list[dict]:
     """Supervised filter: rationales that reached the gold answer, labelled with it."""
-    return [{**r, "label_index": r["gold_index"]} for r in rows if r["correct"] and r["rationale"].strip()]
+    return [{**r, "label_index": r["gold_index"], "label": r["gold_answer"]} for r in rows
+            if r["correct"] and r["rationale"].strip()]
 
 
 def keep_parsed(rows: list[dict]) -> list[dict]:
     """Few-shot filter: every rationale with a parsed answer, labelled with the teacher's answer."""
-    return [{**r, "label_index": r["parsed_index"]} for r in rows
-            if r["parsed_index"] is not None and r["rationale"].strip()]
+    return [{**r, "label_index": r["parsed_index"], "label": r["parsed_answer"]} for r in rows
+            if r["parsed_answer"] is not None and r["rationale"].strip()]
 
 
 def dedup(rows: list[dict]) -> list[dict]:
     """Drop exact-duplicate (question, whitespace-normalized rationale, label); the first sample index survives."""
     seen, out = set(), []
     for r in sorted(rows, key=lambda r: (r["question_id"], r["sample_index"])):
-        key = (r["question_id"], " ".join(r["rationale"].split()), r["label_index"])
+        key = (r["question_id"], " ".join(r["rationale"].split()), r["label"])
         if key not in seen:
             seen.add(key)
             out.append(r)
     return out
 
 
-def majority_labels(rows: list[dict]) -> dict[str, int]:
-    """The teacher's most frequent parsed answer per question (ties: lowest choice index)."""
+def majority_labels(rows: list[dict]) -> dict[str, str]:
+    """The teacher's most frequent parsed answer per question, as an answer key (ties: the lowest choice letter,
+    or the smallest free-form answer in text order)."""
     votes: dict[str, Counter] = {}
     for r in rows:
-        if r["parsed_index"] is not None:
-            votes.setdefault(r["question_id"], Counter())[r["parsed_index"]] += 1
-    return {qid: min(c, key=lambda i: (-c[i], i)) for qid, c in votes.items()}
+        if r["parsed_answer"] is not None:
+            votes.setdefault(r["question_id"], Counter())[r["parsed_answer"]] += 1
+    return {qid: min(c, key=lambda k: (-c[k], k)) for qid, c in votes.items()}
 
 
 def summarize(samples: list[dict], kept: list[dict], num_after_filter: int) -> dict:
@@ -75,7 +88,7 @@ def build_corpus(samples_dir: Path, cfg: CorpusConfig, out_dir: Path, question_i
     earlier run may have sampled more), filter, dedup, write corpus.parquet, labels.parquet and summary.json."""
     check_parquet_folder(samples_dir, SAMPLE_SCHEMA, "remove it and rerun the teacher stage (scotd run CONFIG): "
                          "the teacher samples its questions again")
-    samples = read_table(samples_dir, SAMPLE_SCHEMA).to_pylist()
+    samples = with_answer_keys(read_table(samples_dir, SAMPLE_SCHEMA).to_pylist())
     if question_ids is not None:
         other = len({r["question_id"] for r in samples} - question_ids)
         samples = [r for r in samples if r["question_id"] in question_ids]
@@ -94,10 +107,12 @@ def build_corpus(samples_dir: Path, cfg: CorpusConfig, out_dir: Path, question_i
     first = {}
     for r in samples:
         first.setdefault(r["question_id"], r)
-    labels = ({qid: r["gold_index"] for qid, r in first.items() if r["gold_index"] is not None}
+    labels = ({qid: r["gold_answer"] for qid, r in first.items() if r["gold_answer"] is not None}
               if cfg.setting == "supervised" else majority_labels(samples))
     label_rows = [{"question_id": qid, "task": first[qid]["task"], "question": first[qid]["question"],
-                   "choices": first[qid]["choices"], "answer_index": label} for qid, label in sorted(labels.items())]
+                   "choices": first[qid]["choices"],
+                   "answer_index": ord(label) - ord("a") if first[qid]["choices"] else None,
+                   "answer": None if first[qid]["choices"] else label} for qid, label in sorted(labels.items())]
     write_table(to_table(label_rows, QUESTION_SCHEMA), out_dir / "labels.parquet")
 
     summary = {"setting": cfg.setting, **summarize(samples, kept, num_after_filter), "labelled_questions": len(labels)}

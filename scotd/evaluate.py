@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 from scotd.engine import EngineSpec, Sampling, generate, stream_batches
-from scotd.prompts import mark_cut, parse_answer, stop_strings
+from scotd.prompts import flexible_answer, gold_key, mark_cut, parse_answer, stop_strings
 from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
 from scotd.teacher import question_seed, warn_if_cut
-from scotd.tasks import Question
+from scotd.tasks import Question, answers_match
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ def vote(texts: list[str], num_choices: int) -> tuple[int, bool]:
     The majority answer among the parseable completions wins; a tie goes to the answer that appeared first (a
     deterministic rule that favours no letter). If nothing parses, the first completion is reported (a failure).
     """
-    parsed = [parse_answer(t, num_choices).index for t in texts]
-    counts: dict[int, int] = {}
+    parsed = [parse_answer(t, num_choices).key for t in texts]  # letters, or normalised free-form answers
+    counts: dict[str, int] = {}
     for index in parsed:
         if index is not None:
             counts[index] = counts.get(index, 0) + 1
@@ -57,9 +57,11 @@ def score(run: str, questions: dict[str, Question], qid: str, text: str, finish_
     """One PREDICTION_SCHEMA row (pure); ``finish_reason`` "length" marks a failed answer as cut_at_limit."""
     q = questions[qid]
     parsed = mark_cut(parse_answer(text, len(q.choices)), finish_reason)
+    gold = gold_key(q)
     return {"run": run, "question_id": qid, "task": q.task, "text": text, "parsed_index": parsed.index,
-            "parse_error": parsed.reason, "gold_index": q.answer_index,
-            "correct": parsed.index is not None and parsed.index == q.answer_index}
+            "parse_error": parsed.reason, "gold_index": q.answer_index, "correct": answers_match(parsed.key, gold),
+            "parsed_answer": parsed.key, "gold_answer": gold,
+            "flexible_answer": flexible_answer(text) if q.free_form else None}
 
 
 def metrics_of(rows: list[dict]) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from scotd.config import ConfigError, ExperimentConfig, TaskConfig, dump_config
 from scotd.fit import prompt_tokens, too_long
-from scotd.prompts import (Exemplar, load_exemplars, normalize_text, render_answer, student_prompt,
+from scotd.prompts import (Exemplar, gold_key, load_exemplars, normalize_text, render_answer, student_prompt,
                            teacher_prompt)
 from scotd.schema import PREDICTION_SCHEMA, QUESTION_SCHEMA, read_table, to_table, write_table
 from scotd import limits, provenance, symbolic
@@ -87,7 +87,8 @@ class Experiment:
         if split == "dev" and not path.exists():
             return []  # experiments from before dev splits existed
         table = read_table(path, QUESTION_SCHEMA)
-        return [Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]), r["answer_index"])
+        return [Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]), r["answer_index"],
+                         r["answer"])
                 for r in table.to_pylist()]
 
     def write_config(self) -> None:
@@ -100,10 +101,16 @@ class Experiment:
             return self.cfg.teacher.max_new_tokens
         sized = limits.read(self.dir).get("teacher.max_new_tokens")
         if sized is None:
-            answers = [render_answer(e.rationale, e.question.answer_index)
+            answers = [render_answer(e.rationale, e.question.gold)
                        for shots in self.all_exemplars().values() for e in shots]
-            sized = limits.teacher_budget(prompt_tokens(self.resolve_model(self.cfg.teacher.model), answers,
-                                                        trust_remote_code=self.cfg.teacher.trust_remote_code))
+            model = self.resolve_model(self.cfg.teacher.model)
+            try:
+                counts = prompt_tokens(model, answers, trust_remote_code=self.cfg.teacher.trust_remote_code)
+            except (OSError, ValueError) as err:  # no tokenizer to be had here: the engine will say the same
+                log.warning("teacher.max_new_tokens: %s has no readable tokenizer (%s); sizing from %d characters "
+                            "per token", model, str(err).splitlines()[0][:200], 3)
+                counts = [len(a) // 3 + 1 for a in answers]
+            sized = limits.teacher_budget(counts)
             self._sized("teacher.max_new_tokens", sized, "twice the longest exemplar answer in the teacher's tokens")
         return sized
 
@@ -168,8 +175,9 @@ def format_texts(questions: list[Question], exemplars: dict[str, list[Exemplar]]
     import random
 
     rng = random.Random(0)
-    return [teacher_prompt(q, exemplars[q.task]) + render_answer(rng.choice(exemplars[q.task]).rationale,
-                                                                 rng.randrange(len(q.choices)))
+    return [teacher_prompt(q, exemplars[q.task]) + render_answer(
+                rng.choice(exemplars[q.task]).rationale,
+                str(rng.randrange(100)) if q.free_form else rng.randrange(len(q.choices)))
             for q in questions[:limit]]
 
 
@@ -227,7 +235,8 @@ def read_source(task: TaskConfig, split: str, source: str, cache_dir: Path) -> L
         generated = symbolic.generate(source, task.name, wanted)
         return LoadResult(generated, 0, [], {q.id: f"{source} #{i}" for i, q in enumerate(generated)})
     if source.startswith("hf:") or task.format == "hf":
-        return load_hf_questions(source.removeprefix("hf:"), task.name, skip_bad_rows=task.skip_bad_rows)
+        return load_hf_questions(source.removeprefix("hf:"), task.name, skip_bad_rows=task.skip_bad_rows,
+                                 fmt=task.format)
     return load_questions(source, task.format, task.name, skip_bad_rows=task.skip_bad_rows)
 
 
@@ -273,7 +282,7 @@ def stage_tasks(exp: Experiment) -> dict:
                               "sources": {"train": source, "eval": eval_source}}
     for split, questions in splits.items():
         rows = [{"question_id": q.id, "task": q.task, "question": q.text, "choices": list(q.choices),
-                 "answer_index": q.answer_index} for q in questions]
+                 "answer_index": q.answer_index, "answer": q.answer} for q in questions]
         write_table(to_table(rows, QUESTION_SCHEMA), exp.dir / "questions" / f"{split}.parquet")
     (exp.dir / "questions" / "summary.json").write_text(json.dumps(summary, indent=2))
     used = {q.id for questions in splits.values() for q in questions}
@@ -309,7 +318,8 @@ def stage_teacher(exp: Experiment) -> dict:
 def stage_corpus(exp: Experiment) -> dict:
     from scotd.corpus import build_corpus
 
-    train = {q.id for q in exp.questions("train")}
+    train = ({q.id for q in exp.questions("train")} if (exp.dir / "questions" / "train.parquet").exists()
+             else None)  # without a question file, every sampled question
     summary = build_corpus(exp.dir / "teacher" / "samples", exp.cfg.corpus, exp.dir / "corpus", train)
     for setting in sorted({s.setting for s in exp.cfg.students} - {"", exp.cfg.corpus.setting}):
         summary[setting] = build_corpus(exp.dir / "teacher" / "samples", replace(exp.cfg.corpus, setting=setting),
@@ -326,7 +336,7 @@ def stage_students(exp: Experiment) -> list[dict]:
     shots = exp.all_exemplars()
     student_shots = {t.name: t.student_shots for t in exp.cfg.tasks}
     dev = [{"prompt": student_prompt(q, shots[q.task][: student_shots[q.task]]), "num_choices": len(q.choices),
-            "answer_index": q.answer_index} for q in exp.questions("dev")]
+            "gold": gold_key(q)} for q in exp.questions("dev")]
     budget = exp.eval_tokens()  # dev answers are scored with the evaluation budget
     jobs = []
     for s in exp.cfg.students:

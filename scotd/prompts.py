@@ -6,7 +6,8 @@ Formatting decisions (they matter for tokenization and for train/eval consistenc
 - The question block ends with ``"A:"`` without a trailing space and the answer starts with a space. BPE tokenizers
   then see the natural ``" word"`` tokens at the start of the rationale; with a trailing space in the prompt the
   teacher began 27 % of its rationales with a digit (measured, ../shared/docs/STACK-NOTES.md).
-- Choice letters are lower case ``(a)``, ``(b)``, ... and come from ``len(choices)``.
+- Choice letters are lower case ``(a)``, ``(b)``, ... and come from ``len(choices)``. A free-form question (no
+  choices) has no choice block and its answer is written bare: ``So the answer is: 42``.
 - Exemplars are separated by a blank line, which is also the teacher's stop string.
 """
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from scotd.tasks import Question, RowError, TaskDataError, parse_generic
+from scotd.tasks import Question, RowError, TaskDataError, normalize_answer, normalize_number, parse_generic
 
 ANSWER_PHRASE = "So the answer is:"
 
@@ -28,16 +29,21 @@ def letter(index: int) -> str:
 
 
 def render_question(q: Question) -> str:
-    """``Q: {question}\\nAnswer Choices:\\n(a) ...\\n(b) ...\\nA:``: the block shared by every prompt and target."""
+    """``Q: {question}\\nAnswer Choices:\\n(a) ...\\n(b) ...\\nA:`` (``Q: {question}\\nA:`` for a free-form question):
+    the block shared by every prompt and target."""
+    if q.free_form:
+        return f"Q: {q.text}\nA:"
     choices = "\n".join(f"({letter(i)}) {c}" for i, c in enumerate(q.choices))
     return f"Q: {q.text}\nAnswer Choices:\n{choices}\nA:"
 
 
-def render_answer(rationale: str | None, answer_index: int) -> str:
-    """The completion after ``A:``: ``" {rationale} So the answer is: (x)"``, or ``" (x)"`` for label-only targets."""
+def render_answer(rationale: str | None, answer: int | str) -> str:
+    """The completion after ``A:``: ``" {rationale} So the answer is: (x)"``, or ``" (x)"`` for label-only targets;
+    a free-form ``answer`` (a string) is written as it is: ``" {rationale} So the answer is: 42"``, ``" 42"``."""
+    shown = answer if isinstance(answer, str) else f"({letter(answer)})"
     if rationale is None:
-        return f" ({letter(answer_index)})"
-    return f" {rationale.strip()} {ANSWER_PHRASE} ({letter(answer_index)})"
+        return f" {shown}"
+    return f" {rationale.strip()} {ANSWER_PHRASE} {shown}"
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,7 @@ class Exemplar:
 
 def teacher_prompt(q: Question, exemplars: list[Exemplar] | tuple[Exemplar, ...]) -> str:
     """Few-shot exemplars, each ``render_question + render_answer``, then the question; blank lines between."""
-    shots = [render_question(e.question) + render_answer(e.rationale, e.question.answer_index) for e in exemplars]
+    shots = [render_question(e.question) + render_answer(e.rationale, e.question.gold) for e in exemplars]
     return "\n\n".join([*shots, render_question(q)])
 
 
@@ -61,7 +67,10 @@ def stop_strings(num_choices: int, extra: tuple[str, ...] = ("\n\n",)) -> list[s
     """Stop at a blank line or right after the answer phrase of any valid letter (include it in the output), with
     the phrase capitalised or not: the demo teacher ended 86 of 200 greedy answers with "..., so the answer is: (d)"
     and then went on (a second "So the answer is", or a made-up "Human:" turn) to the token limit, 31 % of its
-    generated tokens (measured on the demo's evaluation split)."""
+    generated tokens (measured on the demo's evaluation split). A free-form answer (``num_choices`` 0) has no letter
+    to stop after: it stops at the end of its line (rationales are one line)."""
+    if num_choices == 0:
+        return [*extra, "\n"]
     phrases = (ANSWER_PHRASE, ANSWER_PHRASE[0].lower() + ANSWER_PHRASE[1:])
     return [*extra, *(f"{phrase} ({letter(i)})" for phrase in phrases for i in range(num_choices))]
 
@@ -78,20 +87,33 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
 
 @dataclass(frozen=True)
 class Parsed:
-    """The parsed answer: ``index`` into the choices, or None and a named ``reason``."""
+    """The parsed answer: ``index`` into the choices, or for a free-form question ``value`` (normalised); when
+    neither, a named ``reason``. ``key`` is what is compared with the gold answer."""
 
     index: int | None
     reason: str | None = None
     rationale: str = ""
+    value: str | None = None
+
+    @property
+    def key(self) -> str | None:
+        return self.value if self.value is not None else (letter(self.index) if self.index is not None else None)
 
 
-PARSE_REASONS = ("empty_output", "no_answer_phrase", "unknown_letter", "cut_at_limit")
+def gold_key(q: Question) -> str | None:
+    """The gold answer in the form ``Parsed.key`` takes: the choice letter, or the free-form answer."""
+    if q.free_form:
+        return q.answer
+    return letter(q.answer_index) if q.answer_index is not None else None
+
+
+PARSE_REASONS = ("empty_output", "no_answer_phrase", "unknown_letter", "no_number", "cut_at_limit")
 
 
 def mark_cut(parsed: Parsed, finish_reason: str | None) -> Parsed:
     """A completion the engine stopped at its token budget before any answer fails as ``cut_at_limit``: the
     budget, not the model's answer, is what to change."""
-    if parsed.index is None and finish_reason == "length":
+    if parsed.key is None and finish_reason == "length":
         return Parsed(None, "cut_at_limit", parsed.rationale)
     return parsed
 
@@ -101,13 +123,15 @@ _BARE = re.compile(r"^\(\s*([A-Za-z])\s*\)\s*\.?$")
 
 
 def parse_answer(text: str, num_choices: int) -> Parsed:
-    """Find the answer letter in a completion. Never raises.
+    """Find the answer letter in a completion (the free-form answer when ``num_choices`` is 0). Never raises.
 
     Accepts the SCoTD phrase (the last ``answer is: (x)`` wins, case-insensitive) or, for label-only students, a
     completion that is just ``(x)``. The rationale is the text before the phrase.
     """
     if not isinstance(text, str) or not text.strip():
         return Parsed(None, "empty_output")
+    if num_choices == 0:
+        return parse_free(text)
     matches = list(_PHRASE.finditer(text))
     if matches:
         found = matches[-1]
@@ -121,6 +145,32 @@ def parse_answer(text: str, num_choices: int) -> Parsed:
     if not 0 <= index < num_choices:
         return Parsed(None, "unknown_letter", rationale)
     return Parsed(index, None, rationale)
+
+
+_FREE_PHRASE = re.compile(r"answer is:?", re.I)
+_NUMBER = re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?%?|[-+]?\$?\.\d+%?")
+
+
+def parse_free(text: str) -> Parsed:
+    """The free-form answer of a completion (strict, as lm-eval's strict match): the first number on the line after
+    the last ``answer is:``, or that line's text where it holds no number; a completion that is one number alone
+    (a label-only student's) is that number. Never raises; the value is normalised (``normalize_answer``)."""
+    matches = list(_FREE_PHRASE.finditer(text))
+    if not matches:
+        bare = normalize_number(text.strip())
+        return Parsed(None, None, "", bare) if bare is not None else Parsed(None, "no_answer_phrase", text.strip())
+    found = matches[-1]
+    rationale = _LEAD_IN.sub("", text[: found.start()]).strip()
+    line = text[found.end():].split("\n", 1)[0]
+    number = _NUMBER.search(line)
+    value = normalize_number(number.group(0)) if number else normalize_answer(line)
+    return Parsed(None, None, rationale, value) if value is not None else Parsed(None, "no_number", rationale)
+
+
+def flexible_answer(text: str) -> str | None:
+    """The last number anywhere in a completion (lm-eval's flexible extract), normalised; None if there is none."""
+    numbers = _NUMBER.findall(text or "")
+    return normalize_number(numbers[-1]) if numbers else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,7 +202,8 @@ def load_exemplars(name_or_path: str, task: str) -> list[Exemplar]:
                 raise RowError("missing or multi-line 'rationale'")
         except (json.JSONDecodeError, RowError) as err:
             raise TaskDataError(f"{where}:{number}: {err}") from None
-        exemplars.append(Exemplar(Question(q.id or f"{task}-ex{number}", task, q.text, q.choices, q.answer_index),
+        exemplars.append(Exemplar(Question(q.id or f"{task}-ex{number}", task, q.text, q.choices, q.answer_index,
+                                           q.answer),
                                   " ".join(rationale.split())))
     if not exemplars:
         raise TaskDataError(f"{where}: no exemplars")

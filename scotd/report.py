@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from scotd.evaluate import metrics_of
+from scotd.tasks import answers_match
 
 Z95 = 1.959963984540054
 
@@ -154,6 +155,11 @@ def build_report(exp_dir: Path, runs: list[dict]) -> dict:
                "ci95": [low, high], "bootstrap95": list(bootstrap_interval(flags)),
                "predictions": os.path.relpath(path, exp_dir),
                "by_task": {t: metrics_of(ps)["accuracy"] for t, ps in sorted(by_task.items())}}
+        free = [p for p in preds if p["gold_index"] is None and p["gold_answer"] is not None]
+        if free:  # free-form answers: lm-eval's flexible extraction beside the strict score
+            row["free_form"] = {"questions": len(free), "strict": sum(p["correct"] for p in free) / len(free),
+                                "flexible": sum(answers_match(p["flexible_answer"], p["gold_answer"])
+                                                for p in free) / len(free)}
         kept = kept_per_question(root, spec) if "student" in spec else None
         if kept is not None:
             row["kept_per_question"] = kept
@@ -353,6 +359,13 @@ def render_markdown(report: dict) -> str:
                      f"{100 * low:.1f}-{100 * high:.1f} | {100 * b_low:.1f}-{100 * b_high:.1f} | "
                      f"{r['correct']} / {r['total']} | {failures_cell(r)} |")
     lines += budget_lines(report["rows"])
+    free = [r for r in report["rows"] if "free_form" in r]
+    if free:
+        lines += ["", "Free-form answers: strict reads the number after the answer phrase (the accuracy above); "
+                  "flexible reads the last number of the text (lm-eval's strict-match and flexible-extract).", "",
+                  "| run | free-form questions | strict | flexible |", "|---|---|---|---|"]
+        lines += [f"| {r['run']} | {r['free_form']['questions']} | {100 * r['free_form']['strict']:.1f} % | "
+                  f"{100 * r['free_form']['flexible']:.1f} % |" for r in free]
     tasks = sorted({t for r in report["rows"] for t in r["by_task"]})
     if len(tasks) > 1:
         lines += ["", "## By task", "", "Accuracy per task (contrast sets and held-out tasks are tasks of their own).", "",

@@ -27,7 +27,8 @@ QUESTION_SCHEMA = pa.schema([
     pa.field("task", pa.string(), nullable=False),
     pa.field("question", pa.string(), nullable=False),
     pa.field("choices", pa.list_(pa.string()), nullable=False),
-    pa.field("answer_index", pa.int32()),  # null: unlabelled split
+    pa.field("answer_index", pa.int32()),  # null: unlabelled split, or a free-form question
+    pa.field("answer", pa.string()),  # a free-form question's gold answer (normalised); null for multiple choice
 ])
 
 SAMPLE_SCHEMA = pa.schema([
@@ -46,6 +47,8 @@ SAMPLE_SCHEMA = pa.schema([
     pa.field("logprob_mean", pa.float64()),  # logprob_sum / num_tokens (the likelihood selector's score)
     pa.field("num_tokens", pa.int32(), nullable=False),  # generated tokens
     pa.field("finish_reason", pa.string()),
+    pa.field("parsed_answer", pa.string()),  # the parsed answer as compared: the letter, or the free-form value
+    pa.field("gold_answer", pa.string()),  # the gold answer in the same form
 ])
 
 CORPUS_SCHEMA = pa.schema([
@@ -55,7 +58,8 @@ CORPUS_SCHEMA = pa.schema([
     pa.field("question", pa.string(), nullable=False),
     pa.field("choices", pa.list_(pa.string()), nullable=False),
     pa.field("rationale", pa.string(), nullable=False),
-    pa.field("label_index", pa.int32(), nullable=False),  # gold (supervised) or the teacher's answer (few-shot)
+    pa.field("label_index", pa.int32()),  # gold (supervised) or the teacher's answer (few-shot); null: free-form
+    pa.field("label", pa.string()),  # the same label as an answer key: the letter, or the free-form answer
     pa.field("logprob_sum", pa.float64()),
     pa.field("logprob_mean", pa.float64()),
     pa.field("num_tokens", pa.int32(), nullable=False),
@@ -70,7 +74,13 @@ PREDICTION_SCHEMA = pa.schema([
     pa.field("parse_error", pa.string()),
     pa.field("gold_index", pa.int32()),
     pa.field("correct", pa.bool_(), nullable=False),
+    pa.field("parsed_answer", pa.string()),  # as SAMPLE_SCHEMA
+    pa.field("gold_answer", pa.string()),
+    pa.field("flexible_answer", pa.string()),  # free-form: the last number of the text (lm-eval's flexible extract)
 ])
+
+# Columns added with free-form answers: files written before them read them as nulls (answers come from the indices).
+LATER_COLUMNS = frozenset({"answer", "parsed_answer", "gold_answer", "label", "flexible_answer"})
 
 
 def to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
@@ -95,8 +105,10 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     """Read a file or a folder of Parquet files, checking it has ``schema``'s columns and types."""
     table = pq.read_table(path, schema=schema) if Path(path).is_dir() else pq.read_table(path)
     missing = [f.name for f in schema if f.name not in table.column_names]
-    if missing:
+    if [name for name in missing if name not in LATER_COLUMNS]:
         raise ValueError(f"{path}: missing columns {missing}")
+    for name in missing:
+        table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
     return table.select(schema.names).cast(schema)
 
 
@@ -114,7 +126,7 @@ def check_parquet_folder(folder: str | Path, schema: pa.Schema, fix: str) -> lis
             names = pq.read_schema(path).names
         except Exception as err:  # ArrowInvalid ("magic bytes not found"), OSError: the reason varies
             raise CorruptFileError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]}); {fix}") from None
-        missing = [f.name for f in schema if f.name not in names]
+        missing = [f.name for f in schema if f.name not in names and f.name not in LATER_COLUMNS]
         if missing:
             raise CorruptFileError(f"{path}: missing columns {missing}; {fix}")
     return paths

@@ -12,7 +12,7 @@ import csv
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -26,13 +26,24 @@ BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark some editors write at the start
 
 @dataclass(frozen=True)
 class Question:
-    """One multiple-choice question. ``answer_index`` indexes ``choices``; None when the split has no labels."""
+    """One question: multiple choice (``answer_index`` indexes ``choices``) or, with no choices, free-form (``answer``
+    is the gold answer, a normalised number such as ``"1000"``). Gold is None when the split has no labels."""
 
     id: str
     task: str
     text: str
     choices: tuple[str, ...]
     answer_index: int | None
+    answer: str | None = None
+
+    @property
+    def free_form(self) -> bool:
+        return not self.choices
+
+    @property
+    def gold(self) -> int | str | None:
+        """What a target renders: the choice index, or the free-form answer."""
+        return self.answer if self.free_form else self.answer_index
 
 
 class RowError(ValueError):
@@ -152,11 +163,15 @@ def parse_strategyqa(obj: dict, task: str) -> Question:
 
 
 def parse_generic(obj: dict, task: str) -> Question:
-    """Generic JSONL: {"id"?, "question", "choices": [..], "answer": index | letter | choice text}."""
+    """Generic JSONL: {"id"?, "question", "choices": [..], "answer": index | letter | choice text}, or free-form
+    without choices (absent or ``[]``): {"id"?, "question", "answer": a number or a short text}."""
     text = _text(obj.get("question"), "question")
     raw = obj.get("choices")
+    if raw is None or raw == []:
+        return Question(str(obj["id"]) if obj.get("id") not in (None, "") else "", task, text, (), None,
+                        _free_answer(obj.get("answer")))
     if not isinstance(raw, list):
-        raise RowError("missing field 'choices' (a list)")
+        raise RowError("field 'choices' must be a list (or absent for a free-form answer)")
     choices = _check_choices(raw)
     if obj.get("answer") is None:
         raise RowError("missing answer ('answer')")
@@ -178,6 +193,73 @@ def parse_generic(obj: dict, task: str) -> Question:
     if index is None:
         raise RowError(f"answer {answer!r} is not among the {len(choices)} choices")
     return Question(str(obj["id"]) if obj.get("id") not in (None, "") else "", task, text, choices, index)
+
+
+def _free_answer(value: Any) -> str:
+    """A free-form gold answer, normalised as parsed answers are (``normalize_answer``)."""
+    if value is None or isinstance(value, (bool, dict, list)):
+        raise RowError(f"free-form answer must be a number or a short text, got {value!r}")
+    answer = normalize_answer(str(value))
+    if answer is None:
+        raise RowError(f"empty free-form answer {value!r}")
+    return answer
+
+
+def parse_gsm8k(obj: dict, task: str) -> Question:
+    """Official GSM8K JSONL: {"question", "answer"}; the gold answer is the number after the last ``####``."""
+    text = _text(obj.get("question"), "question")
+    solution = obj.get("answer")
+    if not isinstance(solution, str) or "####" not in solution:
+        raise RowError("answer has no '#### <number>' line")
+    number = normalize_number(solution.rsplit("####", 1)[1])
+    if number is None:
+        raise RowError(f"no number after '####': {solution.rsplit('####', 1)[1].strip()[:40]!r}")
+    return Question("", task, text, (), None, number)
+
+
+_NUMBER_TEXT = re.compile(r"^[-+]?\$?\d[\d,]*(?:\.\d*)?%?$|^[-+]?\$?\.\d+%?$")
+NUMERIC_TOLERANCE = 1e-6  # relative (absolute below 1): two numbers this close are the same answer
+
+
+def normalize_number(text: str) -> str | None:
+    """``"1,000"``, ``"$18.00"``, ``"12%"``, ``"-3."`` -> ``"1000"``, ``"18"``, ``"12"``, ``"-3"``; None when
+    ``text`` is not one number (pure, never raises)."""
+    from decimal import Decimal, InvalidOperation
+
+    s = "".join(text.split()).rstrip(".")
+    if not _NUMBER_TEXT.match(s):
+        return None
+    s = s.replace(",", "").replace("$", "").replace("%", "")
+    try:
+        value = Decimal(s)
+    except InvalidOperation:
+        return None
+    if value == value.to_integral_value():
+        return str(int(value))
+    return format(value.normalize(), "f")
+
+
+def normalize_answer(text: str) -> str | None:
+    """A free-form answer's canonical form: a number as ``normalize_number`` gives it, other text lower-cased with
+    single spaces and no end punctuation; None when nothing is left."""
+    number = normalize_number(text)
+    if number is not None:
+        return number
+    words = " ".join(text.lower().split()).strip(" .!?\"'")
+    return words or None
+
+
+def answers_match(parsed: str | None, gold: str | None) -> bool:
+    """Whether a parsed answer is the gold one: equal canonical forms, or two numbers within NUMERIC_TOLERANCE."""
+    if parsed is None or gold is None:
+        return False
+    if parsed == gold:
+        return True
+    try:
+        a, b = float(parsed), float(gold)
+    except ValueError:
+        return False
+    return abs(a - b) <= NUMERIC_TOLERANCE * max(1.0, abs(b))
 
 
 def parse_hf_multiple_choice(obj: dict, task: str) -> Question:
@@ -219,13 +301,17 @@ ROW_PARSERS: dict[str, Callable[[dict, str], Question]] = {
     "arithmetic": parse_generic,  # generated tasks (scotd.symbolic) saved as generic JSONL
     "arithmetic_check": parse_generic,
     "coin_flip": parse_generic,
+    "gsm8k": parse_gsm8k,
 }
+
+# Formats whose hub datasets keep the official rows (the others are read in the hub's multiple-choice layouts).
+HUB_PARSERS: dict[str, Callable[[dict, str], Question]] = {"gsm8k": parse_gsm8k}
 
 # The exemplar file each format uses unless the task names another.
 DEFAULT_EXEMPLARS = {"commonsenseqa": "commonsenseqa", "openbookqa": "openbookqa", "arc": "arc",
                      "quarel": "quarel", "strategyqa": "strategyqa", "jsonl": "generic", "hf": "generic",
                      "imdb": "imdb", "arithmetic": "arithmetic", "arithmetic_check": "arithmetic_check",
-                     "coin_flip": "coin_flip"}
+                     "coin_flip": "coin_flip", "gsm8k": "gsm8k"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -336,7 +422,7 @@ def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool
             else:
                 q = parser(obj, task)
             if not q.id:
-                q = Question(f"{task}-{line}", q.task, q.text, q.choices, q.answer_index)
+                q = replace(q, id=f"{task}-{line}")
             if q.id in seen:
                 raise RowError(f"duplicate id {q.id!r}")
         except RowError as err:
@@ -368,8 +454,10 @@ def hash_split(question_id: str) -> str:
     return "eval" if bucket == 0 else "dev" if bucket == 1 else "train"
 
 
-def load_hf_questions(spec: str, task: str, *, skip_bad_rows: bool = False) -> LoadResult:
-    """Load 'dataset_name[:config]:split' from the Hugging Face hub (needs the ``datasets`` package and network)."""
+def load_hf_questions(spec: str, task: str, *, skip_bad_rows: bool = False, fmt: str = "hf") -> LoadResult:
+    """Load 'dataset_name[:config]:split' from the Hugging Face hub (needs the ``datasets`` package and network);
+    rows are read in the hub's common multiple-choice layouts, or as the official rows where the hub has those
+    (``HUB_PARSERS``: GSM8K)."""
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not all(parts):
         raise TaskDataError(f"{spec}: expected 'dataset_name:split' or 'dataset_name:config:split'")
@@ -387,8 +475,8 @@ def load_hf_questions(spec: str, task: str, *, skip_bad_rows: bool = False) -> L
     questions, skipped, where = [], [], {}
     for number, obj in enumerate(rows, start=1):
         try:
-            q = parse_hf_multiple_choice(dict(obj), task)
-            questions.append(q if q.id else Question(f"{task}-{number}", task, q.text, q.choices, q.answer_index))
+            q = HUB_PARSERS.get(fmt, parse_hf_multiple_choice)(dict(obj), task)
+            questions.append(q if q.id else replace(q, id=f"{task}-{number}"))
             where[questions[-1].id] = f"{spec}:{number}"
         except RowError as err:
             if not skip_bad_rows:

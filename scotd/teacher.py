@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 
 from scotd.config import OutputConfig, ResourcesConfig, TeacherConfig
 from scotd.engine import EngineSpec, EngineStats, Sampling, generate, stream_batches, throughput_counters
-from scotd.prompts import Exemplar, mark_cut, parse_answer, stop_strings, teacher_prompt
+from scotd.prompts import Exemplar, gold_key, mark_cut, parse_answer, stop_strings, teacher_prompt
 from scotd.schema import SAMPLE_SCHEMA, check_parquet_folder, to_table, write_table
-from scotd.tasks import Question
+from scotd.tasks import Question, answers_match
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ def to_request(q: Question, exemplars: list[Exemplar], cfg: TeacherConfig, n: in
         "question": q.text,
         "choices": json.dumps(list(q.choices)),
         "gold_index": -1 if q.answer_index is None else q.answer_index,
+        "gold_answer": gold_key(q) or "",  # "": unlabelled
     }
 
 
@@ -55,6 +56,7 @@ def from_response(row: dict) -> dict:
     parsed = mark_cut(parse_answer(str(row["text"]), len(choices)), row["finish_reason"])
     gold = int(row["gold_index"])
     gold = None if gold < 0 else gold
+    gold_answer = str(row["gold_answer"]) or None
     logprob = row["logprob_sum"]
     return {
         "question_id": str(row["question_id"]),
@@ -65,9 +67,11 @@ def from_response(row: dict) -> dict:
         "text": str(row["text"]),
         "rationale": parsed.rationale,
         "parsed_index": parsed.index,
+        "parsed_answer": parsed.key,
+        "gold_answer": gold_answer,
         "parse_error": parsed.reason,
         "gold_index": gold,
-        "correct": parsed.index is not None and parsed.index == gold,
+        "correct": answers_match(parsed.key, gold_answer),
         "logprob_sum": None if logprob is None else float(logprob),
         "logprob_mean": None if logprob is None or not int(row["num_tokens"]) else float(logprob) / int(row["num_tokens"]),
         "num_tokens": int(row["num_tokens"]),

@@ -13,7 +13,8 @@ def sample(qid, idx, rationale, parsed, gold, error=None):
             "text": f" {rationale} So the answer is: (?)", "rationale": rationale, "parsed_index": parsed,
             "parse_error": error, "gold_index": gold, "correct": parsed == gold, "logprob_sum": -1.0 * idx,
             "logprob_mean": -0.2 * idx,
-            "num_tokens": 5, "finish_reason": "stop"}
+            "num_tokens": 5, "finish_reason": "stop",
+            "parsed_answer": None if parsed is None else "abc"[parsed], "gold_answer": "abc"[gold]}
 
 
 ROWS = [
@@ -44,8 +45,8 @@ def test_dedup_keeps_first_sample_per_question():
 
 
 def test_majority_labels_break_ties_low():
-    assert majority_labels(ROWS) == {"q1": 0, "q2": 2}
-    assert majority_labels([sample("q", 0, "r", 2, 0), sample("q", 1, "r", 1, 0)]) == {"q": 1}
+    assert majority_labels(ROWS) == {"q1": "a", "q2": "c"}
+    assert majority_labels([sample("q", 0, "r", 2, 0), sample("q", 1, "r", 1, 0)]) == {"q": "b"}
 
 
 @pytest.mark.parametrize("setting, kept, labels", [

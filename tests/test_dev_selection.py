@@ -9,7 +9,7 @@ import pytest
 from scotd.config import load_config
 from scotd.evaluate import score
 from scotd.pipeline import Experiment, eval_runs, stage_tasks
-from scotd.prompts import cut_at_stop, stop_strings, student_prompt
+from scotd.prompts import cut_at_stop, gold_key, stop_strings, student_prompt
 from scotd.report import write_report
 from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
 from scotd.student.train import best_key, dev_metrics
@@ -73,7 +73,7 @@ def test_dev_answers_batched_equal_one_by_one_and_are_scored(tmp_path, shared_da
     assert tokenizer.padding_side == "right" and not model.training  # both as they were
 
     # scoring: completions that name the gold letter, a wrong one and none
-    dev = [{"prompt": p, "num_choices": len(q.choices), "answer_index": q.answer_index} for p, q in zip(prompts, qs)]
+    dev = [{"prompt": p, "num_choices": len(q.choices), "gold": gold_key(q)} for p, q in zip(prompts, qs)]
     import scotd.student.train as train
 
     canned = iter([f"x So the answer is: ({'abcde'[q.answer_index]})" for q in qs[:6]]

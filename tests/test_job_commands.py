@@ -72,7 +72,8 @@ def problems_of(command: str) -> list[str]:
         for i, task in enumerate(cfg.tasks):
             for split in ("train", "eval"):
                 path = getattr(task, split)
-                if path and not path.startswith("offline:") and task.format != "hf" and not kept_by_a_job(path):
+                generated_or_hub = path.startswith(("offline:", "gen:", "hf:")) or task.format == "hf"
+                if path and not generated_or_hub and not kept_by_a_job(path):
                     problems.append(f"tasks.{i}.{split}={path} is relative: the driver would look for it inside "
                                     "the uploaded working dir")
     return problems

@@ -60,7 +60,8 @@ def experiment(tmp_path, shared_data):
             "eval.max_new_tokens=null"]
     exp = pipeline.run(load_config(TINY, args), ("tasks",))
     rows = [{"question_id": f"q{i}", "task": "csqa", "sample_index": 0, "question": "?", "choices": ["a", "b"],
-             "rationale": "r", "label_index": 0, "logprob_sum": -1.0, "logprob_mean": -0.1, "num_tokens": n}
+             "rationale": "r", "label_index": 0, "label": "a", "logprob_sum": -1.0, "logprob_mean": -0.1,
+             "num_tokens": n}
             for i, n in enumerate(range(1, 101))]
     write_table(to_table(rows, CORPUS_SCHEMA), exp.dir / "corpus" / "corpus.parquet")
     return exp, args

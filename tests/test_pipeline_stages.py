@@ -95,7 +95,8 @@ def test_each_student_trains_on_its_selection_of_the_corpus(tmp_path):
     from scotd.schema import CORPUS_SCHEMA, to_table, write_table
 
     rows = [{"question_id": f"q{q}", "task": "t", "sample_index": i, "question": "?", "choices": ["a", "b"],
-             "rationale": f"reason {q} {i}", "label_index": 0, "logprob_sum": -i * 5.0, "logprob_mean": -float(i),
+             "rationale": f"reason {q} {i}", "label_index": 0, "label": "a", "logprob_sum": -i * 5.0,
+             "logprob_mean": -float(i),
              "num_tokens": 5} for q in range(4) for i in range(0, 20, 2)]  # 10 kept of 20 samples per question
     cfg = load_config(write_cfg(tmp_path, "a.jsonl"), [
         f"output.dir={tmp_path / 'out'}",
@@ -177,7 +178,8 @@ def test_students_of_both_settings_in_one_experiment(tmp_path):
         return {"question_id": f"q{q}", "task": "t", "sample_index": i, "question": "?", "choices": ["a", "b"],
                 "text": "t", "rationale": f"r{q}{i}", "parsed_index": parsed, "gold_index": gold,
                 "parse_error": None if parsed is not None else "no_answer_phrase", "correct": parsed == gold,
-                "logprob_sum": -1.0, "logprob_mean": -0.5, "num_tokens": 2, "finish_reason": "stop"}
+                "logprob_sum": -1.0, "logprob_mean": -0.5, "num_tokens": 2, "finish_reason": "stop",
+                "parsed_answer": None if parsed is None else "ab"[parsed], "gold_answer": "ab"[gold]}
 
     samples = [sample(0, 0, 0), sample(0, 1, 1), sample(0, 2, 1), sample(1, 0, None), sample(1, 1, 1)]
     cfg = load_config(write_cfg(tmp_path, "a.jsonl"), [

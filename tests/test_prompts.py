@@ -2,8 +2,8 @@ from importlib import resources
 
 import pytest
 
-from scotd.prompts import (Parsed, cut_at_stop, load_exemplars, parse_answer, render_answer, render_question,
-                           stop_strings, student_prompt, teacher_prompt)
+from scotd.prompts import (Parsed, cut_at_stop, gold_key, load_exemplars, parse_answer, render_answer,
+                           render_question, stop_strings, student_prompt, teacher_prompt)
 from scotd.tasks import Question, TaskDataError
 
 Q = Question("q1", "csqa", "Where do you keep milk?", ("oven", "fridge", "shelf"), 1)
@@ -70,9 +70,11 @@ def test_shipped_exemplars_load_and_parse_back(name):
     shots = load_exemplars(name, name)
     assert len(shots) >= 5
     for shot in shots:
-        target = render_answer(shot.rationale, shot.question.answer_index)
-        assert parse_answer(target, len(shot.question.choices)) == Parsed(shot.question.answer_index, None,
-                                                                          shot.rationale)
+        target = render_answer(shot.rationale, shot.question.gold)
+        parsed = parse_answer(target, len(shot.question.choices))
+        assert parsed == Parsed(shot.question.answer_index, None, shot.rationale,
+                                shot.question.answer if shot.question.free_form else None)
+        assert parsed.key == gold_key(shot.question) is not None
         assert "\n\n" not in render_question(shot.question) + target  # the blank line is the stop string
 
 

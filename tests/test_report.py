@@ -47,7 +47,7 @@ def test_metrics_count_parse_failures():
     q = {"q": Question("q", "t", "?", ("x", "y"), 0)}
     rows = [score("r", q, "q", "gibberish"), score("r", q, "q", " (a)")]
     assert metrics_of(rows) == {"total": 2, "correct": 1, "accuracy": 0.5, "parse_failures": 1,
-                                "parse_failure_rate": 0.5}
+                                "parse_failure_rate": 0.5, "cut_at_limit": 0}
 
 
 @pytest.mark.parametrize("texts, chosen, tied", [
@@ -242,7 +242,8 @@ def _predictions_folder(tmp_path, ids=("q0", "q1", "q2", "q3")):
     from scotd.schema import QUESTION_SCHEMA
 
     questions = {q: Question(q, "t", "?", ("x", "y"), 0) for q in ids}
-    write_table(to_table([{"question_id": q, "task": "t", "question": "?", "choices": ["x", "y"], "answer_index": 0}
+    write_table(to_table([{"question_id": q, "task": "t", "question": "?", "choices": ["x", "y"], "answer_index": 0,
+                           "answer": None}
                           for q in ids], QUESTION_SCHEMA), tmp_path / "questions" / "eval.parquet")
     rows = [score("a", questions, q, " (a)") for q in ids]
     write_table(to_table(rows, PREDICTION_SCHEMA), tmp_path / "eval" / "a" / "predictions.parquet")

@@ -70,7 +70,8 @@ def test_pipeline_writes_at_the_uri(tmp_path):
         assert (remote / name).read_bytes() == (exp.dir / name).read_bytes(), name
     # a fresh machine: the mirror pulls what the URI holds before any stage runs
     second = Mirror(f"file://{remote}", tmp_path / "cache2" / "copy")
-    assert second.pull() == 6  # questions/{train,dev,eval}.parquet, questions/summary.json, config, timings
+    assert second.pull() == 8  # questions/{train,dev,eval}.parquet, summary.json, where.json, config, timings,
+    # provenance.json
     files = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())  # noqa: E731
     assert files(tmp_path / "cache2" / "copy") == files(remote) == files(exp.dir)
 

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from scotd.config import StudentConfig
-from scotd.prompts import student_prompt
+from scotd.prompts import gold_key, student_prompt
 from scotd.schema import CORPUS_SCHEMA, to_table, write_table
 from scotd.student.train import PROGRESS_FILE, STUDENT_META, best_key, train_students
 from scotd.tasks import load_questions
@@ -33,7 +33,8 @@ def corpus(shared_data, tmp_path_factory):
     questions = load_questions(shared_data / "commonsenseqa" / "train_rand_split.jsonl", "commonsenseqa",
                                "csqa").questions[:96]
     rows = [{"question_id": q.id, "task": q.task, "sample_index": k, "question": q.text, "choices": list(q.choices),
-             "rationale": text, "label_index": q.answer_index, "logprob_sum": -10.0, "logprob_mean": -0.8,
+             "rationale": text, "label_index": q.answer_index, "label": gold_key(q), "logprob_sum": -10.0,
+             "logprob_mean": -0.8,
              "num_tokens": 12}
             for q in questions
             for k, text in enumerate((f"The question asks about {q.choices[q.answer_index]}.",
@@ -57,7 +58,7 @@ def dev_questions(shared_data, count=12):
     """Dev questions from the CommonsenseQA dev file (not in the training corpus)."""
     questions = load_questions(shared_data / "commonsenseqa" / "dev_rand_split.jsonl", "commonsenseqa",
                                "csqa").questions[:count]
-    return [{"prompt": student_prompt(q), "num_choices": len(q.choices), "answer_index": q.answer_index}
+    return [{"prompt": student_prompt(q), "num_choices": len(q.choices), "gold": gold_key(q)}
             for q in questions]
 
 

@@ -137,7 +137,9 @@ def test_files_at_a_uri_load_like_local_files(tmp_path):
     filesystems; file:// takes the same path as s3://. Faults still name the location and line."""
     path = write_jsonl(tmp_path, [MC, {**MC, "id": "q2"}], name="train.jsonl")
     at_uri = load_questions(f"file://{path}", "commonsenseqa", "csqa")
-    assert at_uri == load_questions(path, "commonsenseqa", "csqa") and len(at_uri.questions) == 2
+    local = load_questions(path, "commonsenseqa", "csqa")
+    assert at_uri.questions == local.questions and len(at_uri.questions) == 2
+    assert at_uri.where == {"q1": f"file://{path}:1", "q2": f"file://{path}:2"}
     bad = write_jsonl(tmp_path, [MC, b"{oops\n"], name="bad.jsonl")
     with pytest.raises(TaskDataError, match=f"^file://{bad}:2: bad JSON"):
         load_questions(f"file://{bad}", "commonsenseqa", "csqa")

@@ -26,10 +26,15 @@ def training_texts(rows: list[dict], method: str) -> dict[str, tuple[str, list[s
     """Group corpus rows (or label rows for ``label_only``) into question id -> (prompt, [targets])."""
     groups: dict[str, tuple[str, list[str]]] = {}
     for r in sorted(rows, key=lambda r: (r["question_id"], r.get("sample_index", 0))):
-        label = r["label_index"] if method == "scotd" else r["answer_index"]
+        free = not r["choices"]  # a free-form question's label is its answer text
+        if method == "scotd":
+            label = r["label"] if free else r["label_index"]
+        else:
+            label = r["answer"] if free else r["answer_index"]
         if label is None:
             continue
-        q = Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]), label)
+        q = Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]), None if free else label,
+                     label if free else None)
         target = render_answer(r["rationale"] if method == "scotd" else None, label)
         prompt, targets = groups.setdefault(q.id, (student_prompt(q), []))
         targets.append(target)

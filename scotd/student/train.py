@@ -199,7 +199,8 @@ def progress_line(name: str, position: dict | None) -> str:
 
 def dev_metrics(model, tokenizer, dev: list[dict], max_new_tokens: int, rank: int, world: int, *, batch_size: int,
                 synced: bool) -> dict:
-    """Greedy answers of the model in training to the dev questions (``{"prompt", "num_choices", "answer_index"}``),
+    """Greedy answers of the model in training to the dev questions (``{"prompt", "num_choices", "gold"}``: gold is
+    the answer key, ``prompts.gold_key``),
     split over the ranks and summed: ``dev_accuracy`` chooses the checkpoint, ``dev_parse_failures`` explains it.
 
     Ranks answer equally many questions (the last ones wrap around and are not counted) so that ZeRO-3 ranks, which
@@ -209,6 +210,7 @@ def dev_metrics(model, tokenizer, dev: list[dict], max_new_tokens: int, rank: in
     import torch.distributed as dist
 
     from scotd.prompts import cut_at_stop, parse_answer, stop_strings
+    from scotd.tasks import answers_match
 
     per_rank = -(-len(dev) // world)
     mine = [(dev[(rank + k * world) % len(dev)], rank + k * world < len(dev)) for k in range(per_rank)]
@@ -222,8 +224,8 @@ def dev_metrics(model, tokenizer, dev: list[dict], max_new_tokens: int, rank: in
             continue
         parsed = parse_answer(cut_at_stop(text, stop_strings(q["num_choices"])), q["num_choices"])
         counted += 1
-        correct += parsed.index is not None and parsed.index == q["answer_index"]
-        failures += parsed.index is None
+        correct += answers_match(parsed.key, q["gold"])
+        failures += parsed.key is None
     totals = torch.tensor([correct, failures, counted], dtype=torch.long, device=model.device)
     if world > 1:
         dist.all_reduce(totals)
