@@ -37,7 +37,7 @@ def required(help: str) -> Any:
 class TaskConfig:
     name: str = required("Task label used in ids, reports and exemplar lookup (e.g. csqa).")
     format: Literal["commonsenseqa", "openbookqa", "arc", "quarel", "strategyqa", "jsonl", "imdb", "hf",
-                    "arithmetic", "arithmetic_check", "coin_flip", "gsm8k"] = required(
+                    "arithmetic", "arithmetic_check", "coin_flip", "gsm8k", "sum", "last_letters"] = required(
         "File format of the task's data: an official benchmark format (gsm8k: free-form numeric answers), generic "
         "JSONL (multiple choice, or free-form without choices), the IMDb contrast-set TSV (Sentiment<TAB>Text), a "
         "Hugging Face dataset, or a generated symbolic task (scotd/symbolic.py; its sources are "

@@ -10,6 +10,9 @@ deterministic stream of questions of one kind; the task's ``max_train`` / ``max_
   are the slips above. The answer is the sum's, with no letter to look up among numbers.
 - ``coin_flip``: "A coin is heads up. Ana flips the coin. Ben does not flip the coin. Is the coin still heads
   up?", yes or no, for k people (Wei et al. 2022's task).
+- ``sum``: "What is 28 - 68 + 41?" with a free-form numeric answer (no choices to look the result up among).
+- ``last_letters``: "Take the last letter of each word in "river stone apple" and join them." with a free-form
+  answer ("ree"), for k words from a word list of this project (Wei et al. 2022's last-letter concatenation).
 
 Each question's split is a hash of its text (80 % train, 10 % dev, 10 % eval, as ``tasks.hash_split``), so the
 splits never share a question, and a question's id is ``<kind>-k<min>-<max>-<split>-<index>``: stable for a
@@ -89,8 +92,37 @@ def coin_flip_question(rng: random.Random, steps: int) -> tuple[str, tuple[str, 
     return f"A coin is heads up. {acts} Is the coin still heads up?", ("yes", "no"), 0 if heads else 1
 
 
+def sum_question(rng: random.Random, steps: int) -> tuple[str, tuple[str, ...], str]:
+    """(question, no choices, the result) for ``steps`` operands of 10-99 joined by + and -."""
+    operands = [rng.randint(10, 99) for _ in range(steps)]
+    ops = [rng.choice("+-") for _ in range(steps - 1)]
+    text = "What is " + " ".join([str(operands[0])] + [f"{op} {x}" for op, x in zip(ops, operands[1:])]) + "?"
+    return text, (), str(evaluate(operands, ops))
+
+
+# Common English words (written for this project), whose last letters cover most of the alphabet.
+WORDS = ("apple", "river", "stone", "cloud", "table", "green", "music", "paper", "light", "house", "water", "bread",
+         "chair", "dream", "earth", "field", "glass", "heart", "island", "jacket", "kitten", "lemon", "market",
+         "night", "ocean", "pencil", "queen", "rabbit", "summer", "tiger", "uncle", "valley", "window", "yellow",
+         "zebra", "garden", "forest", "button", "candle", "doctor", "engine", "finger", "guitar", "hammer", "insect",
+         "jungle", "kettle", "ladder", "mirror", "needle", "orange", "planet", "rocket", "silver", "tomato",
+         "violin", "wallet", "basket", "camera", "dinner", "family", "honey", "idea", "jelly", "koala", "laptop",
+         "monkey", "number", "office", "pillow", "quilt", "radio", "school", "ticket", "umbrella", "village",
+         "winter", "shadow", "bridge", "circus", "desert", "flower", "ghost", "horse", "jewel", "knife", "lizard",
+         "magnet", "nest", "owl", "pizza", "puzzle", "robot", "salad", "train", "vase", "whale", "yogurt", "box",
+         "cliff", "drum", "elbow", "frog", "gold", "hawk", "ink", "jam", "kiwi", "lamb", "mouth", "nail", "oak",
+         "plum", "roof", "sock", "tree", "van", "wolf", "yak")
+
+
+def last_letters_question(rng: random.Random, steps: int) -> tuple[str, tuple[str, ...], str]:
+    """(question, no choices, the last letters of ``steps`` words joined)."""
+    words = rng.sample(WORDS, steps)
+    text = f'Take the last letter of each word in "{" ".join(words)}" and join them.'
+    return text, (), "".join(w[-1] for w in words)
+
+
 GENERATORS = {"arithmetic": arithmetic_question, "arithmetic_check": arithmetic_check_question,
-              "coin_flip": coin_flip_question}
+              "coin_flip": coin_flip_question, "sum": sum_question, "last_letters": last_letters_question}
 
 
 def parse_ref(ref: str) -> tuple[str, str, int, int]:
@@ -120,13 +152,16 @@ def generate(ref: str, task: str, count: int) -> list[Question]:
         if text in seen or hash_split(_text_key(kind, text)) != split:
             continue
         seen.add(text)
-        out.append(Question(f"{kind}-k{low}-{high}-{split}-{len(out)}", task, text, choices, answer))
+        qid = f"{kind}-k{low}-{high}-{split}-{len(out)}"
+        out.append(Question(qid, task, text, (), None, answer) if not choices else
+                   Question(qid, task, text, choices, answer))
         if len(out) == count:
             return out
     raise SourceUnavailableError(f"{ref}: only {len(out)} distinct questions exist; ask for fewer")
 
 
-def _stream(kind: str, low: int, high: int, attempts: int = 2_000_000) -> Iterator[tuple[str, tuple[str, ...], int]]:
+def _stream(kind: str, low: int, high: int,
+            attempts: int = 2_000_000) -> Iterator[tuple[str, tuple[str, ...], int | str]]:
     seed = int.from_bytes(hashlib.sha256(f"{kind}:{low}-{high}".encode()).digest()[:8], "little")
     rng = random.Random(seed)
     for _ in range(attempts):

@@ -302,6 +302,8 @@ ROW_PARSERS: dict[str, Callable[[dict, str], Question]] = {
     "arithmetic_check": parse_generic,
     "coin_flip": parse_generic,
     "gsm8k": parse_gsm8k,
+    "sum": parse_generic,
+    "last_letters": parse_generic,
 }
 
 # Formats whose hub datasets keep the official rows (the others are read in the hub's multiple-choice layouts).
@@ -311,7 +313,7 @@ HUB_PARSERS: dict[str, Callable[[dict, str], Question]] = {"gsm8k": parse_gsm8k}
 DEFAULT_EXEMPLARS = {"commonsenseqa": "commonsenseqa", "openbookqa": "openbookqa", "arc": "arc",
                      "quarel": "quarel", "strategyqa": "strategyqa", "jsonl": "generic", "hf": "generic",
                      "imdb": "imdb", "arithmetic": "arithmetic", "arithmetic_check": "arithmetic_check",
-                     "coin_flip": "coin_flip", "gsm8k": "gsm8k"}
+                     "coin_flip": "coin_flip", "gsm8k": "gsm8k", "sum": "sum", "last_letters": "last_letters"}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -114,3 +114,26 @@ def test_every_generated_task_of_a_shipped_config_has_its_questions(path):
             assert len(generate(task.train, task.name, task.max_train + task.max_dev)) == task.max_train + task.max_dev
         if str(task.eval).startswith("gen:"):
             assert len(generate(task.eval, task.name, task.max_eval)) == task.max_eval
+
+
+def test_free_form_generators_answer_by_construction() -> None:
+    """``sum`` and ``last_letters``: no choices, and the answer recomputed from the question text."""
+    for q in symbolic.generate("gen:sum:train:2-6", "t", 300):
+        tokens = q.text.removeprefix("What is ").removesuffix("?").split()
+        total = int(tokens[0])
+        for op, x in zip(tokens[1::2], tokens[2::2]):
+            total += int(x) if op == "+" else -int(x)
+        assert q.free_form and q.answer == str(total)
+    for q in symbolic.generate("gen:last_letters:eval:5-6", "t", 300):
+        words = re.search(r'"(.*)"', q.text).group(1).split()
+        assert q.free_form and 5 <= len(words) <= 6 and q.answer == "".join(w[-1] for w in words)
+
+
+@pytest.mark.parametrize("kind", ["sum", "last_letters"])
+def test_free_form_streams_are_deterministic_and_splits_disjoint(kind: str) -> None:
+    texts = {split: [q.text for q in symbolic.generate(f"gen:{kind}:{split}:2-4", kind, 40)]
+             for split in ("train", "dev", "eval")}
+    assert texts["train"] == [q.text for q in symbolic.generate(f"gen:{kind}:train:2-4", kind, 40)]
+    assert not set(texts["train"]) & set(texts["eval"]) and not set(texts["dev"]) & set(texts["eval"])
+    shots = load_exemplars(kind, kind)
+    assert len(shots) >= 5 and all(s.question.free_form for s in shots)
