@@ -20,8 +20,8 @@ def _pyplot():
 def _errors(points: list[dict]) -> list[list[float]]:
     """Distances from each accuracy (in %) down and up to its interval (none where a point has no interval)."""
     acc = [100 * p["accuracy"] for p in points]
-    low = [a - 100 * p["ci95"][0] if p.get("ci95") else 0.0 for a, p in zip(acc, points)]
-    high = [100 * p["ci95"][1] - a if p.get("ci95") else 0.0 for a, p in zip(acc, points)]
+    low = [max(0.0, a - 100 * p["ci95"][0]) if p.get("ci95") else 0.0 for a, p in zip(acc, points)]
+    high = [max(0.0, 100 * p["ci95"][1] - a) if p.get("ci95") else 0.0 for a, p in zip(acc, points)]
     return [low, high]
 
 

@@ -402,7 +402,7 @@ def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool
 
     A bad row raises ``TaskDataError("path:line: fault")`` unless ``skip_bad_rows``, in which case it is counted.
     Duplicate ids are an error too (they would collide in the corpus). Generic rows without an id get
-    ``<task>-<line>``.
+    ``<task>-<file name without extension>-<line>`` (so the train and test files of one task never share an id).
     """
     path = str(path) if is_uri(str(path)) else Path(path)  # Path() would fold the '//' of a URI
     if fmt not in ROW_PARSERS or fmt == "hf":
@@ -424,7 +424,7 @@ def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool
             else:
                 q = parser(obj, task)
             if not q.id:
-                q = replace(q, id=f"{task}-{line}")
+                q = replace(q, id=f"{task}-{_stem(path)}-{line}")
             if q.id in seen:
                 raise RowError(f"duplicate id {q.id!r}")
         except RowError as err:
@@ -442,6 +442,12 @@ def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool
         raise TaskDataError(f"{path}: no questions" + (f" ({len(skipped)} malformed rows skipped)" if skipped else
                                                          " (the file is empty)"))
     return LoadResult(questions, len(skipped), skipped[:20], where)
+
+
+def _stem(path: str | Path) -> str:
+    """A data file's name without its extension (``train`` for ``.../train.jsonl`` or ``s3://b/train.jsonl``)."""
+    name = str(path).rstrip("/").rsplit("/", 1)[-1]
+    return name.split(".", 1)[0] or name
 
 
 SPLITS = ("train", "dev", "eval")
@@ -478,7 +484,7 @@ def load_hf_questions(spec: str, task: str, *, skip_bad_rows: bool = False, fmt:
     for number, obj in enumerate(rows, start=1):
         try:
             q = HUB_PARSERS.get(fmt, parse_hf_multiple_choice)(dict(obj), task)
-            questions.append(q if q.id else replace(q, id=f"{task}-{number}"))
+            questions.append(q if q.id else replace(q, id=f"{task}-{split}-{number}"))
             where[questions[-1].id] = f"{spec}:{number}"
         except RowError as err:
             if not skip_bad_rows:

@@ -88,21 +88,21 @@ def test_demo_sizes_both_budgets_from_the_data():
 
 
 @pytest.mark.slow
-def test_a_run_with_a_small_budget_counts_the_cut_samples_and_warns(ray_cluster, shared_data, tmp_path, caplog):
+def test_a_run_with_a_small_budget_counts_the_cut_samples_and_warns(ray_cluster, shared_data, tmp_path, capsys):
     """The real tiny teacher in vLLM with a 3-token budget: no sample reaches an answer."""
     from scotd.cli import main
 
     csqa = shared_data / "commonsenseqa"
-    with caplog.at_level(logging.INFO, logger="scotd"):
-        assert main(["run", str(TINY), "--stages", "tasks,teacher", f"output.dir={tmp_path / 'exp'}",
-                     f"output.cache_dir={tmp_path / 'cache'}", f"tasks.0.train={csqa / 'train_rand_split.jsonl'}",
-                     f"tasks.0.eval={csqa / 'dev_rand_split.jsonl'}", "tasks.0.max_train=4", "teacher.num_samples=2",
-                     "teacher.max_new_tokens=3"]) == 0
+    assert main(["run", str(TINY), "--stages", "tasks,teacher", f"output.dir={tmp_path / 'exp'}",
+                 f"output.cache_dir={tmp_path / 'cache'}", f"tasks.0.train={csqa / 'train_rand_split.jsonl'}",
+                 f"tasks.0.eval={csqa / 'dev_rand_split.jsonl'}", "tasks.0.max_train=4", "teacher.num_samples=2",
+                 "teacher.max_new_tokens=3"]) == 0
     summary = json.loads((tmp_path / "exp" / "teacher" / "sampling_summary.json").read_text())
     assert summary["samples"] == 8 and summary["cut_at_limit"] == 8
-    assert "(8 cut at teacher.max_new_tokens=3)" in caplog.text
-    assert ("teacher: 100.0% of the completions (8 of 8) were cut at teacher.max_new_tokens=3 before an answer; "
-            "raise teacher.max_new_tokens") in caplog.text
+    err = capsys.readouterr().err
+    assert "(8 cut at teacher.max_new_tokens=3)" in err
+    assert ("WARNING scotd.teacher: teacher: 100.0% of the completions (8 of 8) were cut at teacher.max_new_tokens=3 "
+            "before an answer; raise teacher.max_new_tokens") in err
 
 
 @pytest.mark.slow

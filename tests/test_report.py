@@ -298,3 +298,10 @@ def test_report_accepts_the_complete_answers(tmp_path):
     _predictions_folder(tmp_path)
     report = write_report(tmp_path, [{"run": "a", "kind": "scotd", "model": "m", "dir": "a"}])
     assert (report["rows"][0]["correct"], report["rows"][0]["total"]) == (4, 4)
+
+
+@pytest.mark.parametrize("total", [1, 7, 12, 30, 600])
+def test_wilson_bounds_hold_the_observed_share_at_the_extremes(total):
+    assert wilson_interval(0, total)[0] == 0.0 and wilson_interval(total, total)[1] == 1.0
+    low, high = wilson_interval(0, total)
+    assert low <= 0.0 <= high  # a bar at 0 % never gets a negative error bar

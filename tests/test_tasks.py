@@ -66,9 +66,12 @@ def test_generic_answer_forms(tmp_path, answer, expected):
     assert load_questions(write_jsonl(tmp_path, [row]), "jsonl", "g").questions[0].answer_index == expected
 
 
-def test_generic_rows_without_id_get_task_and_line(tmp_path):
+def test_generic_rows_without_id_get_task_file_and_line(tmp_path):
+    """The file's name is in the id: a task's train and test files (GSM8K's, both without ids) never collide."""
     rows = [{"question": "a?", "choices": ["x", "y"], "answer": 0}, {"question": "b?", "choices": ["x", "y"], "answer": 1}]
-    assert [q.id for q in load_questions(write_jsonl(tmp_path, rows), "jsonl", "g").questions] == ["g-1", "g-2"]
+    assert [q.id for q in load_questions(write_jsonl(tmp_path, rows), "jsonl", "g").questions] == ["g-data-1", "g-data-2"]
+    other = write_jsonl(tmp_path, rows, name="test.jsonl")
+    assert [q.id for q in load_questions(other, "jsonl", "g").questions] == ["g-test-1", "g-test-2"]
 
 
 GOOD = {"id": "g1", "question": "Q?", "choices": ["x", "y"], "answer": 0}
@@ -179,7 +182,7 @@ def test_imdb_contrast_files_pair_rows_with_flipped_labels(shared_data):
     assert all(o.choices == c.choices == ("positive", "negative") for o, c in zip(original, contrast))
     assert all(o.answer_index != c.answer_index for o, c in zip(original, contrast))  # minimal edit flips the label
     assert all("<br />" not in q.text and q.text.startswith("What is the sentiment") for q in original + contrast)
-    assert [q.id for q in original[:2]] == ["imdb-2", "imdb-3"]  # data lines after the header
+    assert [q.id for q in original[:2]] == ["imdb-dev_original-2", "imdb-dev_original-3"]  # data lines after the header
 
 
 @pytest.mark.parametrize("line, fault", [("Positive\tgood\textra", "expected 2 tab-separated fields"),
