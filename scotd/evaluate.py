@@ -18,7 +18,8 @@ from typing import Callable
 from scotd.engine import EngineSpec, Sampling, generate, stream_batches
 from scotd.prompts import flexible_answer, gold_key, mark_cut, parse_answer, stop_strings
 from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
-from scotd.teacher import question_seed, warn_if_cut
+from scotd.limits import warn_if_cut
+from scotd.teacher import question_seed
 from scotd.tasks import Question, answers_match
 
 log = logging.getLogger(__name__)

@@ -13,6 +13,7 @@ and written into its ``config.yaml``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from scotd.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
 
 FILE = "limits.json"
 FLOOR = 32
@@ -41,6 +44,14 @@ def eval_budget(rationale_tokens: list[int]) -> int:
 
 def corpus_tokens(corpus: Path) -> list[int]:
     return pq.read_table(corpus, columns=["num_tokens"]).column(0).to_pylist()
+
+
+def warn_if_cut(stage: str, cut: int, total: int, key: str, budget: int, share: float = 0.05) -> None:
+    """One warning when more than ``share`` of a stage's completions stopped at the token budget before an
+    answer: accuracy then measures the budget, and the key to raise is named."""
+    if total and cut / total > share:
+        log.warning("%s: %.1f%% of the completions (%d of %d) were cut at %s=%d before an answer; raise %s",
+                    stage, 100 * cut / total, cut, total, key, budget, key)
 
 
 def read(exp_dir: Path) -> dict[str, int]:

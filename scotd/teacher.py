@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from scotd.config import OutputConfig, ResourcesConfig, TeacherConfig
 from scotd.engine import EngineSpec, EngineStats, Sampling, generate, stream_batches, throughput_counters
+from scotd.limits import warn_if_cut
 from scotd.prompts import Exemplar, gold_key, mark_cut, parse_answer, stop_strings, teacher_prompt
 from scotd.schema import SAMPLE_SCHEMA, check_parquet_folder, to_table, write_table
 from scotd.tasks import Question, answers_match
@@ -180,14 +181,6 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
              summary["parse_failures"], cut, cfg.max_new_tokens)
     warn_if_cut("teacher", cut, summary["samples"], "teacher.max_new_tokens", cfg.max_new_tokens)
     return summary
-
-
-def warn_if_cut(stage: str, cut: int, total: int, key: str, budget: int, share: float = 0.05) -> None:
-    """One warning when more than ``share`` of a stage's completions stopped at the token budget before an
-    answer: accuracy then measures the budget, and the key to raise is named."""
-    if total and cut / total > share:
-        log.warning("%s: %.1f%% of the completions (%d of %d) were cut at %s=%d before an answer; raise %s",
-                    stage, 100 * cut / total, cut, total, key, budget, key)
 
 
 def _write_block(samples_dir: Path, rows: list[dict]) -> Path:

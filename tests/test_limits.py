@@ -101,7 +101,7 @@ def test_a_run_with_a_small_budget_counts_the_cut_samples_and_warns(ray_cluster,
     assert summary["samples"] == 8 and summary["cut_at_limit"] == 8
     err = capsys.readouterr().err
     assert "(8 cut at teacher.max_new_tokens=3)" in err
-    assert ("WARNING scotd.teacher: teacher: 100.0% of the completions (8 of 8) were cut at teacher.max_new_tokens=3 "
+    assert ("WARNING scotd.limits: teacher: 100.0% of the completions (8 of 8) were cut at teacher.max_new_tokens=3 "
             "before an answer; raise teacher.max_new_tokens") in err
 
 
