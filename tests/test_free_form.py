@@ -149,20 +149,22 @@ def test_evaluation_scores_votes_and_reports_free_form_answers(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_preset_runs_end_to_end_on_gsm8k(ray_cluster, shared_data, tmp_path, capsys):
-    """Every stage on free-form answers with the real stack (tiny models, vLLM on CPU, Ray Train + DeepSpeed): the
-    few-shot corpus (the tiny teacher is never right), both students, evaluation with self-consistency, the judge
-    and the report, with no letter assumption left to trip on."""
+@pytest.mark.parametrize("task", ["gsm8k", "sum"])
+def test_tiny_preset_runs_end_to_end_on_free_form_answers(ray_cluster, shared_data, tmp_path, capsys, task):
+    """Every stage on free-form answers with the real stack (tiny models, vLLM on CPU, Ray Train + DeepSpeed), on
+    GSM8K's files and on the generated sums: the few-shot corpus (the tiny teacher is never right), both students,
+    evaluation with self-consistency, the judge and the report, with no letter assumption left to trip on."""
     import pyarrow.parquet as pq
 
     from scotd.cli import main
     from tests.conftest import REPO
 
     gsm8k = shared_data / "gsm8k"
+    sources = ([f"tasks.0.train={gsm8k / 'train.jsonl'}", f"tasks.0.eval={gsm8k / 'test.jsonl'}"] if task == "gsm8k"
+               else ["tasks.0.train=gen:sum:train:2-4", "tasks.0.eval=gen:sum:eval:2-4"])
     out = tmp_path / "exp"
     assert main(["run", str(REPO / "configs" / "tiny.yaml"), f"output.dir={out}", f"output.cache_dir={tmp_path / 'c'}",
-                 "tasks.0.name=gsm8k", "tasks.0.format=gsm8k", f"tasks.0.train={gsm8k / 'train.jsonl'}",
-                 f"tasks.0.eval={gsm8k / 'test.jsonl'}", "tasks.0.max_train=16", "tasks.0.max_eval=12",
+                 f"tasks.0.name={task}", f"tasks.0.format={task}", *sources, "tasks.0.max_train=16", "tasks.0.max_eval=12",
                  "tasks.0.max_dev=4", "teacher.num_samples=2", "corpus.setting=fewshot", "students.0.epochs=1",
                  "students.1.epochs=1", "eval.self_consistency=3"]) == 0
     samples = pq.read_table(out / "teacher" / "samples").to_pylist()
