@@ -107,8 +107,8 @@ class Experiment:
             try:
                 counts = prompt_tokens(model, answers, trust_remote_code=self.cfg.teacher.trust_remote_code)
             except (OSError, ValueError) as err:  # no tokenizer to be had here: the engine will say the same
-                log.warning("teacher.max_new_tokens: %s has no readable tokenizer (%s); sizing from %d characters "
-                            "per token", model, str(err).splitlines()[0][:200], 3)
+                log.warning("teacher.max_new_tokens: %s has no readable tokenizer (%s); sizing from 3 characters "
+                            "per token", model, str(err).splitlines()[0][:200])
                 counts = [len(a) // 3 + 1 for a in answers]
             sized = limits.teacher_budget(counts)
             self._sized("teacher.max_new_tokens", sized, "twice the longest exemplar answer in the teacher's tokens")

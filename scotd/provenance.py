@@ -47,10 +47,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _task(cfg: ExperimentConfig, name: str) -> tuple[int, Any]:
-    return next((i, t) for i, t in enumerate(cfg.tasks) if t.name == name)
-
-
 def units(cfg: ExperimentConfig, exp_dir: Path | None = None) -> dict[str, tuple[str, dict[str, Any]]]:
     """Every unit of work this config makes: name -> (its folder in the experiment, {key: value} it depends on).
 
@@ -64,8 +60,8 @@ def units(cfg: ExperimentConfig, exp_dir: Path | None = None) -> dict[str, tuple
         cfg = resolved(cfg, exp_dir)  # a budget sized from the data counts as the value it was sized to
     questions = {f"tasks[{t.name}].{f.name}": _plain(getattr(t, f.name)) for t in cfg.tasks for f in fields(t)
                  if f.name != "student_shots"}
-    teacher = {**{f"tasks[{t.name}].{k}": _plain(getattr(t, k)) for t in cfg.tasks for k in TASK_PROMPT_KEYS},
-               **{f"teacher.{k}": _plain(getattr(cfg.teacher, k)) for k in TEACHER_KEYS}}
+    prompts = {f"tasks[{t.name}].{k}": _plain(getattr(t, k)) for t in cfg.tasks for k in TASK_PROMPT_KEYS}
+    teacher = {**prompts, **{f"teacher.{k}": _plain(getattr(cfg.teacher, k)) for k in TEACHER_KEYS}}
     shots = {f"tasks[{t.name}].student_shots": t.student_shots for t in cfg.tasks}
     corpus = {**questions, **teacher, **{f"corpus.{k}": v for k, v in asdict(cfg.corpus).items()}}
     found = {"questions": ("questions", questions), "teacher": ("teacher/samples", teacher)}
@@ -80,8 +76,8 @@ def units(cfg: ExperimentConfig, exp_dir: Path | None = None) -> dict[str, tuple
         if "student" in r:
             model = student_values[r["student"]]
         elif r["kind"] == "teacher":
-            model = {**{f"tasks[{t.name}].{k}": _plain(getattr(t, k)) for t in cfg.tasks for k in TASK_PROMPT_KEYS},
-                     **{f"teacher.{k}": _plain(getattr(cfg.teacher, k)) for k in ("model", "dtype", "chat_template")}}
+            model = {**prompts, **{f"teacher.{k}": _plain(getattr(cfg.teacher, k))
+                                   for k in ("model", "dtype", "chat_template")}}
         else:
             model = {**shots, "model": r["model_ref"]}
         values = {**questions, **model, "eval.max_new_tokens": cfg.eval.max_new_tokens,
