@@ -338,6 +338,7 @@ def stage_students(exp: Experiment) -> list[dict]:
     dev = [{"prompt": student_prompt(q, shots[q.task][: student_shots[q.task]]), "num_choices": len(q.choices),
             "gold": gold_key(q)} for q in exp.questions("dev")]
     budget = exp.eval_tokens()  # dev answers are scored with the evaluation budget
+    train_kinds = {q.free_form for q in exp.questions("train")}
     jobs = []
     for s in exp.cfg.students:
         out = exp.dir / "students" / s.name
@@ -346,8 +347,7 @@ def stage_students(exp: Experiment) -> list[dict]:
             continue
         provenance.record(exp.dir, exp.cfg, f"student {s.name}")
         rows, selection = student_rows(exp, s)
-        meta = {"prompt_format": {"input": student_prompt(_EXAMPLE), "target": render_answer("<rationale>", 0)
-                                  if s.method == "scotd" else render_answer(None, 0)},
+        meta = {**prompt_formats(train_kinds, s.method == "scotd"),
                 "base_model": s.model, "corpus_summary": _read_json(exp.dir / "corpus" / "summary.json"),
                 "selection": selection}
         relative = str(rows.relative_to(exp.dir))
@@ -399,7 +399,19 @@ def student_rows(exp: Experiment, s) -> tuple[Path, dict]:
     return out, summary
 
 
-_EXAMPLE = Question("example", "example", "{question}", ("{choice 1}", "{choice 2}"), 0)
+def prompt_formats(free_form: set[bool], scotd: bool) -> dict:
+    """What a student's ``scotd_student.json`` shows of its input and target: ``prompt_format`` for the kind of
+    question it trained on (multiple choice, else free-form), and ``prompt_format_free_form`` beside it when it trained
+    on both kinds."""
+    def example(free: bool) -> dict:
+        q = (Question("example", "example", "{question}", (), None, "{answer}") if free
+             else Question("example", "example", "{question}", ("{choice 1}", "{choice 2}"), 0))
+        return {"input": student_prompt(q), "target": render_answer("<rationale>" if scotd else None, q.gold)}
+
+    formats = {"prompt_format": example(free_form == {True})}
+    if free_form == {True, False}:
+        formats["prompt_format_free_form"] = example(True)
+    return formats
 
 
 def stage_eval(exp: Experiment) -> list[dict]:

@@ -178,3 +178,17 @@ def test_tiny_preset_runs_end_to_end_on_free_form_answers(ray_cluster, shared_da
     preds = pq.read_table(out / "eval" / "scotd" / "predictions.parquet").to_pylist()
     assert all(p["gold_answer"] and p["gold_index"] is None for p in preds)
     assert "| run | free-form questions | strict | flexible |" in capsys.readouterr().out
+    meta = json.loads((out / "students" / "scotd" / "model" / "scotd_student.json").read_text())
+    assert meta["prompt_format"] == {"input": "Q: {question}\nA:",
+                                     "target": " <rationale> So the answer is: {answer}"}
+
+
+def test_student_metadata_shows_the_prompt_format_of_each_kind_it_trained_on():
+    from scotd.pipeline import prompt_formats
+
+    free = prompt_formats({True}, scotd=False)
+    assert free == {"prompt_format": {"input": "Q: {question}\nA:", "target": " {answer}"}}
+    mixed = prompt_formats({True, False}, scotd=True)
+    assert mixed["prompt_format"]["target"] == " <rationale> So the answer is: (a)"
+    assert "Answer Choices:" in mixed["prompt_format"]["input"]
+    assert mixed["prompt_format_free_form"]["target"] == " <rationale> So the answer is: {answer}"
