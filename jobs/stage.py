@@ -1,7 +1,7 @@
 """One stage of the pipeline as a Ray job, on the artifacts an earlier run left in ``output.dir``.
 
     RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --runtime-env jobs/runtime_env.yaml \\
-        -- python jobs/stage.py teacher configs/tiny.yaml output.dir=/tmp/scotd-runs/tiny
+        -- python jobs/stage.py teacher configs/tiny.yaml output.dir=$PWD/runs/tiny
 
 Stages: tasks, teacher, corpus, students, eval, report (comma-separate several: ``teacher,corpus``). The teacher
 stage resumes: questions whose samples are already written are not sampled again. ``output.dir`` is the folder of
