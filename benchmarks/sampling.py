@@ -73,10 +73,11 @@ def main() -> None:
     import ray
 
     from scotd.config import ResourcesConfig, TeacherConfig
-    from scotd.engine import Sampling, build_llm, engine_process_env, resolve_dtype
+    from scotd.inference.spec import Sampling, build_llm, engine_process_env, resolve_dtype
     from scotd.prompts import load_exemplars
     from scotd.tasks import load_questions
-    from scotd.teacher import engine_spec, sample_rationales, to_request
+    from scotd.inference.spec import engine_spec
+    from scotd.teacher import sample_rationales, to_request
 
     sweep = [int(x) for x in args.sweep.split(",") if x]
     pool = load_questions(args.data, "commonsenseqa", "csqa").questions[: max([args.questions, *sweep])]
@@ -86,7 +87,7 @@ def main() -> None:
     model = resolve(args.model, pool, shots, work)
     cfg = TeacherConfig(model=model, num_samples=args.n, max_new_tokens=args.max_new_tokens, max_model_len=1024,
                         batch_size=args.batch_size, cpu_kvcache_gb=2, use_gpu=args.gpu)
-    spec = engine_spec(cfg, model)
+    spec = engine_spec(cfg, model, seed=cfg.seed)
     results: dict = {"model": args.model, "dtype": resolve_dtype(spec), "questions": len(questions), "n": args.n,
                      "max_new_tokens": args.max_new_tokens}
 
@@ -163,7 +164,7 @@ def main() -> None:
 
 def request_params(sampling, requests: list[dict], n: int) -> list:
     """The stage's ``SamplingParams`` for its request rows, with ``n`` samples each."""
-    from scotd.engine import sampling_params
+    from scotd.inference.spec import sampling_params
 
     return [sampling_params(sampling, n, r["seed"], r["stop"]) for r in requests]
 
@@ -181,7 +182,8 @@ def timed_generate(llm, prompts: list[str], params: list) -> dict:
 def timed_loop(spec, prompts: list[str], requests: list[dict], sampling, n: int) -> dict:
     """The bare call submitted to scotd's ``EngineLoop`` in the plain process: an engine of its own, built and
     stepped on the loop's thread as in the stage, timed on its first call as the fresh bare engine."""
-    from scotd.engine import EngineLoop, build_llm
+    from scotd.inference.loop import EngineLoop
+    from scotd.inference.spec import build_llm
 
     loop = EngineLoop(lambda: build_llm(spec))
     started = time.perf_counter()
@@ -205,7 +207,7 @@ def timing(outs: list, seconds: float, steps) -> dict:
 def counted_steps(llm):
     """Count a plain ``vllm.LLM``'s engine steps as ``EngineLoop`` does for the stage (``LLM.generate`` calls
     ``llm_engine.step()`` on the instance, so an instance attribute stands in for it meanwhile)."""
-    from scotd.engine import StepAccount
+    from scotd.inference.loop import StepAccount
 
     engine, account = llm.llm_engine, StepAccount()
     step = engine.step
@@ -218,12 +220,12 @@ def counted_steps(llm):
 
 class BareEngine:
     """A plain ``vllm.LLM`` as a Ray actor, for the bare call under Ray. Built and called on one thread of its own
-    (a CPU engine built on one thread and stepped on another runs slower: scotd/engine.py's ``EngineLoop``)."""
+    (a CPU engine built on one thread and stepped on another runs slower: scotd/inference/loop.py's ``EngineLoop``)."""
 
     def __init__(self, spec: dict):
         from concurrent.futures import ThreadPoolExecutor
 
-        from scotd.engine import EngineSpec, build_llm
+        from scotd.inference.spec import EngineSpec, build_llm
 
         self.thread = ThreadPoolExecutor(max_workers=1)
         self.llm = self.thread.submit(build_llm, EngineSpec(**spec)).result()
@@ -232,7 +234,7 @@ class BareEngine:
         return self.thread.submit(self._run, prompts, requests, sampling, n).result()
 
     def _run(self, prompts: list[str], requests: list[dict], sampling: dict, n: int) -> dict:
-        from scotd.engine import Sampling
+        from scotd.inference.spec import Sampling
 
         s = Sampling(**sampling)
         # The first call of a fresh engine, as for the bare call it is compared with.
@@ -241,7 +243,7 @@ class BareEngine:
 
 def resolve(ref: str, questions, shots, work: Path) -> str:
     if ref == "tiny":
-        from scotd.pipeline import format_texts
+        from scotd.experiment import format_texts
         from scotd.prompts import student_prompt
         from scotd.tiny import ensure_tiny_model
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from scotd import symbolic
 from scotd.assets import ensure_model
-from scotd.engine import EngineSpec, build_llm
+from scotd.inference.spec import EngineSpec, build_llm
 from scotd.prompts import load_exemplars, parse_answer, stop_strings, teacher_prompt
 from scotd.tasks import load_questions
 

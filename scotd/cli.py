@@ -10,6 +10,7 @@ from pathlib import Path
 from scotd import console
 from scotd.assets import AssetIntegrityError, MissingAssetError
 from scotd.config import ConfigError, describe, load_config
+from scotd.judge import AnnotationError
 from scotd.report import ReportError
 from scotd.schema import CorruptFileError
 from scotd.tasks import TaskDataError
@@ -30,13 +31,20 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("experiment_dirs", type=Path, nargs="+", metavar="experiment_dir")
     rep.add_argument("--out", type=Path, help="folder for the combined report of the given experiment folders "
                      "(needed with more than one)")
+    judge = sub.add_parser("judge", help="people's verdicts on the judge's pairs: scotd judge score PAIR_FOLDER FILLED")
+    judge_sub = judge.add_subparsers(dest="judge_command", required=True)
+    score = judge_sub.add_parser("score", help="tally a filled-in copy of a judge/<a>__vs__<b>/annotate.jsonl (the "
+                                 "verdict column: A, B or tie) like the judge's verdicts, and write "
+                                 "people_summary.json beside the judge's summary.json")
+    score.add_argument("pair_folder", type=Path, help="the judge/<a>__vs__<b> folder the pairs were exported from")
+    score.add_argument("filled", type=Path, help="the annotate.jsonl copy with verdicts filled in")
     cfg = sub.add_parser("config", help="print every config key with its default and meaning")
     cfg.add_argument("config", type=Path, nargs="?", help="also validate this YAML and print it resolved")
     cfg.add_argument("overrides", nargs="*")
     # Overrides may also follow options (`scotd run CONFIG --stages teacher key=value`).
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command == "report" or any(item.startswith("-") or "=" not in item for item in extra):
+        if args.command in ("report", "judge") or any(item.startswith("-") or "=" not in item for item in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     console.setup()
@@ -64,10 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             from scotd.report import combine
 
-            combine(args.out, [(folder, pipeline.report_runs(load_config(folder / "config.yaml",
-                                                                         check_training=False), folder))
+            from scotd.runs import eval_runs
+
+            combine(args.out, [(folder, eval_runs(load_config(folder / "config.yaml", check_training=False), folder))
                                for folder in args.experiment_dirs])
             print((args.out / "report.md").read_text())
+        elif args.command == "judge":
+            from scotd.judge import people_summary
+
+            summary = people_summary(args.pair_folder, args.filled)
+            print(f"{summary['a']} vs {summary['b']}: {summary['pairs']} pairs, {summary['a']} better in "
+                  f"{summary['wins_a']}, {summary['b']} better in {summary['wins_b']}, {summary['ties']} ties, "
+                  f"{summary['unparsed']} without a verdict; sign test p = {summary['p_value']:.3g}")
+            print(f"written: {args.pair_folder / 'people_summary.json'}")
         else:
             if args.config:
                 from scotd.config import dump_config
@@ -83,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ReportError as err:
         print(f"report error: {err}", file=sys.stderr)
+        return 2
+    except AnnotationError as err:
+        print(f"judge error: {err}", file=sys.stderr)
         return 2
     except (TaskDataError, MissingAssetError, AssetIntegrityError, CorruptFileError) as err:
         # the data or an asset cannot be had, or is malformed: the message names it and what to do

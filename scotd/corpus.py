@@ -11,12 +11,17 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scotd.config import CorpusConfig
 from scotd.prompts import letter
 from scotd.schema import (CORPUS_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA, check_parquet_folder, read_table, to_table,
                           write_table)
+
+if TYPE_CHECKING:
+    from scotd.experiment import Experiment
 
 log = logging.getLogger(__name__)
 
@@ -120,4 +125,18 @@ def build_corpus(samples_dir: Path, cfg: CorpusConfig, out_dir: Path, question_i
     log.info("corpus: %d of %d samples kept (%d questions with >=1), per-sample teacher accuracy %.1f%%",
              summary["kept"], summary["samples"], summary["questions_with_kept_rationale"],
              100 * summary["sample_accuracy"])
+    return summary
+
+
+def stage_corpus(exp: Experiment) -> dict:
+    """The corpus of this run's training questions in the experiment's setting, in each other setting a student
+    asks for, and of the greedy rationales when the teacher wrote them."""
+    train = {q.id for q in exp.questions("train")}
+    summary = build_corpus(exp.dir / "teacher" / "samples", exp.cfg.corpus, exp.dir / "corpus", train)
+    for setting in sorted({s.setting for s in exp.cfg.students} - {"", exp.cfg.corpus.setting}):
+        summary[setting] = build_corpus(exp.dir / "teacher" / "samples", replace(exp.cfg.corpus, setting=setting),
+                                        exp.dir / "corpus" / setting, train)
+    greedy = exp.dir / "teacher" / "greedy" / "samples"
+    if greedy.exists():
+        summary["greedy"] = build_corpus(greedy, exp.cfg.corpus, exp.dir / "corpus" / "greedy", train)
     return summary

@@ -10,24 +10,25 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from scotd.engine import EngineSpec, Sampling, generate, stream_batches
-from scotd.prompts import flexible_answer, gold_key, mark_cut, parse_answer, stop_strings
-from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
+from scotd import provenance
+from scotd.config import EngineConfig
+from scotd.fit import too_long
+from scotd.inference import EngineSpec, Sampling, engine_spec, generate_rows, question_seed
 from scotd.limits import warn_if_cut
-from scotd.teacher import question_seed
-from scotd.tasks import Question, answers_match
+from scotd.prompts import flexible_answer, gold_key, mark_cut, parse_answer, stop_strings, student_prompt, teacher_prompt
+from scotd.runs import EvalRun, eval_runs
+from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
+from scotd.scoring import answers_match, metrics_of
+from scotd.tasks import Question
+
+if TYPE_CHECKING:
+    from scotd.experiment import Experiment
 
 log = logging.getLogger(__name__)
-
-
-def run_dir_name(run: str) -> str:
-    """A filesystem-safe folder name for a run label such as ``student:scotd`` or ``untrained:offline:x``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", run)
 
 
 def eval_request(q: Question, prompt: str, samples: int = 1, seed: int = 0) -> dict:
@@ -65,41 +66,27 @@ def score(run: str, questions: dict[str, Question], qid: str, text: str, finish_
             "flexible_answer": flexible_answer(text) if q.free_form else None}
 
 
-def metrics_of(rows: list[dict]) -> dict:
-    total = len(rows)
-    correct = sum(r["correct"] for r in rows)
-    failures = sum(r["parse_error"] is not None for r in rows)
-    return {"total": total, "correct": correct, "accuracy": correct / total if total else 0.0,
-            "parse_failures": failures, "parse_failure_rate": failures / total if total else 0.0,
-            "cut_at_limit": sum(r["parse_error"] == "cut_at_limit" for r in rows)}
-
-
-def evaluate_run(run: str, questions: list[Question], prompt_fn: Callable[[Question], str], spec: EngineSpec,
-                 *, max_new_tokens: int, batch_size: int, num_cpus: float, out_dir: Path,
-                 replicas: int | tuple[int, int] = 1, resource: str | None = None, samples: int = 1,
-                 temperature: float = 0.0, run_dir: str | None = None, left_out: set[str] = frozenset(),
-                 repetition_penalty: float = 1.0) -> dict:
-    """Answers of one model on ``questions``: greedy (``samples=1``), or the majority vote of ``samples`` answers
-    sampled at ``temperature``; writes predictions and metrics under ``out_dir/<run_dir or run>``. Questions in
-    ``left_out`` (prompts that do not fit the engine, ``scotd.fit``) are not asked: each is a failure with the
-    reason ``prompt_too_long``, so every run still answers the same questions."""
-    import ray
-
-    run_dir = out_dir / (run_dir or run_dir_name(run))
+def evaluate_run(run: EvalRun, questions: list[Question], prompt_fn: Callable[[Question], str], spec: EngineSpec,
+                 engine: EngineConfig, *, max_new_tokens: int, num_cpus: float, out_dir: Path,
+                 temperature: float = 0.0, left_out: set[str] = frozenset(), repetition_penalty: float = 1.0) -> dict:
+    """Answers of one model on ``questions``: greedy (``run.samples`` 1), or the majority vote of ``run.samples``
+    answers sampled at ``temperature``, on ``engine``'s pool; writes predictions and metrics under
+    ``out_dir/<run.dir>``. Questions in ``left_out`` (prompts that do not fit the engine, ``scotd.fit``) are not
+    asked: each is a failure with the reason ``prompt_too_long``, so every run still answers the same questions."""
+    samples, name = run.samples, run.run
+    run_dir = out_dir / run.dir
     if (run_dir / "metrics.json").exists():
-        log.info("eval %s: already done, skipping", run)
+        log.info("eval %s: already done, skipping", name)
         return json.loads((run_dir / "metrics.json").read_text())
     by_id = {q.id: q for q in questions}
 
     asked = [q for q in questions if q.id not in left_out]
-    ds = ray.data.from_items([eval_request(q, prompt_fn(q), samples, question_seed(0, q.id)) for q in asked])
-    out = generate(ds, replace(spec, enable_prefix_caching=True), Sampling(temperature=temperature if samples > 1
-                   else 0.0, max_new_tokens=max_new_tokens, logprobs=False,
-                   repetition_penalty=repetition_penalty), replicas=replicas,
-                   batch_size=batch_size, num_cpus=num_cpus, run=f"eval:{run}", resource=resource,
-                   samples_per_request=samples)
+    requests = [eval_request(q, prompt_fn(q), samples, question_seed(0, q.id)) for q in asked]
+    sampling = Sampling(temperature=temperature if samples > 1 else 0.0, max_new_tokens=max_new_tokens,
+                        logprobs=False, repetition_penalty=repetition_penalty)
     texts: dict[str, list[tuple[int, str, str | None]]] = {}
-    for batch in stream_batches(out, total=len(asked), label=f"eval {run}"):
+    for batch in generate_rows(requests, replace(spec, enable_prefix_caching=True), sampling, engine,
+                               num_cpus=num_cpus, run=f"eval:{name}", label=f"eval {name}", samples_per_request=samples):
         for qid, index, text, finish in zip(batch["question_id"], batch["sample_index"], batch["text"],
                                             batch["finish_reason"]):
             texts.setdefault(str(qid), []).append((int(index), str(text), None if finish is None else str(finish)))
@@ -107,19 +94,49 @@ def evaluate_run(run: str, questions: list[Question], prompt_fn: Callable[[Quest
     for qid, answers in sorted(texts.items()):
         ordered = sorted(answers)
         chosen, tied = vote([t for _, t, _ in ordered], len(by_id[qid].choices)) if samples > 1 else (0, False)
-        rows.append(score(run, by_id, qid, ordered[chosen][1], ordered[chosen][2]))
+        rows.append(score(name, by_id, qid, ordered[chosen][1], ordered[chosen][2]))
         ties += tied
     for qid in sorted(left_out & by_id.keys()):
-        rows.append({**score(run, by_id, qid, ""), "parse_error": "prompt_too_long"})
+        rows.append({**score(name, by_id, qid, ""), "parse_error": "prompt_too_long"})
     rows.sort(key=lambda r: r["question_id"])
     write_table(to_table(rows, PREDICTION_SCHEMA), run_dir / "predictions.parquet")
-    metrics = {"run": run, "model": spec.model, "samples": samples, "max_new_tokens": max_new_tokens,
+    metrics = {"run": name, "model": spec.model, "samples": samples, "max_new_tokens": max_new_tokens,
                "repetition_penalty": repetition_penalty, **metrics_of(rows)}
     if samples > 1:
         metrics.update(temperature=temperature, tied_votes=ties)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log.info("eval %s: accuracy %.1f%% (%d/%d), parse failures %d (%d cut at eval.max_new_tokens=%d)", run,
+    log.info("eval %s: accuracy %.1f%% (%d/%d), parse failures %d (%d cut at eval.max_new_tokens=%d)", name,
              100 * metrics["accuracy"], metrics["correct"], metrics["total"], metrics["parse_failures"],
              metrics["cut_at_limit"], max_new_tokens)
-    warn_if_cut(f"eval {run}", metrics["cut_at_limit"], metrics["total"], "eval.max_new_tokens", max_new_tokens)
+    warn_if_cut(f"eval {name}", metrics["cut_at_limit"], metrics["total"], "eval.max_new_tokens", max_new_tokens)
     return metrics
+
+
+def stage_eval(exp: Experiment) -> list[dict]:
+    """Every evaluation run of the experiment (``scotd.runs.eval_runs``), each skipped when already done."""
+    cfg = exp.cfg
+    questions = exp.questions("eval")
+    shots = exp.all_exemplars()
+    student_shots = {t.name: t.student_shots for t in cfg.tasks}
+    where = exp.where()
+    budget = exp.eval_tokens()
+    results = []
+    for run in eval_runs(cfg, exp.dir):
+        teacher = run.kind == "teacher"
+        model = (str(exp.dir / "students" / run.student / run.model_subdir) if run.student
+                 else exp.resolve_model(run.model))
+        engine = cfg.engine("teacher_eval" if teacher else "student_eval")
+        spec = engine_spec(engine, exp.engine_model(model), cfg.output.cache_dir, cfg.teacher.seed)
+        # a few-shot prompted untrained student; otherwise the task's student_shots
+        prompt_fn = ((lambda q: teacher_prompt(q, shots[q.task])) if teacher
+                     else (lambda q, k=run.shots: student_prompt(q, shots[q.task][: k or student_shots[q.task]])))
+        provenance.record(exp.dir, cfg, f"eval {run.run}")
+        done = (exp.dir / "eval" / run.dir / "metrics.json").exists()
+        left_out = set() if done else too_long(cfg, questions, prompt_fn, model, chat_template=spec.chat_template,
+                                               stage=f"eval {run.run}", where=where)
+        results.append(evaluate_run(run, questions, prompt_fn, spec, engine, max_new_tokens=budget,
+                                    num_cpus=cfg.resources.engine_cpus, out_dir=exp.dir / "eval",
+                                    temperature=cfg.eval.self_consistency_temperature, left_out=left_out,
+                                    repetition_penalty=cfg.eval.repetition_penalty))
+        exp.mirror.push(f"eval/{run.dir}")
+    return results

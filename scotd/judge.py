@@ -20,10 +20,18 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from scotd.inference import EngineSpec, Sampling, engine_spec, generate_rows
 from scotd.prompts import parse_answer, render_question
-from scotd.report import mcnemar_p
+from scotd.runs import EvalRun, eval_runs, run_dir_name
+from scotd.schema import PREDICTION_SCHEMA, read_table, write_table
+from scotd.scoring import mcnemar_p
 from scotd.tasks import Question
+
+if TYPE_CHECKING:
+    from scotd.config import EngineConfig
+    from scotd.experiment import Experiment
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +120,47 @@ def tally_annotations(annotated: list[dict], key: list[dict], a: str, b: str) ->
     return tally([{"key": {"1": k["a"], "2": k["b"]}} for k in key], verdicts, a, b)
 
 
+class AnnotationError(ValueError):
+    """A judge folder or a filled-in annotation file that cannot be scored; the message names the file."""
+
+
 def read_annotations(folder: Path, annotated: Path) -> dict:
     """``tally_annotations`` of a filled-in copy of ``folder``'s annotate.jsonl (``folder``: a judge/<a>__vs__<b>
     folder), with the same keys as the judge's summary.json."""
-    summary = json.loads((Path(folder) / "summary.json").read_text())
-    return tally_annotations(_read_jsonl(annotated), _read_jsonl(Path(folder) / "key.jsonl"), summary["a"],
-                             summary["b"])
+    folder = Path(folder)
+    summary = _read_jsonl(folder / "summary.json", whole=True)[0]
+    rows, key = _read_jsonl(annotated), _read_jsonl(folder / "key.jsonl")
+    try:
+        return tally_annotations(rows, key, summary["a"], summary["b"])
+    except ValueError as err:
+        raise AnnotationError(f"{annotated}: {err} (was it exported from {folder}?)") from None
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def people_summary(folder: Path, annotated: Path) -> dict:
+    """``read_annotations``, also written to ``folder/people_summary.json`` (beside the judge's summary.json)."""
+    summary = {**read_annotations(folder, annotated), "annotations": str(annotated)}
+    (Path(folder) / "people_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _read_jsonl(path: Path, whole: bool = False) -> list[dict]:
+    """The JSON objects of a JSONL file (``whole``: the file is one JSON object); a missing file or a line that is
+    not a JSON object is an ``AnnotationError`` naming the file and line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise AnnotationError(f"{path}: cannot read it ({getattr(err, 'strerror', None) or err})") from None
+    lines = [(1, text)] if whole else [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    rows = []
+    for number, line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise AnnotationError(f"{path}:{number}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise AnnotationError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -141,38 +180,28 @@ def _write_blind(folder: Path, pairs: list[dict], by_id: dict[str, Question]) ->
 
 
 def pair_dir_name(a: str, b: str) -> str:
-    from scotd.evaluate import run_dir_name
-
     return f"{run_dir_name(a)}__vs__{run_dir_name(b)}"
 
 
-def judge_runs(questions: list[Question], a: str, b: str, preds_a: list[dict], preds_b: list[dict], spec, *,
-               out_dir: Path, num_cpus: float, batch_size: int, seed: int = 0, max_new_tokens: int = 8,
-               replicas: int | tuple[int, int] = 1, resource: str | None = None) -> dict:
-    """Judge every pair through the batched engine path (greedy) and write the pair folder; reruns reuse it."""
+def judge_runs(questions: list[Question], a: str, b: str, preds_a: list[dict], preds_b: list[dict], spec: EngineSpec,
+               engine: EngineConfig, *, out_dir: Path, num_cpus: float, seed: int = 0,
+               max_new_tokens: int = 8) -> dict:
+    """Judge every pair through the batched engine path (greedy) on ``engine``'s pool and write the pair folder;
+    reruns reuse it."""
     import pyarrow as pa
-    import ray
-
-    from scotd.engine import Sampling, generate, stream_batches
-    from scotd.schema import write_table
 
     folder = out_dir / pair_dir_name(a, b)
     by_id = {q.id: q for q in questions}
     if (folder / "summary.json").exists():
-        if not (folder / "key.jsonl").exists():  # judged before the blind export existed: the pairs it judged
-            _write_blind(folder, _read_jsonl(folder / "pairs.jsonl"), by_id)
         return json.loads((folder / "summary.json").read_text())
     pairs = make_pairs(by_id, a, b, preds_a, preds_b, seed)
+    requests = [{"prompt": judge_prompt(by_id[p["question_id"]], p["first"], p["second"]), "seed": 0, "n": 1,
+                 "stop": json.dumps(["\n"]), "question_id": p["question_id"]} for p in pairs]
     verdicts: dict[str, str] = {}
-    if pairs:
-        requests = [{"prompt": judge_prompt(by_id[p["question_id"]], p["first"], p["second"]), "seed": 0, "n": 1,
-                     "stop": json.dumps(["\n"]), "question_id": p["question_id"]} for p in pairs]
-        out = generate(ray.data.from_items(requests), spec, Sampling(temperature=0.0, max_new_tokens=max_new_tokens,
-                                                                    logprobs=False),
-                       replicas=replicas, batch_size=batch_size, num_cpus=num_cpus, run=f"judge:{a}:{b}",
-                       resource=resource)
-        for batch in stream_batches(out, total=len(pairs), label=f"judge {a} vs {b}"):
-            verdicts.update({str(q): str(t) for q, t in zip(batch["question_id"], batch["text"])})
+    for batch in generate_rows(requests, spec, Sampling(temperature=0.0, max_new_tokens=max_new_tokens,
+                                                        logprobs=False),
+                               engine, num_cpus=num_cpus, run=f"judge:{a}:{b}", label=f"judge {a} vs {b}"):
+        verdicts.update({str(q): str(t) for q, t in zip(batch["question_id"], batch["text"])})
     parsed = [parse_verdict(verdicts.get(p["question_id"])) for p in pairs]
     folder.mkdir(parents=True, exist_ok=True)
     _write_jsonl(folder / "pairs.jsonl", pairs)
@@ -189,3 +218,28 @@ def judge_runs(questions: list[Question], a: str, b: str, preds_a: list[dict], p
     tmp.replace(folder / "summary.json")  # last: marks the pair judged
     log.info("judge %s vs %s: %s", a, b, summary)
     return summary
+
+
+def stage_judge(exp: Experiment) -> list[dict]:
+    """The pairwise rationale judge over ``eval.judge_pairs`` (greedy predictions of both runs); nothing without
+    pairs."""
+    cfg = exp.cfg
+    if not cfg.eval.judge_pairs:
+        return []
+    by_run: dict[str, EvalRun] = {r.run: r for r in eval_runs(cfg, exp.dir) if r.samples == 1}
+    for i, pair in enumerate(cfg.eval.judge_pairs):
+        missing = [name for name in pair if name not in by_run]
+        if len(pair) != 2 or missing:
+            raise ValueError(f"eval.judge_pairs.{i}: expected two evaluation runs of {sorted(by_run)}, got "
+                             f"{list(pair)}")
+    engine = cfg.engine("judge")
+    spec = engine_spec(engine, exp.engine_model(exp.resolve_model(engine.model)), cfg.output.cache_dir,
+                       cfg.teacher.seed)
+    questions = exp.questions("eval")
+
+    def preds(run: str) -> list[dict]:
+        return read_table(exp.dir / "eval" / by_run[run].dir / "predictions.parquet", PREDICTION_SCHEMA).to_pylist()
+
+    return [judge_runs(questions, a, b, preds(a), preds(b), spec, engine, out_dir=exp.dir / "judge",
+                       num_cpus=cfg.resources.engine_cpus, seed=cfg.teacher.seed)
+            for a, b in cfg.eval.judge_pairs]

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from scotd.tasks import Question, RowError, TaskDataError, normalize_answer, normalize_number, parse_generic
+from scotd.scoring import normalize_answer, normalize_number
+from scotd.tasks import Question, RowError, TaskDataError, parse_generic
 
 ANSWER_PHRASE = "So the answer is:"
 

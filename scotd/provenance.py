@@ -54,7 +54,7 @@ def units(cfg: ExperimentConfig, exp_dir: Path | None = None) -> dict[str, tuple
     changes nothing; ``display_key`` turns them into the config's dotted keys for messages.
     """
     from scotd.limits import resolved
-    from scotd.pipeline import eval_runs
+    from scotd.runs import eval_runs
 
     if exp_dir is not None:
         cfg = resolved(cfg, exp_dir)  # a budget sized from the data counts as the value it was sized to
@@ -73,18 +73,18 @@ def units(cfg: ExperimentConfig, exp_dir: Path | None = None) -> dict[str, tuple
         student_values[s.name] = values
         found[f"student {s.name}"] = (f"students/{s.name}", values)
     for r in eval_runs(cfg, exp_dir):
-        if "student" in r:
-            model = student_values[r["student"]]
-        elif r["kind"] == "teacher":
+        if r.student:
+            model = student_values[r.student]
+        elif r.kind == "teacher":
             model = {**prompts, **{f"teacher.{k}": _plain(getattr(cfg.teacher, k))
                                    for k in ("model", "dtype", "chat_template")}}
         else:
-            model = {**shots, "model": r["model_ref"]}
+            model = {**shots, "model": r.model}
         values = {**questions, **model, "eval.max_new_tokens": cfg.eval.max_new_tokens,
                   "eval.repetition_penalty": cfg.eval.repetition_penalty}
-        if r["samples"] > 1:
+        if r.samples > 1:
             values["eval.self_consistency_temperature"] = cfg.eval.self_consistency_temperature
-        found[f"eval {r['run']}"] = (f"eval/{r['dir']}", values)
+        found[f"eval {r.run}"] = (f"eval/{r.dir}", values)
     return found
 
 

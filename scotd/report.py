@@ -11,19 +11,20 @@ experiment, so the method x task table needs all of them); every path it names i
 from __future__ import annotations
 
 import json
-import math
 import os
-import random
+import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
-from scotd.evaluate import metrics_of
-from scotd.tasks import answers_match
+from scotd.report_markdown import render_markdown
+from scotd.runs import EvalRun, eval_runs
+from scotd.scoring import answers_match, bootstrap_interval, mcnemar_p, metrics_of, paired_bootstrap, wilson_interval
 
-Z95 = 1.959963984540054
-
+if TYPE_CHECKING:
+    from scotd.experiment import Experiment
 
 class ReportError(ValueError):
     """A predictions file that cannot be scored as its run's answers to the evaluation split."""
@@ -58,51 +59,6 @@ def read_predictions(path: Path, expected: set[str] | None) -> list[dict]:
     return rows
 
 
-def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, float]:
-    if total == 0:
-        return (0.0, 0.0)
-    p = correct / total
-    denom = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    # The bounds hold the observed share (at 0 or n right, rounding would put them a hair past it).
-    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
-
-
-def mcnemar_p(only_first: int, only_second: int) -> float:
-    """Exact two-sided McNemar p-value from the discordant counts (questions only one of two models got right)."""
-    n = only_first + only_second
-    if n == 0:
-        return 1.0
-    k = min(only_first, only_second)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
-def bootstrap_interval(flags: list[bool], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of an accuracy from per-question correctness (resampling questions)."""
-    if not flags:
-        return (0.0, 0.0)
-    rng = random.Random(seed)
-    n = len(flags)
-    stats = sorted(sum(flags[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
-    return (stats[int(0.025 * resamples)], stats[int(0.975 * resamples) - 1])
-
-
-def paired_bootstrap(a: list[bool], b: list[bool], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of accuracy(a) - accuracy(b), resampling the shared questions."""
-    if not a:
-        return (0.0, 0.0)
-    rng = random.Random(seed)
-    n = len(a)
-    diffs = []
-    for _ in range(resamples):
-        picks = [rng.randrange(n) for _ in range(n)]
-        diffs.append(sum(a[i] - b[i] for i in picks) / n)
-    diffs.sort()
-    return (diffs[int(0.025 * resamples)], diffs[int(0.975 * resamples) - 1])
-
-
 def paired_differences(rows: list[dict], predictions: dict[str, dict[str, bool]]) -> list[dict]:
     """Each main SCoTD row (trained on all kept rationales) against every other row, on the questions both answered.
     Ablation rows (selectors, the N-sweep) are compared with the main rows, not with each other; without a main
@@ -130,12 +86,12 @@ def paired_differences(rows: list[dict], predictions: dict[str, dict[str, bool]]
     return out
 
 
-def build_report(exp_dir: Path, runs: list[dict]) -> dict:
-    """``runs``: [{"run": label, "kind": teacher|untrained|label_only|scotd, "model": ..., "dir": eval folder,
-    "extra": only in the checkpoint table}] in table order. The report is written to ``exp_dir``; in a combined
-    report each run also names its ``experiment`` and the ``experiment_dir`` its files are in."""
+def build_report(exp_dir: Path, runs: list[EvalRun]) -> dict:
+    """The report of ``runs`` in table order (extra runs only in the checkpoint table); each row starts from its
+    run's fields (``EvalRun.row``). The report is written to ``exp_dir``; in a combined report each run also names
+    its ``experiment`` and the ``experiment_dir`` its files are in."""
     rows, correct_by_run, expected = [], {}, {}
-    for spec in runs:
+    for spec in (run.row() for run in runs):
         root = Path(spec.get("experiment_dir", exp_dir))
         if root not in expected:
             questions = root / "questions" / "eval.parquet"
@@ -166,7 +122,7 @@ def build_report(exp_dir: Path, runs: list[dict]) -> dict:
             row["kept_per_question"] = kept
         rows.append(row)
     main = [r for r in rows if not r.get("extra")]
-    combined = any("experiment" in spec for spec in runs)
+    combined = any(run.experiment for run in runs)
     by_experiment: dict[str | None, list[dict]] = {}
     for r in main:  # SCoTD rows are compared with rows of their own experiment (the same questions) only
         by_experiment.setdefault(r.get("experiment"), []).append(r)
@@ -256,7 +212,7 @@ def method_label(r: dict, several_settings: bool) -> str | None:
         return None
     if several_settings and r.get("setting"):
         label += f" ({r['setting']})"
-    return label + (f" {r['run'].rsplit(' ', 1)[1]}" if "sc@" in r["run"] else "")
+    return label + (f" sc@{r['samples']}" if r["samples"] > 1 else "")
 
 
 def _varied(points: list[dict], key: str) -> list[dict]:
@@ -278,7 +234,7 @@ def studies(rows: list[dict]) -> dict:
       budget k and the rationales per question each one actually kept;
     - ``methods``: accuracy per method (untrained, label-only, greedy CoT, SCoTD) and student model.
     """
-    greedy = [r for r in rows if "sc@" not in r["run"]]
+    greedy = [r for r in rows if r["samples"] == 1]
     several_settings = _several_settings(greedy)
     n_curve, selectors, methods = [], [], []
     for r in greedy:
@@ -339,185 +295,23 @@ def checkpoint_selection(exp_dir: Path, rows: list[dict]) -> list[dict]:
         chosen = json.loads(path.read_text()) if path.exists() else {}
         accuracy = {r["checkpoint"]: r["accuracy"]}
         accuracy.update({x["checkpoint"]: x["accuracy"] for x in rows
-                         if x.get("extra") and x.get("student") == r["student"] and "sc@" not in x["run"]
+                         if x.get("extra") and x.get("student") == r["student"] and x["samples"] == 1
                          and x.get("experiment") == r.get("experiment")})
-        out.append({"run": r["run"], "shown": r["checkpoint"], "last_epoch": chosen.get("last_epoch"),
+        out.append({"run": r["run"], "samples": r["samples"], "shown": r["checkpoint"], "last_epoch": chosen.get("last_epoch"),
                     "best_epoch": chosen.get("best_epoch"), "dev_questions": chosen.get("dev_questions", 0),
                     "dev": chosen.get("dev", []), "eval_accuracy": accuracy})
     return out
 
 
-def render_markdown(report: dict) -> str:
-    lines = [f"# scotd report: {report['experiment']}", "",
-             "Greedy accuracy on the evaluation split; 95 % intervals: Wilson score and percentile bootstrap "
-             "(2,000 resamples of the questions).", "",
-             "| run | kind | model | accuracy | 95 % CI | bootstrap 95 % | correct / total | parse failures |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in report["rows"]:
-        low, high = r["ci95"]
-        b_low, b_high = r.get("bootstrap95", (0.0, 0.0))
-        lines.append(f"| {r['run']} | {r['kind']} | {r['model']} | {100 * r['accuracy']:.1f} % | "
-                     f"{100 * low:.1f}-{100 * high:.1f} | {100 * b_low:.1f}-{100 * b_high:.1f} | "
-                     f"{r['correct']} / {r['total']} | {failures_cell(r)} |")
-    lines += budget_lines(report["rows"])
-    free = [r for r in report["rows"] if "free_form" in r]
-    if free:
-        lines += ["", "Free-form answers: strict reads the number after the answer phrase (the accuracy above); "
-                  "flexible reads the last number of the text (lm-eval's strict-match and flexible-extract).", "",
-                  "| run | free-form questions | strict | flexible |", "|---|---|---|---|"]
-        lines += [f"| {r['run']} | {r['free_form']['questions']} | {100 * r['free_form']['strict']:.1f} % | "
-                  f"{100 * r['free_form']['flexible']:.1f} % |" for r in free]
-    tasks = sorted({t for r in report["rows"] for t in r["by_task"]})
-    if len(tasks) > 1:
-        lines += ["", "## By task", "", "Accuracy per task (contrast sets and held-out tasks are tasks of their own).", "",
-                  "| run | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-        for r in report["rows"]:
-            cells = [f"{100 * r['by_task'][t]:.1f} %" if t in r["by_task"] else "" for t in tasks]
-            lines.append(f"| {r['run']} | " + " | ".join(cells) + " |")
-    if len(tasks) > 1 and report.get("method_by_task"):
-        lines += ["", "## Method by task", "",
-                  "Accuracy of each method per task (the ablations have tables of their own below); in a combined "
-                  "report one line gathers the run of that name from every experiment.", "",
-                  "| model | method | run | " + " | ".join(tasks) + " |", "|---|---|---|" + "---|" * len(tasks)]
-        for x in report["method_by_task"]:
-            cells = [f"{100 * x['by_task'][t]:.1f} %" if t in x["by_task"] else "" for t in tasks]
-            lines.append(f"| {x['model']} | {x['method']} | {x['run']} | " + " | ".join(cells) + " |")
-    if report.get("chart"):
-        lines += ["", f"![accuracy by run]({report['chart']})"]
-    differences = report.get("differences")
-    if differences:
-        lines += ["", "## SCoTD against the other rows", "",
-                  "Same questions; McNemar's exact test on the questions only one of the two got right, and a "
-                  "paired bootstrap interval of the difference.", "",
-                  "| SCoTD run | versus | difference | bootstrap 95 % | only SCoTD right | only other right | p | |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for d in differences:
-            b_low, b_high = d.get("bootstrap95", (0.0, 0.0))
-            lines.append(f"| {d['run']} | {d['versus']} | {100 * d['difference']:+.1f} points | "
-                         f"{100 * b_low:+.1f} to {100 * b_high:+.1f} | {d['only_run_right']} "
-                         f"| {d['only_versus_right']} | {d['p_value']:.3f} | "
-                         f"{'within noise' if d['within_noise'] else 'significant'} |")
-    study = report.get("studies", {})
-    if study.get("methods"):
-        models = list(dict.fromkeys(x["model"] for x in study["methods"]))
-        names = list(dict.fromkeys(x["method"] for x in study["methods"]))
-        cell = {(x["method"], x["model"]): x["accuracy"] for x in study["methods"]}
-        lines += ["", "## Method by student model", "", "| method | " + " | ".join(models) + " |",
-                  "|---|" + "---|" * len(models)]
-        lines += [f"| {m} | " + " | ".join(f"{100 * cell[(m, mo)]:.1f} %" if (m, mo) in cell else ""
-                                          for mo in models) + " |" for m in names]
-        if report.get("chart_methods"):
-            lines += ["", f"![accuracy by method and student model]({report['chart_methods']})"]
-    if study.get("n_curve"):
-        lines += ["", "## Rationales per question (N-curve)", "",
-                  "SCoTD students trained on the first N samples of each question (after filtering), compared within "
-                  "one student model and corpus setting.", "",
-                  "| student | N | run | accuracy |", "|---|---|---|---|"]
-        lines += [f"| {x['group']} | {x['n']} | {x['run']} | {100 * x['accuracy']:.1f} % |" for x in study["n_curve"]]
-        if report.get("chart_n_curve"):
-            lines += ["", f"![accuracy against N]({report['chart_n_curve']})"]
-    if study.get("selectors"):
-        lines += ["", "## Corpus selectors", "",
-                  "Same sampled corpus, different rationales kept per question, compared within one student model and "
-                  "corpus setting. Budget k: rationales per question (open_ended: on average); 'kept per question': "
-                  "what the selector actually kept per question that had any (fewer where a question had fewer "
-                  "than its budget).", "",
-                  "| student | selector | budget k | kept per question | run | accuracy |", "|---|---|---|---|---|---|"]
-        for x in study["selectors"]:
-            kept = x.get("kept_per_question")
-            lines.append(f"| {x['group']} | {x['selector']} | {x['k'] if x['selector'] != 'all' else 'all'} | "
-                         f"{'' if kept is None else f'{kept:.2f}'} | {x['run']} | {100 * x['accuracy']:.1f} % |")
-        if report.get("chart_selectors"):
-            lines += ["", f"![accuracy by selector]({report['chart_selectors']})"]
-    if report.get("judge"):
-        lines += ["", "## Rationale quality (pairwise judge)", "",
-                  "The judge compared the two runs' rationales for each question both answered with one, shown in a "
-                  "random order; sign test on the pairs it did not call a tie. The same pairs are in "
-                  "judge/<a>__vs__<b>/annotate.jsonl for people to rate blind (key.jsonl says which run is A).", "",
-                  "| run a | run b | judge | pairs | a better | b better | ties | unparsed | p | |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for j in report["judge"]:
-            lines.append(f"| {j['a']} | {j['b']} | {j['judge']} | {j['pairs']} | {j['wins_a']} | {j['wins_b']} | "
-                         f"{j['ties']} | {j['unparsed']} | {j['p_value']:.3f} | "
-                         f"{'within noise' if j['within_noise'] else 'significant'} |")
-    selection = [c for c in report.get("checkpoints", []) if "sc@" not in c["run"]]
-    if any(c["dev"] for c in selection):
-        lines += ["", "## Checkpoint selection", "",
-                  "Each student's dev accuracy (greedy, on questions held out of training) after every epoch; the "
-                  "main table shows the checkpoint named in 'shown' (config eval.checkpoint). Ties go to fewer parse "
-                  "failures, then to the later epoch.", "",
-                  "| student | dev accuracy by epoch | best epoch | last epoch | shown | eval accuracy, best | "
-                  "eval accuracy, last |", "|---|---|---|---|---|---|---|"]
-        for c in selection:
-            by_epoch = ", ".join(f"{d['epoch']}: {100 * d['dev_accuracy']:.1f} %" for d in c["dev"])
-            acc = c["eval_accuracy"]
-            same = c["best_epoch"] == c["last_epoch"]
-            best = acc.get("best", acc.get("last") if same else None)
-            last = acc.get("last", acc.get("best") if same else None)
-            cell = lambda v: "not evaluated" if v is None else f"{100 * v:.1f} %"  # noqa: E731
-            lines.append(f"| {c['run']} | {by_epoch} (n={c['dev_questions']}) | {c['best_epoch']} | "
-                         f"{c['last_epoch']} | {c['shown']} | {cell(best)} | {cell(last)} |")
-    else:
-        lines += ["", "Students are shown at their last checkpoint (no dev split configured: tasks[].max_dev)."]
-    corpus = report.get("corpus")
-    if corpus:
-        lines += ["", "## Corpus", "", corpus_line(corpus)]
-    stages = report.get("stage_seconds")
-    if stages:
-        lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v:.0f} |" for k, v in stages.items()]
-    if report.get("experiments"):
-        lines += ["", "## Experiments", "", "| experiment | folder | corpus | wall time |", "|---|---|---|---|"]
-        for e in report["experiments"]:
-            seconds = sum(e.get("stage_seconds", {}).values())
-            lines.append(f"| {e['name']} | {e['dir']} | {corpus_line(e['corpus']) if e.get('corpus') else ''} | "
-                         f"{f'{seconds:.0f} s' if seconds else ''} |")
-    lines += ["", "## Sources", "",
-              "Every accuracy above is recomputed from the predictions file of its run (paths relative to this "
-              "report's folder); the judge's counts from its verdicts file.", "",
-              "| run | predictions file |", "|---|---|"]
-    lines += [f"| {r['run']} | {r['predictions']} |" for r in report["rows"] + report.get("extra_rows", [])]
-    lines += [f"| judge: {j['a']} vs {j['b']} | {j['verdicts']} |" for j in report.get("judge", []) if "verdicts" in j]
-    return "\n".join(lines) + "\n"
+def stage_report(exp: Experiment) -> dict:
+    """The report of the experiment's evaluation runs, with the stage times so far and its own."""
+    started = time.monotonic()
+    return write_report(exp.dir, eval_runs(exp.cfg, exp.dir), own_seconds=lambda: time.monotonic() - started)
 
 
-def failures_cell(r: dict) -> str:
-    """Parse failures of a run, with those cut at the token budget named apart (the budget, not the model)."""
-    cut = r.get("cut_at_limit", 0)
-    return f"{r['parse_failures']} ({cut} cut at the limit)" if cut else str(r["parse_failures"])
-
-
-def budget_lines(rows: list[dict], share: float = 0.05) -> list[str]:
-    """The answers' token budget and repetition penalty, and a warning for each run with more than ``share`` of
-    its answers cut at the budget."""
-    budgets = sorted({r["max_new_tokens"] for r in rows if r.get("max_new_tokens")})
-    penalties = sorted({r.get("repetition_penalty", 1.0) for r in rows})
-    lines = []
-    if budgets:
-        off = " (off)" if penalties == [1.0] else ""
-        lines += ["", f"Answers: at most {' / '.join(map(str, budgets))} new tokens (eval.max_new_tokens); repetition "
-                  f"penalty {' / '.join(map(str, penalties))}{off} (eval.repetition_penalty)."]
-    for r in rows:
-        if r["total"] and r.get("cut_at_limit", 0) / r["total"] > share:
-            lines += ["", f"**Cut at the token limit:** {r['run']}: {100 * r['cut_at_limit'] / r['total']:.1f} % of "
-                      "its answers stopped at eval.max_new_tokens before an answer; its accuracy measures the budget: "
-                      "raise eval.max_new_tokens (or set eval.repetition_penalty where answers loop)."]
-    return lines
-
-
-def corpus_line(corpus: dict) -> str:
-    return (f"Setting: {corpus['setting']}. {corpus['samples']} teacher samples for {corpus['questions']} "
-            f"questions; per-sample teacher accuracy {100 * corpus['sample_accuracy']:.1f} %; "
-            f"{corpus['kept']} rationales kept ({corpus['duplicates_removed']} duplicates removed); "
-            f"{100 * corpus['share_questions_with_kept_rationale']:.1f} % of questions have at least one; "
-            f"parse failures {corpus['parse_failures']}"
-            + (f" ({cut} cut at teacher.max_new_tokens)" if (cut := corpus.get("parse_failures_by_reason", {})
-                                                              .get("cut_at_limit")) else "") + ".")
-
-
-def write_report(exp_dir: Path, runs: list[dict]) -> dict:
+def write_report(exp_dir: Path, runs: list[EvalRun], own_seconds=None) -> dict:
     """Build the report of ``runs`` (see ``build_report``) and write report.json, report.md and the plots into
-    ``exp_dir``."""
+    ``exp_dir``; ``own_seconds()``, when given, is the report stage's time so far, shown with the other stages'."""
     from scotd.plots import plot_accuracy, plot_study
 
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -536,21 +330,18 @@ def write_report(exp_dir: Path, runs: list[dict]) -> dict:
     if study["selectors"]:
         plot_study(study["selectors"], "selector", exp_dir / "report-selectors.png", "accuracy by corpus selector")
         report["chart_selectors"] = "report-selectors.png"
+    if own_seconds is not None and "stage_seconds" in report:
+        report["stage_seconds"]["report"] = round(own_seconds(), 1)
     (exp_dir / "report.json").write_text(json.dumps(report, indent=2))
     (exp_dir / "report.md").write_text(render_markdown(report))
     return report
 
 
-def combine(out_dir: Path, experiments: list[tuple[Path, list[dict]]]) -> dict:
+def combine(out_dir: Path, experiments: list[tuple[Path, list[EvalRun]]]) -> dict:
     """One report, written to ``out_dir``, of the runs of several experiment folders: ``experiments`` holds each
     folder with its runs (as ``write_report`` takes them). Each run is labelled ``<folder name>/<run>``; SCoTD rows
     are compared with rows of their own experiment; the method x task table gathers runs of the same name."""
     names = [folder.name for folder, _ in experiments]
     if len(set(names)) != len(names):
         raise ValueError(f"experiment folders need distinct names to label their runs, got {names}")
-    runs = []
-    for folder, specs in experiments:
-        for spec in specs:
-            runs.append({**spec, "run": f"{folder.name}/{spec['run']}", "experiment": folder.name,
-                         "experiment_run": spec["run"], "experiment_dir": str(folder.resolve())})
-    return write_report(out_dir, runs)
+    return write_report(out_dir, [run.in_experiment(folder) for folder, runs in experiments for run in runs])

@@ -1,39 +1,40 @@
 """Teacher sampling stage: N rationales per training question from a vLLM teacher running in Ray Data actors.
 
-Pure row functions (``to_request``, ``from_response``) are wired into ``engine.generate``. Output is written in
+Pure row functions (``to_request``, ``from_response``) are wired into ``inference.generate_rows``. Output is written in
 blocks: a block file holds only questions whose N samples are all present, so a rerun after a crash reads the
 block files, skips the questions they hold and samples the rest; every (question, sample index) ends up exactly once.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pyarrow.parquet as pq
 
 from scotd.config import OutputConfig, ResourcesConfig, TeacherConfig
-from scotd.engine import EngineSpec, EngineStats, Sampling, generate, stream_batches, throughput_counters
+from scotd.inference import (EngineStats, Sampling, engine_spec, generate_rows, question_seed,
+                             throughput_counters)
+from scotd import provenance
+from scotd.fit import too_long
 from scotd.limits import warn_if_cut
 from scotd.prompts import Exemplar, gold_key, mark_cut, parse_answer, stop_strings, teacher_prompt
 from scotd.schema import SAMPLE_SCHEMA, check_parquet_folder, to_table, write_table
-from scotd.tasks import Question, answers_match
+from scotd.scoring import answers_match
+from scotd.tasks import Question
+
+if TYPE_CHECKING:
+    from scotd.experiment import Experiment
 
 log = logging.getLogger(__name__)
 
 # What to do about a block that cannot be read: its questions count as unsampled once it is gone.
 BLOCK_FIX = "remove it and rerun (scotd run CONFIG): the teacher samples its questions again"
-
-
-def question_seed(seed: int, question_id: str) -> int:
-    """A per-question seed: the same config samples the same rationales, whatever the sharding or resume point."""
-    digest = hashlib.sha256(f"{seed}:{question_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def to_request(q: Question, exemplars: list[Exemplar], cfg: TeacherConfig, n: int) -> dict:
@@ -80,27 +81,6 @@ def from_response(row: dict) -> dict:
     }
 
 
-def engine_spec(cfg: TeacherConfig, model_path: str, cache_dir: str = OutputConfig.cache_dir) -> EngineSpec:
-    """The engine settings of ``cfg`` for ``model_path`` (a folder, hub id or URI: a URI is copied under
-    ``cache_dir`` on the engine's node)."""
-    return EngineSpec(model=model_path, cache_dir=cache_dir, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
-                      tensor_parallel_size=cfg.tensor_parallel_size, pipeline_parallel_size=cfg.pipeline_parallel_size,
-                      gpu_memory_utilization=cfg.gpu_memory_utilization, max_num_seqs=cfg.max_num_seqs,
-                      cpu_kvcache_gb=cfg.cpu_kvcache_gb, block_size=cfg.block_size,
-                      enable_prefix_caching=cfg.enable_prefix_caching, seed=cfg.seed,
-                      trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template, use_gpu=cfg.use_gpu)
-
-
-def replica_range(cfg: TeacherConfig) -> int | tuple[int, int]:
-    """Ray Data ``concurrency``: a fixed pool, or (min, max) for an autoscaling pool."""
-    if cfg.max_replicas is None or cfg.max_replicas == cfg.num_replicas:
-        return cfg.num_replicas
-    if cfg.max_replicas < cfg.num_replicas:
-        raise ValueError(f"teacher.max_replicas ({cfg.max_replicas}) is below teacher.num_replicas "
-                         f"({cfg.num_replicas})")
-    return (cfg.num_replicas, cfg.max_replicas)
-
-
 def finished_question_ids(samples_dir: Path) -> set[str]:
     """Questions already sampled in earlier runs: every id in a block file (blocks hold complete questions only)."""
     ids: set[str] = set()
@@ -119,8 +99,6 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
     ``on_block`` is called with each block file once it is complete (the job mirrors it to remote storage).
     Returns the sampling summary (also written to ``out_dir/sampling_summary.json``).
     """
-    import ray
-
     n = cfg.num_samples if num_samples is None else num_samples
     # One block per engine call by default: with a slow teacher, a crash loses at most the calls in flight.
     block_questions = block_questions or cfg.batch_size
@@ -132,19 +110,17 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
              len(pending), n)
     started = time.monotonic()
     totals = {"samples": 0, "generated_tokens": 0, "prompt_tokens": 0}
+    engines = EngineStats()
     if pending:
         requests = [to_request(q, exemplars[q.task], cfg, n) for q in pending]
-        ds = ray.data.from_items(requests)
-        out = generate(ds, engine_spec(cfg, model_path, cache_dir),
-                       Sampling(temperature=cfg.temperature if temperature is None else temperature,
-                                top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens),
-                       replicas=replica_range(cfg), batch_size=cfg.batch_size, num_cpus=resources.engine_cpus,
-                       resource=cfg.resource, concurrent_batches=cfg.concurrent_batches, samples_per_request=n)
+        sampling = Sampling(temperature=cfg.temperature if temperature is None else temperature, top_p=cfg.top_p,
+                            max_new_tokens=cfg.max_new_tokens)
         counters = throughput_counters()
-        engines = EngineStats()
         by_question: dict[str, list[dict]] = {}
         complete: list[dict] = []
-        for batch in stream_batches(out, total=len(pending), label="teacher"):
+        for batch in generate_rows(requests, engine_spec(cfg, model_path, cache_dir, cfg.seed), sampling, cfg,
+                                   num_cpus=resources.engine_cpus, run="teacher", label="teacher",
+                                   concurrent_batches=cfg.concurrent_batches, samples_per_request=n):
             for i in range(len(batch["question_id"])):
                 row = {k: batch[k][i] for k in batch}
                 totals["samples"] += 1
@@ -217,3 +193,26 @@ def summarize_samples(samples_dir: Path, *, wall_s: float, samples: int, generat
         "generated_tokens_per_s": generated_tokens / wall_s if wall_s > 0 else 0.0,
         "prompt_tokens_per_s": prompt_tokens / wall_s if wall_s > 0 else 0.0,
     }
+
+
+def stage_teacher(exp: Experiment) -> dict:
+    """The teacher's samples of every training question whose prompt fits its engine (and its greedy rationales when
+    the config asks), with the token budget sized from the exemplars when unset."""
+    cfg = replace(exp.cfg.teacher, max_new_tokens=exp.teacher_tokens())
+    provenance.record(exp.dir, exp.cfg, "teacher")
+    local = exp.resolve_model(cfg.model)
+    model = exp.engine_model(local)
+    shots = exp.all_exemplars()
+    questions = exp.questions("train")
+    left_out = too_long(exp.cfg, questions, lambda q: teacher_prompt(q, shots[q.task]), local,
+                        chat_template=cfg.chat_template, stage="teacher", where=exp.where())
+    questions = [q for q in questions if q.id not in left_out]
+    push = lambda block: exp.mirror.push(str(block.relative_to(exp.dir)))  # noqa: E731 - each block as written
+    summary = sample_rationales(questions, shots, cfg, exp.cfg.resources, model, exp.dir / "teacher", on_block=push,
+                                cache_dir=exp.cfg.output.cache_dir)
+    summary["questions_left_out_prompt_too_long"] = len(left_out)
+    if cfg.greedy_rationales:
+        summary["greedy"] = sample_rationales(questions, shots, cfg, exp.cfg.resources, model,
+                                              exp.dir / "teacher" / "greedy", num_samples=1, temperature=0.0,
+                                              on_block=push, cache_dir=exp.cfg.output.cache_dir)
+    return summary

@@ -35,7 +35,8 @@ def test_heldout_configs_train_on_a_mix_and_evaluate_an_original_and_its_contras
 
 
 def test_heldout_tiny_tasks_stage_keeps_the_heldout_task_out_of_training(tmp_path, shared_data):
-    from scotd.pipeline import Experiment, stage_tasks
+    from scotd.experiment import Experiment
+    from scotd.tasks.stage import stage_tasks
     from scotd.schema import QUESTION_SCHEMA, read_table
 
     cfg = load_config(REPO / "configs" / "heldout-tiny.yaml",

@@ -8,7 +8,9 @@ import pytest
 
 from scotd.config import load_config
 from scotd.evaluate import score
-from scotd.pipeline import Experiment, eval_runs, stage_tasks
+from scotd.experiment import Experiment
+from scotd.runs import eval_runs
+from scotd.tasks.stage import stage_tasks
 from scotd.prompts import cut_at_stop, gold_key, stop_strings, student_prompt
 from scotd.report import write_report
 from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
@@ -137,27 +139,26 @@ def test_a_student_whose_best_is_not_its_last_is_evaluated_twice(tmp_path, shown
     cfg = load_config(write_cfg(tmp_path), [f"eval.checkpoint={shown}"])
     select(tmp_path, "s", best=2)
     select(tmp_path, "l", best=3)  # best == last: one run
-    runs = {r["run"]: r for r in eval_runs(cfg, tmp_path / "out")}
+    runs = {r.run: r for r in eval_runs(cfg, tmp_path / "out")}
     assert list(runs) == ["teacher", "untrained:offline:smollm2-135m-instruct", "s", "l", f"s@{other}"]
-    assert (runs["s"]["checkpoint"], runs["s"]["dir"], runs["s"]["extra"]) == (shown, f"s_{shown}", False)
-    assert runs["s"]["model_subdir"] == ("model-best" if shown == "best" else "model")
-    assert runs[f"s@{other}"]["extra"] and runs[f"s@{other}"]["dir"] == f"s_{other}"
-    assert (runs["l"]["model_subdir"], runs["l"]["dir"], runs["l"]["epoch"]) == ("model", "l", 3)
-    assert len({r["dir"] for r in runs.values()}) == len(runs)
+    assert (runs["s"].checkpoint, runs["s"].dir, runs["s"].extra) == (shown, f"s_{shown}", False)
+    assert runs["s"].model_subdir == ("model-best" if shown == "best" else "model")
+    assert runs[f"s@{other}"].extra and runs[f"s@{other}"].dir == f"s_{other}"
+    assert (runs["l"].model_subdir, runs["l"].dir, runs["l"].epoch) == ("model", "l", 3)
+    assert len({r.dir for r in runs.values()}) == len(runs)
 
 
 def test_both_checkpoints_off_evaluates_only_the_shown_checkpoint(tmp_path):
     cfg = load_config(write_cfg(tmp_path), ["eval.both_checkpoints=false"])
     select(tmp_path, "s", best=2)
-    runs = {r["run"]: r for r in eval_runs(cfg, tmp_path / "out")}
+    runs = {r.run: r for r in eval_runs(cfg, tmp_path / "out")}
     assert list(runs) == ["teacher", "untrained:offline:smollm2-135m-instruct", "s", "l"]
-    assert (runs["s"]["checkpoint"], runs["s"]["model_subdir"], runs["s"]["epoch"]) == ("best", "model-best", 2)
+    assert (runs["s"].checkpoint, runs["s"].model_subdir, runs["s"].epoch) == ("best", "model-best", 2)
     qs = {q.id: q for q in questions(4)}
     r = runs["s"]
     write_table(to_table([score("s", qs, qid, "(a)") for qid in qs], PREDICTION_SCHEMA),
-                tmp_path / "out" / "eval" / r["dir"] / "predictions.parquet")
-    write_report(tmp_path / "out", [{"run": "s", "kind": r["kind"], "model": r["model_ref"], "dir": r["dir"],
-                                     "extra": False, "student": "s", "checkpoint": "best", "epoch": 2}])
+                tmp_path / "out" / "eval" / r.dir / "predictions.parquet")
+    write_report(tmp_path / "out", [r])
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| s | 1: 25.0 %, 2: 50.0 %, 3: 25.0 % (n=8) | 2 | 3 | best | 50.0 % | not evaluated |" in md
 
@@ -167,14 +168,12 @@ def test_report_shows_the_checkpoint_table_and_keeps_extra_rows_out_of_the_main_
     select(tmp_path, "s", best=2)
     select(tmp_path, "l", best=3)
     qs = {q.id: q for q in questions(4)}
-    runs = [r for r in eval_runs(cfg, tmp_path / "out") if r["run"] in ("s", "l", "s@last")]
+    runs = [r for r in eval_runs(cfg, tmp_path / "out") if r.run in ("s", "l", "s@last")]
     answers = {"s": "(a)", "l": "(b)", "s@last": "(c)"}  # q0 gold a, q1 b, q2 c, q3 a
     for r in runs:
-        rows = [score(r["run"], qs, qid, answers[r["run"]]) for qid in qs]
-        write_table(to_table(rows, PREDICTION_SCHEMA), tmp_path / "out" / "eval" / r["dir"] / "predictions.parquet")
-    report = write_report(tmp_path / "out", [{"run": r["run"], "kind": r["kind"], "model": r["model_ref"],
-                                              "dir": r["dir"], "extra": r["extra"], "student": r["student"],
-                                              "checkpoint": r["checkpoint"], "epoch": r["epoch"]} for r in runs])
+        rows = [score(r.run, qs, qid, answers[r.run]) for qid in qs]
+        write_table(to_table(rows, PREDICTION_SCHEMA), tmp_path / "out" / "eval" / r.dir / "predictions.parquet")
+    report = write_report(tmp_path / "out", runs)
     assert [r["run"] for r in report["rows"]] == ["s", "l"] and [r["run"] for r in report["extra_rows"]] == ["s@last"]
     assert [d["versus"] for d in report["differences"]] == ["l"]
     s = next(c for c in report["checkpoints"] if c["run"] == "s")

@@ -8,16 +8,9 @@ from pathlib import Path
 import pytest
 
 from scotd.config import TeacherConfig
-from scotd.engine import (
-    EngineSpec,
-    EngineStats,
-    batches_to_fill,
-    bound_cores,
-    engine_capacity,
-    pool_strategy,
-    replica_bundles,
-)
-from scotd.teacher import engine_spec, replica_range
+from scotd.inference.metrics import EngineStats
+from scotd.inference.pool import batches_to_fill, engine_capacity, pool_strategy, replica_bundles, replica_range
+from scotd.inference.spec import EngineSpec, bound_cores, engine_spec
 
 
 @pytest.mark.parametrize("bind, cores", [("0-1", [0, 1]), ("3", [3]), ("0,2,4-5", [0, 2, 4, 5]),
@@ -110,7 +103,7 @@ def test_progress_streams_each_engine_call_as_it_finishes(ray_cluster, tmp_path,
     test; the real engine streams through the same code in the pipeline tests)."""
     import ray
 
-    from scotd.engine import stream_batches
+    from scotd.inference.metrics import stream_batches
 
     class SlowCalls:  # defined here so that Ray ships it by value to its worker
         def __init__(self, marks: str):
@@ -125,7 +118,7 @@ def test_progress_streams_each_engine_call_as_it_finishes(ray_cluster, tmp_path,
     out = ds.map_batches(SlowCalls, fn_constructor_kwargs={"marks": str(tmp_path)}, batch_size=10, concurrency=1,
                          num_cpus=1)
     calls_done_at_first_batch = None
-    with caplog.at_level(logging.INFO, logger="scotd.engine"):
+    with caplog.at_level(logging.INFO, logger="scotd.inference"):
         for batch in stream_batches(out, total=50, label="eval x", every_s=0.0):
             if calls_done_at_first_batch is None:
                 calls_done_at_first_batch = len(list(tmp_path.glob("*.done")))

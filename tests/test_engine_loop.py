@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from scotd.engine import EngineLoop
+from scotd.inference.loop import EngineLoop
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ N, TOKENS = 3, 48
 
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory, shared_data):
-    from scotd.pipeline import format_texts
+    from scotd.experiment import format_texts
     from scotd.prompts import load_exemplars, student_prompt, teacher_prompt
     from scotd.tasks import load_questions
     from scotd.tiny import ensure_tiny_model
@@ -59,7 +59,8 @@ def test_engine_loop_serves_requests_added_while_it_steps(ray_cluster, tiny_teac
     def run() -> dict:
         from vllm import SamplingParams
 
-        from scotd.engine import EngineSpec, build_llm, engine_capacity
+        from scotd.inference.spec import EngineSpec, build_llm
+        from scotd.inference.pool import engine_capacity
 
         spec = EngineSpec(model=model, max_model_len=1024)
         llm = build_llm(spec)
@@ -115,7 +116,7 @@ def test_engine_loop_serves_requests_added_while_it_steps(ray_cluster, tiny_teac
     assert got["capacity"] == got["max_num_seqs"], got
     assert "maximum context length" in got["refused"], got["refused"]
     # The stage sends each batch as one call: a prompt and the few-shot prefix are computed once even when every
-    # request starts in the same engine step (scotd/engine.py's docstring).
+    # request starts in the same engine step (scotd/inference/__init__.py's docstring).
     assert all(cached >= 32 for cached in got["reference_cached_tokens"]), got["reference_cached_tokens"]
     # The loop's own account: every step counted and timed, with all 12 prompts' N samples in flight at first
     account = got["account"]
@@ -218,13 +219,15 @@ def test_stage_gives_each_engine_concurrent_batches_at_once(ray_cluster, tiny_te
     import ray
 
     from scotd.config import TeacherConfig
-    from scotd.engine import Sampling, generate
-    from scotd.teacher import engine_spec, to_request
+    from scotd.inference.spec import Sampling
+    from scotd.inference.pool import generate
+    from scotd.inference.spec import engine_spec
+    from scotd.teacher import to_request
 
     model, questions, shots, _ = tiny_teacher
     cfg = TeacherConfig(model=model, max_model_len=1024, max_num_seqs=max_num_seqs)
     ds = ray.data.from_items([to_request(q, shots, cfg, N) for q in questions])
-    caplog.set_level(logging.INFO, logger="scotd.engine")
+    caplog.set_level(logging.INFO, logger="scotd.inference")
     # Its own metrics tag: the session's cluster sums counters across tests, and other tests count run=teacher.
     out = generate(ds, engine_spec(cfg, model), Sampling(max_new_tokens=TOKENS), replicas=1, batch_size=2,
                    num_cpus=1, concurrent_batches=concurrent_batches, samples_per_request=N, run="test-overlap")
@@ -247,13 +250,13 @@ def test_stage_gives_each_engine_concurrent_batches_at_once(ray_cluster, tiny_te
 
 def test_cpu_engine_workers_start_with_one_openmp_thread_per_bound_core(ray_cluster):
     """Ray starts workers with OMP_NUM_THREADS = num_cpus (1); a CPU engine's worker must start with its bound
-    cores instead (scotd/engine.py: ``engine_process_env``), or its OpenMP threads sleep between parallel regions.
+    cores instead (scotd/inference/spec.py: ``engine_process_env``), or its OpenMP threads sleep between parallel regions.
     Checked in real Ray workers: what the OpenMP runtime read at start-up, before anything set a thread count."""
     import os
 
     import ray
 
-    from scotd.engine import EngineSpec, bound_cores, engine_process_env
+    from scotd.inference.spec import EngineSpec, bound_cores, engine_process_env
 
     env = engine_process_env(EngineSpec(model="unused"))
     cores = len(bound_cores(os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or f"0-{(os.cpu_count() or 1) - 1}"))
@@ -273,14 +276,16 @@ def test_cpu_engine_workers_start_with_one_openmp_thread_per_bound_core(ray_clus
 
 def test_an_autoscaling_pool_adds_an_engine_while_calls_queue(ray_cluster, tiny_teacher):
     """``max_replicas``: with calls queued at the first engine, Ray Data starts a second one (the pool's tasks in
-    flight must reach Ray Data's upscaling threshold: scotd/engine.py ``pool_strategy``; with one task more than
+    flight must reach Ray Data's upscaling threshold: scotd/inference/pool.py ``pool_strategy``; with one task more than
     running, the pool never grew). The test stops reading once the second engine actor exists: two CPU engines on
     two cores would share them for minutes."""
     import ray
 
     from scotd.config import TeacherConfig
-    from scotd.engine import Sampling, generate
-    from scotd.teacher import engine_spec, to_request
+    from scotd.inference.spec import Sampling
+    from scotd.inference.pool import generate
+    from scotd.inference.spec import engine_spec
+    from scotd.teacher import to_request
 
     model, questions, shots, _ = tiny_teacher
     cfg = TeacherConfig(model=model, max_model_len=1024)

@@ -11,13 +11,17 @@ from hypothesis import strategies as st
 
 from scotd.config import CorpusConfig
 from scotd.corpus import build_corpus
-from scotd.evaluate import metrics_of, score, vote
+from scotd.scoring import metrics_of
+from scotd.evaluate import score, vote
 from scotd.prompts import (flexible_answer, gold_key, load_exemplars, parse_answer, render_answer, render_question,
                            stop_strings, teacher_prompt)
-from scotd.report import render_markdown, write_report
+from scotd.report_markdown import render_markdown
+from scotd.report import write_report
+from scotd.runs import EvalRun
 from scotd.schema import PREDICTION_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA, to_table, write_table
 from scotd.student.data import training_texts
-from scotd.tasks import Question, TaskDataError, answers_match, load_questions, normalize_number
+from scotd.scoring import answers_match, normalize_number
+from scotd.tasks import Question, TaskDataError, load_questions
 
 Q = Question("g1", "gsm8k", "A baker has 3 trays of 4 rolls. How many rolls?", (), None, "12")
 
@@ -143,7 +147,7 @@ def test_evaluation_scores_votes_and_reports_free_form_answers(tmp_path):
                            "answer_index": None, "answer": q.answer} for q in questions.values()], QUESTION_SCHEMA),
                 tmp_path / "questions" / "eval.parquet")
     write_table(to_table(rows, PREDICTION_SCHEMA), tmp_path / "eval" / "s" / "predictions.parquet")
-    report = write_report(tmp_path, [{"run": "s", "kind": "scotd", "model": "m", "dir": "s"}])
+    report = write_report(tmp_path, [EvalRun(run="s", kind="scotd", model="m", dir="s")])
     assert report["rows"][0]["free_form"] == {"questions": 4, "strict": 0.5, "flexible": 0.75}
     assert "| s | 4 | 50.0 % | 75.0 % |" in render_markdown(report)
 
@@ -184,7 +188,7 @@ def test_tiny_preset_runs_end_to_end_on_free_form_answers(ray_cluster, shared_da
 
 
 def test_student_metadata_shows_the_prompt_format_of_each_kind_it_trained_on():
-    from scotd.pipeline import prompt_formats
+    from scotd.student.stage import prompt_formats
 
     free = prompt_formats({True}, scotd=False)
     assert free == {"prompt_format": {"input": "Q: {question}\nA:", "target": " {answer}"}}

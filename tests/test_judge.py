@@ -8,6 +8,7 @@ import pytest
 from scotd.evaluate import score
 from scotd.judge import (blind_pairs, judge_prompt, make_pairs, parse_verdict, read_annotations, swapped, tally,
                          tally_annotations)
+from scotd.runs import EvalRun
 from scotd.tasks import Question
 
 QUESTIONS = {f"q{i}": Question(f"q{i}", "t", f"Question {i}?", ("x", "y", "z"), i % 3) for i in range(200)}
@@ -57,7 +58,8 @@ def test_tally_maps_positions_to_runs():
 
 def test_judge_pairs_must_name_two_greedy_runs(tmp_path):
     from scotd.config import load_config
-    from scotd.pipeline import Experiment, eval_runs, stage_judge
+    from scotd.experiment import Experiment
+    from scotd.judge import stage_judge
 
     (tmp_path / "exp.yaml").write_text(
         f"tasks: [{{name: g, format: jsonl, train: a.jsonl, eval: b.jsonl}}]\nstudents: [{{name: s}}]\n"
@@ -70,7 +72,7 @@ def test_judge_pairs_must_name_two_greedy_runs(tmp_path):
     assert cfg.eval.judge_pairs == (("s", "teacher"), ("s", "nobody"))
     with pytest.raises(ValueError, match=r"eval\.judge_pairs\.1: expected two evaluation runs of .*'s', 'teacher'.*"
                                          r"got \['s', 'nobody'\]"):
-        stage_judge(Experiment(cfg), eval_runs(cfg))
+        stage_judge(Experiment(cfg))
 
 
 def test_report_lists_judge_results(tmp_path):
@@ -82,7 +84,7 @@ def test_report_lists_judge_results(tmp_path):
     (tmp_path / "judge" / "a__vs__b").mkdir(parents=True)
     summary = {**tally([{"key": {"1": "a", "2": "b"}}] * 3, ["1", "1", "2"], "a", "b"), "judge": "t", "seed": 0}
     (tmp_path / "judge" / "a__vs__b" / "summary.json").write_text(json.dumps(summary))
-    report = write_report(tmp_path, [{"run": "a", "kind": "scotd", "model": "m", "dir": "a"}])
+    report = write_report(tmp_path, [EvalRun(run="a", kind="scotd", model="m", dir="a")])
     assert report["judge"] == [{**summary, "verdicts": "judge/a__vs__b/verdicts.parquet"}]
     md = (tmp_path / "report.md").read_text()
     assert "| a | b | t | 3 | 2 | 1 | 0 | 0 | 1.000 | within noise |" in md
@@ -130,9 +132,8 @@ def test_people_verdicts_are_tallied_like_the_judge(tmp_path):
         tally_annotations(annotate[1:], key, a, b)
 
 
-def test_a_pair_judged_before_the_blind_export_gets_it_from_the_pairs_it_judged(tmp_path):
-    """A folder from before annotate.jsonl existed: the export is built from its pairs.jsonl (what the judge saw),
-    not from the predictions as they are now; the summary is returned untouched and no engine starts (spec=None)."""
+def test_a_judged_pair_is_reused_without_an_engine(tmp_path):
+    """A rerun finds the pair folder's summary.json (written last) and returns it: no engine starts (spec=None)."""
     from scotd.judge import _write_jsonl, judge_runs, pair_dir_name
 
     a, b = "s", "t"
@@ -141,10 +142,33 @@ def test_a_pair_judged_before_the_blind_export_gets_it_from_the_pairs_it_judged(
     folder.mkdir()
     _write_jsonl(folder / "pairs.jsonl", judged)
     (folder / "summary.json").write_text(json.dumps({"a": a, "b": b, "pairs": 5}))
-    now_a, now_b = preds(a, texts_of("p", 8)), preds(b, texts_of("q", 8))  # predictions changed since
-    summary = judge_runs(list(QUESTIONS.values()), a, b, now_a, now_b, None, out_dir=tmp_path, num_cpus=1,
-                         batch_size=4)
+    summary = judge_runs(list(QUESTIONS.values()), a, b, preds(a, texts_of("p", 8)), preds(b, texts_of("q", 8)),
+                         None, None, out_dir=tmp_path, num_cpus=1)
     assert summary == {"a": a, "b": b, "pairs": 5}
-    annotate = [json.loads(line) for line in (folder / "annotate.jsonl").read_text().splitlines()]
-    assert len(annotate) == 5 and all(r["rationale_a"][0] in "XY" for r in annotate)
     assert not list(folder.glob(".*.tmp"))
+
+
+def test_judge_score_command_tallies_people_and_names_a_bad_file(tmp_path, capsys):
+    from scotd.cli import main
+
+    a, b = "s", "t"
+    pairs = make_pairs(QUESTIONS, a, b, preds(a, texts_of("x", 6)), preds(b, texts_of("y", 6)), seed=0)
+    annotate, key = blind_pairs(pairs, QUESTIONS)
+    for row, k in zip(annotate, key):
+        row["verdict"] = "A" if k["a"] == a else "B"  # people prefer s everywhere
+    folder = tmp_path / "judge" / "s__vs__t"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"a": a, "b": b}))
+    (folder / "key.jsonl").write_text("".join(json.dumps(k) + "\n" for k in key))
+    filled = tmp_path / "filled.jsonl"
+    filled.write_text("".join(json.dumps(r) + "\n" for r in annotate))
+    assert main(["judge", "score", str(folder), str(filled)]) == 0
+    assert "s vs t: 6 pairs, s better in 6, t better in 0, 0 ties" in capsys.readouterr().out
+    written = json.loads((folder / "people_summary.json").read_text())
+    assert (written["wins_a"], written["wins_b"], written["annotations"]) == (6, 0, str(filled))
+    filled.write_text(filled.read_text() + "{not json\n")
+    assert main(["judge", "score", str(folder), str(filled)]) == 2
+    assert f"judge error: {filled}:7: not JSON" in capsys.readouterr().err
+    filled.write_text("".join(json.dumps(r) + "\n" for r in annotate[:5]))
+    assert main(["judge", "score", str(folder), str(filled)]) == 2
+    assert "are not the key's 6 pairs" in capsys.readouterr().err

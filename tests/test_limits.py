@@ -10,9 +10,10 @@ import pytest
 
 from scotd import limits
 from scotd.config import load_config
-from scotd.evaluate import metrics_of, score
+from scotd.scoring import metrics_of
+from scotd.evaluate import score
 from scotd.prompts import mark_cut, parse_answer
-from scotd.report import budget_lines, failures_cell
+from scotd.report_markdown import budget_lines, failures_cell
 from scotd.schema import CORPUS_SCHEMA, to_table, write_table
 from scotd.tasks import Question
 from tests.conftest import REPO
@@ -113,10 +114,11 @@ def test_evaluation_marks_cut_answers_and_left_out_questions(ray_cluster, shared
 
     from scotd.config import TeacherConfig
     from scotd.evaluate import evaluate_run
-    from scotd.pipeline import format_texts
+    from scotd.experiment import format_texts
     from scotd.prompts import load_exemplars, student_prompt, teacher_prompt
+    from scotd.inference.spec import engine_spec
+    from scotd.runs import EvalRun
     from scotd.tasks import load_questions
-    from scotd.teacher import engine_spec
     from scotd.tiny import ensure_tiny_model
 
     questions = load_questions(shared_data / "commonsenseqa" / "dev_rand_split.jsonl", "commonsenseqa",
@@ -124,10 +126,12 @@ def test_evaluation_marks_cut_answers_and_left_out_questions(ray_cluster, shared
     shots = load_exemplars("commonsenseqa", "csqa")[:3]
     model = ensure_tiny_model("teacher", tmp_path / "teacher", [student_prompt(q) for q in questions],
                               format_texts(questions, {"csqa": shots}))
-    spec = engine_spec(TeacherConfig(model=str(model), max_model_len=1024, cpu_kvcache_gb=1), str(model))
+    engine = TeacherConfig(model=str(model), max_model_len=1024, cpu_kvcache_gb=1, batch_size=8)
+    spec = engine_spec(engine, str(model))
     with caplog.at_level(logging.INFO, logger="scotd"):
-        metrics = evaluate_run("teacher", questions, lambda q: teacher_prompt(q, shots), spec, max_new_tokens=3,
-                               batch_size=8, num_cpus=1, out_dir=tmp_path / "eval", left_out={questions[0].id})
+        metrics = evaluate_run(EvalRun("teacher", "teacher", str(model)), questions, lambda q: teacher_prompt(q, shots),
+                               spec, engine, max_new_tokens=3, num_cpus=1, out_dir=tmp_path / "eval",
+                               left_out={questions[0].id})
     rows = pq.read_table(tmp_path / "eval" / "teacher" / "predictions.parquet").to_pylist()
     reasons = {r["question_id"]: r["parse_error"] for r in rows}
     assert reasons[questions[0].id] == "prompt_too_long" and len(rows) == 6

@@ -169,7 +169,7 @@ def test_report_equals_recount_of_predictions(tiny_run):
 
 
 def test_judge_compared_the_rationales_of_both_runs(tiny_run):
-    from scotd.evaluate import run_dir_name
+    from scotd.runs import run_dir_name
     from scotd.judge import blind_pairs, make_pairs, parse_verdict
     from scotd.tasks import Question
 

@@ -6,7 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from scotd.config import load_config
-from scotd.pipeline import Experiment, eval_runs, stage_tasks
+from scotd.experiment import Experiment
+from scotd.runs import eval_runs
+from scotd.tasks.stage import stage_tasks
 from scotd.prompts import load_exemplars
 
 
@@ -35,7 +37,7 @@ def test_tasks_stage_removes_exemplar_questions_and_caps(tmp_path):
 
 
 def test_offline_source_needs_a_split(tmp_path):
-    from scotd.pipeline import load_task_split
+    from scotd.tasks.stage import load_task_split
 
     cfg = load_config(write_cfg(tmp_path, "offline:bigbench-qasc"))
     with pytest.raises(ValueError, match=r"tasks\.q\.train: 'offline:bigbench-qasc': expected offline:<dataset>"):
@@ -51,7 +53,7 @@ def write_cfg(tmp_path, source):
 def test_eval_runs_order_and_dedup_of_untrained_models(tmp_path):
     cfg = load_config(write_cfg(tmp_path, "a.jsonl"),
                       ["students=[{name: a, model: m1}, {name: b, model: m1, method: label_only}, {name: c, model: m2}]"])
-    assert [(r["run"], r["kind"]) for r in eval_runs(cfg)] == [
+    assert [(r.run, r.kind) for r in eval_runs(cfg)] == [
         ("teacher", "teacher"), ("untrained:m1", "untrained"), ("untrained:m2", "untrained"),
         ("a", "scotd"), ("b", "label_only"), ("c", "scotd")]
 
@@ -59,9 +61,9 @@ def test_eval_runs_order_and_dedup_of_untrained_models(tmp_path):
 def test_self_consistency_adds_a_voted_run_for_every_run(tmp_path):
     cfg = load_config(write_cfg(tmp_path, "a.jsonl"), ["students=[{name: a, model: m1}]", "eval.self_consistency=5"])
     runs = eval_runs(cfg)
-    assert [(r["run"], r["samples"]) for r in runs] == [
+    assert [(r.run, r.samples) for r in runs] == [
         ("teacher", 1), ("untrained:m1", 1), ("a", 1), ("teacher sc@5", 5), ("untrained:m1 sc@5", 5), ("a sc@5", 5)]
-    assert len({r["dir"] for r in runs}) == len(runs)
+    assert len({r.dir for r in runs}) == len(runs)
 
 
 def test_stage_job_entry_point_runs_one_stage(tmp_path):
@@ -91,7 +93,7 @@ def test_runtime_env_ships_the_checkout_without_the_venv():
 
 
 def test_each_student_trains_on_its_selection_of_the_corpus(tmp_path):
-    from scotd.pipeline import student_rows
+    from scotd.student.stage import student_rows
     from scotd.schema import CORPUS_SCHEMA, to_table, write_table
 
     rows = [{"question_id": f"q{q}", "task": "t", "sample_index": i, "question": "?", "choices": ["a", "b"],
@@ -122,7 +124,7 @@ def test_each_student_trains_on_its_selection_of_the_corpus(tmp_path):
 
 
 def test_greedy_cot_student_needs_the_greedy_corpus(tmp_path):
-    from scotd.pipeline import student_rows
+    from scotd.student.stage import student_rows
 
     cfg = load_config(write_cfg(tmp_path, "a.jsonl"), [f"output.dir={tmp_path / 'out'}",
                                                        "students=[{name: g, selector: greedy}]"])
@@ -164,15 +166,16 @@ def test_few_shot_untrained_rows(tmp_path):
     cfg = load_config(write_cfg(tmp_path, "a.jsonl"), ["students=[{name: a, model: m1}, {name: b, model: m2}]",
                                                        "eval.untrained_shots=3"])
     runs = eval_runs(cfg)
-    assert [(r["run"], r.get("shots")) for r in runs if r["kind"] == "untrained"] == [
-        ("untrained:m1", None), ("untrained:m1 3-shot", 3), ("untrained:m2", None), ("untrained:m2 3-shot", 3)]
-    assert len({r["dir"] for r in runs}) == len(runs)
+    assert [(r.run, r.shots) for r in runs if r.kind == "untrained"] == [
+        ("untrained:m1", 0), ("untrained:m1 3-shot", 3), ("untrained:m2", 0), ("untrained:m2 3-shot", 3)]
+    assert len({r.dir for r in runs}) == len(runs)
 
 
 def test_students_of_both_settings_in_one_experiment(tmp_path):
     """Supervised and few-shot students from the same teacher samples: each reads its own setting's corpus."""
-    from scotd.pipeline import stage_corpus, student_rows
-    from scotd.schema import SAMPLE_SCHEMA, to_table, write_table
+    from scotd.corpus import stage_corpus
+    from scotd.student.stage import student_rows
+    from scotd.schema import QUESTION_SCHEMA, SAMPLE_SCHEMA, to_table, write_table
 
     def sample(q, i, parsed, gold=0):
         return {"question_id": f"q{q}", "task": "t", "sample_index": i, "question": "?", "choices": ["a", "b"],
@@ -188,6 +191,9 @@ def test_students_of_both_settings_in_one_experiment(tmp_path):
         "setting: fewshot}, {name: sup-labels, method: label_only}]"])
     exp = Experiment(cfg)
     write_table(to_table(samples, SAMPLE_SCHEMA), exp.dir / "teacher" / "samples" / "block-1.parquet")
+    write_table(to_table([{"question_id": f"q{i}", "task": "t", "question": "?", "choices": ["a", "b"],
+                           "answer_index": 0, "answer": None} for i in range(2)], QUESTION_SCHEMA),
+                exp.dir / "questions" / "train.parquet")
     summary = stage_corpus(exp)
     assert summary["setting"] == "supervised" and summary["fewshot"]["setting"] == "fewshot"
     paths = {st.name: student_rows(exp, st) for st in cfg.students}

@@ -3,8 +3,12 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from scotd.evaluate import metrics_of, score, vote
-from scotd.report import mcnemar_p, render_markdown, wilson_interval, write_report
+from scotd.scoring import metrics_of
+from scotd.evaluate import score, vote
+from scotd.scoring import mcnemar_p, wilson_interval
+from scotd.report_markdown import render_markdown
+from scotd.report import write_report
+from scotd.runs import EvalRun
 from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
 from scotd.tasks import Question
 
@@ -21,8 +25,8 @@ def test_report_recounts_predictions(tmp_path):
     for run, outs in texts.items():
         rows = [score(run, questions, qid, text) for qid, text in zip(questions, outs)]
         write_table(to_table(rows, PREDICTION_SCHEMA), tmp_path / "eval" / run / "predictions.parquet")
-    report = write_report(tmp_path, [{"run": "a", "kind": "scotd", "model": "m", "dir": "a"},
-                                     {"run": "b", "kind": "label_only", "model": "m", "dir": "b"}])
+    report = write_report(tmp_path, [EvalRun(run="a", kind="scotd", model="m", dir="a"),
+                                     EvalRun(run="b", kind="label_only", model="m", dir="b")])
     assert [(r["correct"], r["total"]) for r in report["rows"]] == [(3, 9), (9, 9)]
     assert json.loads((tmp_path / "report.json").read_text()) == report
     md = (tmp_path / "report.md").read_text()
@@ -64,14 +68,14 @@ def test_report_has_a_per_task_table_when_there_are_several_tasks(tmp_path):
     questions = {f"q{i}": Question(f"q{i}", "orig" if i < 4 else "contrast", "?", ("x", "y"), 0) for i in range(8)}
     rows = [score("a", questions, qid, " (a)" if i in (0, 1, 2, 4) else " (b)") for i, qid in enumerate(questions)]
     write_table(to_table(rows, PREDICTION_SCHEMA), tmp_path / "eval" / "a" / "predictions.parquet")
-    report = write_report(tmp_path, [{"run": "a", "kind": "scotd", "model": "m", "dir": "a"}])
+    report = write_report(tmp_path, [EvalRun(run="a", kind="scotd", model="m", dir="a")])
     assert report["rows"][0]["by_task"] == {"contrast": 0.25, "orig": 0.75}
     assert "| run | contrast | orig |" in (tmp_path / "report.md").read_text()
     assert "| a | 25.0 % | 75.0 % |" in (tmp_path / "report.md").read_text()
 
 
 def test_bootstrap_intervals():
-    from scotd.report import bootstrap_interval, paired_bootstrap
+    from scotd.scoring import bootstrap_interval, paired_bootstrap
 
     low, high = bootstrap_interval([True] * 50 + [False] * 50)
     assert 0.38 < low < 0.45 and 0.55 < high < 0.62  # about 0.5 +- 1.96 * 0.05
@@ -92,8 +96,8 @@ def test_study_tables_and_plots_from_a_finished_experiment(tmp_path):
     for name, kind, selector, k, right in students:
         rows = [score(name, questions, qid, " (a)" if i < right else " (b)") for i, qid in enumerate(questions)]
         write_table(to_table(rows, PREDICTION_SCHEMA), tmp_path / "eval" / name / "predictions.parquet")
-        runs.append({"run": name, "kind": kind, "model": "m", "dir": name, "student": name, "checkpoint": "last",
-                     "epoch": 3, "selector": selector, "selector_k": k, "num_samples": 30})
+        runs.append(EvalRun(run=name, kind=kind, model="m", dir=name, student=name, checkpoint="last",
+                     epoch=3, selector=selector, selector_k=k, num_samples=30))
     report = write_report(tmp_path, runs)
     study = report["studies"]
     assert [(x["n"], x["accuracy"]) for x in study["n_curve"]] == [(1, 0.3), (5, 0.5), (30, 0.8)]
@@ -133,8 +137,8 @@ def write_runs(folder, students, questions, num_samples=8):
     for name, kind, selector, k, setting, right in students:
         rows = [score(name, questions, qid, " (a)" if i < right else " (b)") for i, qid in enumerate(questions)]
         write_table(to_table(rows, PREDICTION_SCHEMA), folder / "eval" / name / "predictions.parquet")
-        runs.append({"run": name, "kind": kind, "model": "m", "dir": name, "student": name, "checkpoint": "last",
-                     "epoch": 3, "selector": selector, "selector_k": k, "setting": setting, "num_samples": num_samples})
+        runs.append(EvalRun(run=name, kind=kind, model="m", dir=name, student=name, checkpoint="last",
+                     epoch=3, selector=selector, selector_k=k, setting=setting, num_samples=num_samples))
     return runs
 
 
@@ -196,9 +200,9 @@ def test_method_by_task_and_sources_in_one_experiment(tmp_path):
     for run, ok in right.items():
         rows = [score(run, questions, qid, " (a)" if i in ok else " (b)") for i, qid in enumerate(questions)]
         write_table(to_table(rows, PREDICTION_SCHEMA), tmp_path / "eval" / run / "predictions.parquet")
-        runs.append({"run": run, "kind": kinds[run], "model": "m", "dir": run,
+        runs.append(EvalRun(run=run, kind=kinds[run], model="m", dir=run,
                      **({"student": run, "checkpoint": "last", "selector": "first_n" if run == "n1" else "all", "selector_k": 1}
-                        if kinds[run] == "scotd" else {})})
+                        if kinds[run] == "scotd" else {})))
     report = write_report(tmp_path, runs)
     assert [(x["method"], x["by_task"]) for x in report["method_by_task"]] == [
         ("teacher", {"contrast": 0.5, "orig": 1.0}), ("untrained, zero-shot", {"contrast": 0.0, "orig": 0.25}),
@@ -231,8 +235,8 @@ def test_a_report_of_reference_rows_only_is_still_a_one_folder_report(tmp_path):
     rows = [score("teacher", questions, qid, " (a)") for qid in questions]
     write_table(to_table(rows, PREDICTION_SCHEMA), tmp_path / "eval" / "teacher" / "predictions.parquet")
     (tmp_path / "timings.json").write_text(json.dumps({"tasks": 1.5}))
-    report = write_report(tmp_path, [{"run": "teacher", "kind": "teacher", "model": "big", "dir": "teacher",
-                                      "extra": True}])
+    report = write_report(tmp_path, [EvalRun(run="teacher", kind="teacher", model="big", dir="teacher",
+                                      extra=True)])
     assert report["experiment"] == tmp_path.name and report["stage_seconds"] == {"tasks": 1.5}
     assert "experiments" not in report
 
@@ -283,7 +287,7 @@ def test_report_refuses_a_predictions_file_that_is_not_its_runs_answers(tmp_path
     else:
         pq.write_table(pa.table({"question_id": ["q0"]}), path)
     with pytest.raises(ReportError) as err:
-        write_report(tmp_path, [{"run": "a", "kind": "scotd", "model": "m", "dir": "a"}])
+        write_report(tmp_path, [EvalRun(run="a", kind="scotd", model="m", dir="a")])
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value), err.value
     assert not (tmp_path / "report.json").exists()
     (tmp_path / "config.yaml").write_text(
@@ -296,7 +300,7 @@ def test_report_refuses_a_predictions_file_that_is_not_its_runs_answers(tmp_path
 
 def test_report_accepts_the_complete_answers(tmp_path):
     _predictions_folder(tmp_path)
-    report = write_report(tmp_path, [{"run": "a", "kind": "scotd", "model": "m", "dir": "a"}])
+    report = write_report(tmp_path, [EvalRun(run="a", kind="scotd", model="m", dir="a")])
     assert (report["rows"][0]["correct"], report["rows"][0]["total"]) == (4, 4)
 
 

@@ -105,7 +105,8 @@ def _uri_experiment(tmp_path, students: str = "[{name: s}, {name: t}]", extra: s
     import json
 
     from scotd.config import load_config
-    from scotd.pipeline import Experiment, stage_tasks
+    from scotd.experiment import Experiment
+    from scotd.tasks.stage import stage_tasks
 
     rows = [{"id": f"t{i}", "question": f"Question {i}?", "choices": ["a", "b"], "answer": i % 2} for i in range(4)]
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -125,7 +126,8 @@ def test_eval_and_judge_engines_get_the_students_uri(tmp_path, monkeypatch):
     the experiment (pushed first: it was exported on the driver's node only), never the driver's local copy."""
     import scotd.evaluate
     import scotd.judge
-    from scotd.pipeline import stage_eval
+    from scotd.evaluate import stage_eval
+    from scotd.judge import stage_judge
     from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
 
     exp = _uri_experiment(tmp_path, extra=", judge_pairs: [[s, t]]")
@@ -137,18 +139,19 @@ def test_eval_and_judge_engines_get_the_students_uri(tmp_path, monkeypatch):
     monkeypatch.setattr(type(exp), "resolve_model", lambda self, ref: str(self.dir / "models" / "judge"))
     seen = []
 
-    def evaluate_run(run, questions, prompt_fn, spec, *, out_dir, run_dir, **kwargs):
-        seen.append((run, spec.model, spec.cache_dir))
-        write_table(to_table([], PREDICTION_SCHEMA), out_dir / run_dir / "predictions.parquet")
+    def evaluate_run(run, questions, prompt_fn, spec, engine, *, out_dir, **kwargs):
+        seen.append((run.run, spec.model, spec.cache_dir))
+        write_table(to_table([], PREDICTION_SCHEMA), out_dir / run.dir / "predictions.parquet")
         return {}
 
-    def judge_runs(questions, a, b, preds_a, preds_b, spec, **kwargs):
+    def judge_runs(questions, a, b, preds_a, preds_b, spec, engine, **kwargs):
         seen.append(("judge", spec.model, spec.cache_dir))
         return {}
 
     monkeypatch.setattr(scotd.evaluate, "evaluate_run", evaluate_run)
     monkeypatch.setattr(scotd.judge, "judge_runs", judge_runs)
     stage_eval(exp)
+    stage_judge(exp)  # the eval stage's second part
     remote = tmp_path / "bucket" / "exp"
     cache = str(tmp_path / "cache")
     assert seen == [("s", f"file://{remote}/students/s/model", cache), ("t", f"file://{remote}/students/t/model", cache),
@@ -162,7 +165,7 @@ def test_teacher_engines_get_a_model_inside_the_experiment_by_uri(tmp_path, monk
     """A teacher built into the experiment folder (``tiny:teacher``) reaches engines on other nodes as its URI,
     with the configured cache folder, for the sampled and the greedy rationales alike."""
     import scotd.teacher
-    from scotd.pipeline import stage_teacher
+    from scotd.teacher import stage_teacher
 
     exp = _uri_experiment(tmp_path)
     exp.cfg = replace(exp.cfg, teacher=replace(exp.cfg.teacher, greedy_rationales=True))
@@ -186,7 +189,7 @@ def test_engine_model_with_a_local_output_dir_or_a_hub_id(tmp_path):
     """A local output.dir is shared storage on a multi-node cluster (README): its paths are handed on as they are,
     as are hub ids and folders outside the experiment."""
     from scotd.config import load_config
-    from scotd.pipeline import Experiment
+    from scotd.experiment import Experiment
 
     (tmp_path / "exp.yaml").write_text(f"output: {{dir: {tmp_path / 'exp'}}}\n")
     local = Experiment(load_config(tmp_path / "exp.yaml"))

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from scotd.config import ConfigError, load_config
-from scotd.pipeline import Experiment, load_task_split, stage_tasks
+from scotd.experiment import Experiment
+from scotd.tasks.stage import load_task_split, stage_tasks
 from scotd.tasks import SourceUnavailableError, TaskDataError
 
 

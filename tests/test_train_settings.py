@@ -98,9 +98,9 @@ def test_progress_file_is_written_every_few_seconds_and_at_epoch_end(tmp_path, m
     ("auto", False, False, False), (True, True, True, False),  # GPUs train in bf16 weights, not CPU autocast
 ])
 def test_cpu_autocast_follows_the_setting_and_the_cpu(monkeypatch, setting, native, use_gpu, expected):
-    from scotd import engine
     from scotd.config import StudentConfig
+    from scotd.inference import spec
     from scotd.student.train import cpu_autocast
 
-    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(spec, "cpu_has_bf16", lambda: native)
     assert cpu_autocast(StudentConfig(name="s", cpu_bf16=setting, use_gpu=use_gpu)) is expected

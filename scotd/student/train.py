@@ -157,7 +157,7 @@ def train_loop_per_worker(config: dict) -> None:
 
 def cpu_autocast(cfg: StudentConfig) -> bool:
     """Whether a CPU student's forward passes run under bfloat16 autocast (``students[].cpu_bf16``)."""
-    from scotd.engine import cpu_has_bf16
+    from scotd.inference.spec import cpu_has_bf16
 
     return not cfg.use_gpu and (cfg.cpu_bf16 is True or (cfg.cpu_bf16 == "auto" and cpu_has_bf16()))
 
@@ -210,7 +210,7 @@ def dev_metrics(model, tokenizer, dev: list[dict], max_new_tokens: int, rank: in
     import torch.distributed as dist
 
     from scotd.prompts import cut_at_stop, parse_answer, stop_strings
-    from scotd.tasks import answers_match
+    from scotd.scoring import answers_match
 
     per_rank = -(-len(dev) // world)
     mine = [(dev[(rank + k * world) % len(dev)], rank + k * world < len(dev)) for k in range(per_rank)]

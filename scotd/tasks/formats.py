@@ -1,4 +1,4 @@
-"""Task loaders: every benchmark format becomes the same ``Question`` record.
+"""Task formats: every benchmark format becomes the same ``Question`` record.
 
 Each official format has a pure row parser ``parse_<format>(obj) -> Question`` that raises ``RowError`` with the
 fault; ``load_questions`` reads a file line by line (JSON arrays item by item, with the item's line number), turns
@@ -7,67 +7,24 @@ row faults into ``TaskDataError("file:line: fault")`` or, with ``skip_bad_rows``
 
 from __future__ import annotations
 
-import hashlib
 import csv
 import json
 import logging
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from scotd.scoring import normalize_answer, normalize_number
 from scotd.storage import is_uri, read_bytes
+from scotd.tasks.question import LoadResult, Question, RowError, SourceUnavailableError, TaskDataError
 
 log = logging.getLogger(__name__)
 
 MAX_CHOICES = 10
+
+
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark some editors write at the start of a file
-
-
-@dataclass(frozen=True)
-class Question:
-    """One question: multiple choice (``answer_index`` indexes ``choices``) or, with no choices, free-form (``answer``
-    is the gold answer, a normalised number such as ``"1000"``). Gold is None when the split has no labels."""
-
-    id: str
-    task: str
-    text: str
-    choices: tuple[str, ...]
-    answer_index: int | None
-    answer: str | None = None
-
-    @property
-    def free_form(self) -> bool:
-        return not self.choices
-
-    @property
-    def gold(self) -> int | str | None:
-        """What a target renders: the choice index, or the free-form answer."""
-        return self.answer if self.free_form else self.answer_index
-
-
-class RowError(ValueError):
-    """A row is malformed; the message is the fault without the location."""
-
-
-class TaskDataError(ValueError):
-    """A data file is malformed; the message names file:line and the fault."""
-
-
-class SourceUnavailableError(TaskDataError):
-    """A data source cannot be read at all here (no such file, no hub access), as opposed to malformed data."""
-
-
-@dataclass(frozen=True)
-class LoadResult:
-    questions: list[Question]
-    num_skipped: int
-    skipped: list[str]  # "file:line: fault" for the first few skipped rows
-    where: dict[str, str] = field(default_factory=dict)  # question id -> "file:line" it was read from
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Row parsers (pure).
 
 
 def _text(value: Any, what: str) -> str:
@@ -217,51 +174,6 @@ def parse_gsm8k(obj: dict, task: str) -> Question:
     return Question("", task, text, (), None, number)
 
 
-_NUMBER_TEXT = re.compile(r"^[-+]?\$?\d[\d,]*(?:\.\d*)?%?$|^[-+]?\$?\.\d+%?$")
-NUMERIC_TOLERANCE = 1e-6  # relative (absolute below 1): two numbers this close are the same answer
-
-
-def normalize_number(text: str) -> str | None:
-    """``"1,000"``, ``"$18.00"``, ``"12%"``, ``"-3."`` -> ``"1000"``, ``"18"``, ``"12"``, ``"-3"``; None when
-    ``text`` is not one number (pure, never raises)."""
-    from decimal import Decimal, InvalidOperation
-
-    s = "".join(text.split()).rstrip(".")
-    if not _NUMBER_TEXT.match(s):
-        return None
-    s = s.replace(",", "").replace("$", "").replace("%", "")
-    try:
-        value = Decimal(s)
-    except InvalidOperation:
-        return None
-    if value == value.to_integral_value():
-        return str(int(value))
-    return format(value.normalize(), "f")
-
-
-def normalize_answer(text: str) -> str | None:
-    """A free-form answer's canonical form: a number as ``normalize_number`` gives it, other text lower-cased with
-    single spaces and no end punctuation; None when nothing is left."""
-    number = normalize_number(text)
-    if number is not None:
-        return number
-    words = " ".join(text.lower().split()).strip(" .!?\"'")
-    return words or None
-
-
-def answers_match(parsed: str | None, gold: str | None) -> bool:
-    """Whether a parsed answer is the gold one: equal canonical forms, or two numbers within NUMERIC_TOLERANCE."""
-    if parsed is None or gold is None:
-        return False
-    if parsed == gold:
-        return True
-    try:
-        a, b = float(parsed), float(gold)
-    except ValueError:
-        return False
-    return abs(a - b) <= NUMERIC_TOLERANCE * max(1.0, abs(b))
-
-
 def parse_hf_multiple_choice(obj: dict, task: str) -> Question:
     """Hub datasets in the common MC layout: question, choices {label: [...], text: [...]}, answerKey (CSQA, ARC, OBQA
     on the hub), or question + choices list + integer answer."""
@@ -306,18 +218,16 @@ ROW_PARSERS: dict[str, Callable[[dict, str], Question]] = {
     "last_letters": parse_generic,
 }
 
+
 # Formats whose hub datasets keep the official rows (the others are read in the hub's multiple-choice layouts).
 HUB_PARSERS: dict[str, Callable[[dict, str], Question]] = {"gsm8k": parse_gsm8k}
+
 
 # The exemplar file each format uses unless the task names another.
 DEFAULT_EXEMPLARS = {"commonsenseqa": "commonsenseqa", "openbookqa": "openbookqa", "arc": "arc",
                      "quarel": "quarel", "strategyqa": "strategyqa", "jsonl": "generic", "hf": "generic",
                      "imdb": "imdb", "arithmetic": "arithmetic", "arithmetic_check": "arithmetic_check",
                      "coin_flip": "coin_flip", "gsm8k": "gsm8k", "sum": "sum", "last_letters": "last_letters"}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# File reading: locations and faults.
 
 
 def iter_json_records(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -450,18 +360,6 @@ def _stem(path: str | Path) -> str:
     return name.split(".", 1)[0] or name
 
 
-SPLITS = ("train", "dev", "eval")
-
-
-def hash_split(question_id: str) -> str:
-    """A fixed split of a single-file dataset by question id: 10 % eval, 10 % dev (for model selection), 80 % train.
-
-    Depends on nothing but the id, so it is the same on every machine, in every run and for any subset.
-    """
-    bucket = int.from_bytes(hashlib.sha256(question_id.encode()).digest()[:4], "little") % 10
-    return "eval" if bucket == 0 else "dev" if bucket == 1 else "train"
-
-
 def load_hf_questions(spec: str, task: str, *, skip_bad_rows: bool = False, fmt: str = "hf") -> LoadResult:
     """Load 'dataset_name[:config]:split' from the Hugging Face hub (needs the ``datasets`` package and network);
     rows are read in the hub's common multiple-choice layouts, or as the official rows where the hub has those
@@ -491,16 +389,3 @@ def load_hf_questions(spec: str, task: str, *, skip_bad_rows: bool = False, fmt:
                 raise TaskDataError(f"{spec}:{number}: {err}") from None
             skipped.append(f"{spec}:{number}: {err}")
     return LoadResult(questions, len(skipped), skipped[:20], where)
-
-
-def carve_dev(train: list[Question], count: int) -> tuple[list[Question], list[Question]]:
-    """(train without dev, dev): the ``count`` training questions whose id hashes lowest become the dev split.
-
-    Depends only on the ids, so the same questions are held out in every run and on every machine; the training
-    questions keep their order.
-    """
-    if count <= 0:
-        return list(train), []
-    ranked = sorted(train, key=lambda q: hashlib.sha256(q.id.encode()).digest())
-    dev_ids = {q.id for q in ranked[:count]}
-    return [q for q in train if q.id not in dev_ids], [q for q in train if q.id in dev_ids]

@@ -1,0 +1,11 @@
+"""Typed experiment configuration: one YAML per experiment, one frozen dataclass per stage (``sections``), read and
+checked by ``load_config`` (``load``)."""
+
+from scotd.config.load import (apply_override, check_students, describe, dump_config, from_dict, greedy_run_names,
+                               load_config, to_dict)
+from scotd.config.sections import (ConfigError, CorpusConfig, EngineConfig, EvalConfig, ExperimentConfig,
+                                   OutputConfig, ResourcesConfig, StudentConfig, TaskConfig, TeacherConfig)
+
+__all__ = ["ConfigError", "CorpusConfig", "EngineConfig", "EvalConfig", "ExperimentConfig", "OutputConfig",
+           "ResourcesConfig", "StudentConfig", "TaskConfig", "TeacherConfig", "apply_override", "check_students",
+           "describe", "dump_config", "from_dict", "greedy_run_names", "load_config", "to_dict"]

@@ -1,0 +1,132 @@
+"""One experiment folder and what its stages share: the config, the questions and exemplars, the token budgets sized
+from the data, and where a model is found (built, installed from the package index, or pushed to shared storage)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from scotd import limits
+from scotd.config import ExperimentConfig, TaskConfig, dump_config
+from scotd.fit import prompt_tokens
+from scotd.prompts import Exemplar, load_exemplars, render_answer, student_prompt, teacher_prompt
+from scotd.schema import QUESTION_SCHEMA, read_table
+from scotd.tasks import DEFAULT_EXEMPLARS, Question
+
+log = logging.getLogger(__name__)
+
+
+class Experiment:
+    """Paths and helpers shared by the stages of one experiment folder."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        from scotd.storage import Mirror, local_copy, reject_credentials
+
+        reject_credentials(cfg)  # before any location is logged or the config saved
+        self.cfg = cfg
+        self.cache = Path(cfg.output.cache_dir).expanduser()
+        self.dir = local_copy(cfg.output.dir, self.cache)  # output.dir itself, or the local copy of its URI
+        self.mirror = Mirror(cfg.output.dir, self.dir)
+
+    def exemplars(self, task: TaskConfig) -> list[Exemplar]:
+        found = load_exemplars(task.exemplars or DEFAULT_EXEMPLARS[task.format], task.name)
+        return found[: task.num_exemplars] if task.num_exemplars else found
+
+    def all_exemplars(self) -> dict[str, list[Exemplar]]:
+        return {t.name: self.exemplars(t) for t in self.cfg.tasks}
+
+    def questions(self, split: str) -> list[Question]:
+        table = read_table(self.dir / "questions" / f"{split}.parquet", QUESTION_SCHEMA)
+        return [Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]), r["answer_index"],
+                         r["answer"])
+                for r in table.to_pylist()]
+
+    def write_config(self) -> None:
+        """config.yaml: this run's config, with the token budgets sized from the data filled in."""
+        (self.dir / "config.yaml").write_text(dump_config(limits.resolved(self.cfg, self.dir)))
+
+    def teacher_tokens(self) -> int:
+        """``teacher.max_new_tokens``, sized from the exemplars when the config leaves it unset (scotd.limits)."""
+        if self.cfg.teacher.max_new_tokens is not None:
+            return self.cfg.teacher.max_new_tokens
+        sized = limits.read(self.dir).get("teacher.max_new_tokens")
+        if sized is None:
+            answers = [render_answer(e.rationale, e.question.gold)
+                       for shots in self.all_exemplars().values() for e in shots]
+            model = self.resolve_model(self.cfg.teacher.model)
+            try:
+                counts = prompt_tokens(model, answers, trust_remote_code=self.cfg.teacher.trust_remote_code)
+            except (OSError, ValueError) as err:  # no tokenizer to be had here: the engine will say the same
+                log.warning("teacher.max_new_tokens: %s has no readable tokenizer (%s); sizing from 3 characters "
+                            "per token", model, str(err).splitlines()[0][:200])
+                counts = [len(a) // 3 + 1 for a in answers]
+            sized = limits.teacher_budget(counts)
+            self._sized("teacher.max_new_tokens", sized, "twice the longest exemplar answer in the teacher's tokens")
+        return sized
+
+    def eval_tokens(self) -> int:
+        """``eval.max_new_tokens``, sized from the kept corpus (or as the teacher's) when unset (scotd.limits)."""
+        if self.cfg.eval.max_new_tokens is not None:
+            return self.cfg.eval.max_new_tokens
+        sized = limits.read(self.dir).get("eval.max_new_tokens")
+        if sized is None:
+            corpus = self.dir / "corpus" / "corpus.parquet"
+            if corpus.exists():
+                sized = limits.eval_budget(limits.corpus_tokens(corpus))
+                why = "the kept rationales' 99th-percentile length x 1.25 + 16"
+            else:
+                sized, why = self.teacher_tokens(), "no corpus: the teacher's budget"
+            self._sized("eval.max_new_tokens", sized, why)
+        return sized
+
+    def _sized(self, key: str, value: int, why: str) -> None:
+        limits.save(self.dir, key, value)
+        self.write_config()
+        log.info("%s: %d tokens, sized from the data (%s)", key, value, why)
+
+    def where(self) -> dict[str, str]:
+        """Question id -> the "file:line" it was read from (for messages about one question)."""
+        path = self.dir / "questions" / "where.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def resolve_model(self, ref: str) -> str:
+        """``tiny:<role>`` (built here), ``offline:<key>`` (a model shipped on PyPI), or a path / hub id as is."""
+        if ref.startswith("tiny:"):
+            from scotd.tiny import ensure_tiny_model
+
+            role = ref.split(":", 1)[1]
+            train = self.questions("train")
+            texts = [student_prompt(q) for q in train + self.questions("dev") + self.questions("eval")]
+            return str(ensure_tiny_model(role, self.dir / "models" / f"tiny-{role}", texts,
+                                         format_texts(train, self.all_exemplars())))
+        if ref.startswith("offline:"):
+            from scotd.assets import resolve_model
+
+            return resolve_model(ref, self.cache)
+        return ref
+
+    def engine_model(self, path: str) -> str:
+        """Where a vLLM engine on any node finds a model. A folder inside an experiment stored at a URI (a trained
+        student, a tiny model) exists only on the driver's node, so it is pushed (a no-op when already there) and
+        given as its URI: the engine copies it to its own node (``scotd.storage.fetch_folder``). Anything else is
+        returned as is: a hub id, or a folder in a local ``output.dir``, which on a multi-node cluster must be
+        storage every node mounts."""
+        if not self.mirror.uri or not Path(path).is_relative_to(self.dir):
+            return path
+        relative = Path(path).relative_to(self.dir).as_posix()
+        self.mirror.push(relative)
+        return self.mirror.remote(relative)
+
+
+def format_texts(questions: list[Question], exemplars: dict[str, list[Exemplar]], limit: int = 64) -> list[str]:
+    """Texts that teach ``tiny:teacher`` the answer *format* only: the teacher's own few-shot prompt for a question,
+    then a rationale borrowed from an exemplar and a random letter (so nothing about the right answers is learned).
+    Fitted on the bare question instead, its greedy answer was a bare letter, which left greedy-CoT nothing."""
+    import random
+
+    rng = random.Random(0)
+    return [teacher_prompt(q, exemplars[q.task]) + render_answer(
+                rng.choice(exemplars[q.task]).rationale,
+                str(rng.randrange(100)) if q.free_form else rng.randrange(len(q.choices)))
+            for q in questions[:limit]]

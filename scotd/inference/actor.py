@@ -1,0 +1,103 @@
+"""The Ray Data callable class: one vLLM engine per actor, shared by the batches in flight through ``EngineLoop``.
+
+Rows in: ``prompt`` (str), ``seed`` (int), ``n`` (int), ``stop`` (JSON list of strings) and any pass-through
+columns (scalars only: lists travel as JSON text, so ragged lists never become Ray tensor columns).
+Rows out: one per completion: the pass-through columns + ``sample_index``, ``text``, ``num_tokens``,
+``logprob_sum``, ``finish_reason``, ``num_prompt_tokens``, ``call_started_at`` and ``call_finished_at`` (wall
+clock, for rates), and the engine's own account at the call's end: ``engine_id``, ``engine_busy_s`` (seconds it
+has spent in engine steps so far), ``engine_steps`` and ``engine_seq_steps`` (see ``StepAccount``); with the call
+times they tell an engine that waits for work (``EngineStats``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import replace
+
+import numpy as np
+
+from scotd.inference.loop import EngineLoop
+from scotd.inference.metrics import throughput_counters
+from scotd.inference.spec import EngineSpec, Sampling, build_llm, sampling_params
+from scotd.storage import fetch_folder, is_uri
+
+log = logging.getLogger(__name__)
+
+
+class VLLMGenerator:
+    """Ray Data callable class: one vLLM engine per actor; the batches in flight share it through ``EngineLoop``."""
+
+    def __init__(self, spec: dict, sampling: dict, run: str = "teacher", concurrent_batches: int = 1):
+        self.spec = EngineSpec(**spec)
+        self.concurrent_batches = concurrent_batches
+        self._slots: asyncio.Semaphore | None = None
+        self.sampling = Sampling(**sampling)
+        self.tags = {"run": run}
+        self.counters = throughput_counters()
+        started = time.monotonic()
+        local = self.spec
+        if is_uri(self.spec.model):  # a model folder at output.dir's URI: copy it to this node first
+            local = replace(self.spec, model=str(fetch_folder(self.spec.model, self.spec.cache_dir)))
+        # Built on the loop's thread, which steps it (build_llm gives that thread its compute threads and normal
+        # priority: both are per thread).
+        self.loop = EngineLoop(lambda: build_llm(local))
+        self.tokenizer = self.loop.llm.get_tokenizer()
+        self.engine_id = uuid.uuid4().hex[:12]
+        self._reported_busy_s = 0.0
+        log.info("vLLM engine for %s ready in %.1f s", self.spec.model, time.monotonic() - started)
+
+    def _prompt(self, prompt: str) -> str:
+        if not self.spec.chat_template:
+            return prompt
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True)
+
+    async def _generate(self, prompts: list[str], params: list) -> list:
+        return await asyncio.wrap_future(self.loop.submit(prompts, params))
+
+    async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        # Ray may run more calls at once than asked (several batches of one task run concurrently too): the
+        # semaphore (made on the actor's event loop, where every call runs) keeps concurrent_batches exact.
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrent_batches)
+        async with self._slots:
+            return await self._call(batch)
+
+    async def _call(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        call_started_at = time.time()
+        params = [sampling_params(self.sampling, n, seed, stop)
+                  for n, seed, stop in zip(batch["n"], batch["seed"], batch["stop"])]
+        prompts = [self._prompt(str(p)) for p in batch["prompt"]]
+        outputs = await self._generate(prompts, params)
+        keep = [k for k in batch if k not in ("prompt", "seed", "n", "stop")]
+        rows: dict[str, list] = {k: [] for k in keep}
+        rows.update(sample_index=[], text=[], num_tokens=[], logprob_sum=[], finish_reason=[], num_prompt_tokens=[])
+        for i, out in enumerate(outputs):
+            for j, comp in enumerate(out.outputs):
+                for k in keep:
+                    rows[k].append(batch[k][i])
+                rows["sample_index"].append(j)
+                rows["text"].append(comp.text)
+                rows["num_tokens"].append(len(comp.token_ids))
+                rows["logprob_sum"].append(comp.cumulative_logprob)
+                rows["finish_reason"].append(comp.finish_reason)
+                rows["num_prompt_tokens"].append(len(out.prompt_token_ids or ()))
+        # When this call started: the caller measures its steady rate from the first call's start, which leaves
+        # the engine start-up out (as for a bare engine) and keeps every overhead between calls in.
+        rows["call_started_at"] = [call_started_at] * len(rows["text"])
+        rows["call_finished_at"] = [time.time()] * len(rows["text"])
+        account = self.loop.account
+        busy_s = account.busy_s
+        for key, value in (("engine_id", self.engine_id), ("engine_busy_s", busy_s),
+                           ("engine_steps", account.steps), ("engine_seq_steps", account.seq_steps)):
+            rows[key] = [value] * len(rows["text"])
+        if busy_s > self._reported_busy_s:  # Ray counters take positive increments only
+            self.counters["engine_busy_seconds"].inc(busy_s - self._reported_busy_s, tags=self.tags)
+            self._reported_busy_s = busy_s
+        self.counters["rationales"].inc(len(rows["text"]), tags=self.tags)
+        self.counters["generated_tokens"].inc(sum(rows["num_tokens"]), tags=self.tags)
+        self.counters["prompt_tokens"].inc(sum(len(o.prompt_token_ids or ()) for o in outputs), tags=self.tags)
+        return rows
