@@ -90,7 +90,7 @@ def main() -> None:
     import torch
 
     from scotd.config import StudentConfig
-    from scotd.student.train import STUDENT_META, train_students
+    from scotd.student.train import STUDENT_META, StudentJob, train_students
 
     gpu = torch.cuda.is_available()
     work = Path(args.work)
@@ -101,12 +101,12 @@ def main() -> None:
     model = save_student(args.arch, args.tokenizer, work / "student")
     rows_path, dev = repeated_corpus(args.corpus, args.repeat, work / "corpus.parquet")
     ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=1 if gpu else 0, include_dashboard=False)
-    jobs = [{"cfg": StudentConfig(name=f"zero{s}", model=str(model), zero_stage=s, use_gpu=gpu, epochs=args.epochs,
-                                  micro_batch_size=args.micro_batch_size, batch_size=args.micro_batch_size,
-                                  learning_rate=1e-4, warmup_steps=10, max_length=700, cpus_per_worker=2),
-             "model_path": str(model), "rows_path": str(rows_path), "out_dir": str(work / f"zero{s}"),
-             "storage_path": str(work / "ray_train"), "meta": {"base_model": f"{args.arch} (random init)"},
-             "dev": dev, "dev_max_new_tokens": 32}
+    jobs = [StudentJob(StudentConfig(name=f"zero{s}", model=str(model), zero_stage=s, use_gpu=gpu, epochs=args.epochs,
+                                     micro_batch_size=args.micro_batch_size, batch_size=args.micro_batch_size,
+                                     learning_rate=1e-4, warmup_steps=10, max_length=700, cpus_per_worker=2),
+                       str(model), rows_path=str(rows_path), out_dir=str(work / f"zero{s}"),
+                       storage_path=str(work / "ray_train"), meta={"base_model": f"{args.arch} (random init)"},
+                       dev=dev, dev_max_new_tokens=32)
             for s in stages]
     started = time.monotonic()
     results = train_students(jobs)

@@ -91,7 +91,7 @@ def main() -> None:
     import ray
 
     from scotd.config import StudentConfig
-    from scotd.student.train import train_students
+    from scotd.student.train import StudentJob, train_students
     from scotd.tasks import load_questions
 
     work = Path(tempfile.mkdtemp(prefix="scotd-train-bench-"))
@@ -104,9 +104,9 @@ def main() -> None:
                         batch_size=args.micro_batch_size, micro_batch_size=args.micro_batch_size, warmup_steps=0,
                         max_length=256, zero_stage=args.zero_stage, cpus_per_worker=float(cores))
 
-    def job(c: StudentConfig) -> dict:
-        return {"cfg": c, "model_path": model, "rows_path": str(rows), "out_dir": str(work / c.name),
-                "storage_path": str(work / "ray_train"), "meta": {}}
+    def job(c: StudentConfig) -> StudentJob:
+        return StudentJob(c, model, rows_path=str(rows), out_dir=str(work / c.name),
+                          storage_path=str(work / "ray_train"))
 
     results: dict = {"model": args.model, "questions": len(questions), "cores": cores, "zero_stage": args.zero_stage}
     results["plain"] = plain_loop(cfg, model, rows)

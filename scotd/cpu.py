@@ -3,9 +3,8 @@ CPU ops built once per Python environment.
 
 Ray starts worker processes at niceness 15. When the compute runs as a team of OpenMP threads, one per core, any
 normal-priority process that wakes up (raylet, GCS, dashboard agent, the driver) preempts one thread of the team,
-and every parallel region then waits for that straggler. Measured on the 2-core machine: the same vLLM engine call
-(8 questions x 4 samples, Qwen2.5-Coder-1.5B float32) ran at 5.3 generated tokens/s at niceness 15 and 12.5 at
-niceness 0. Lowering niceness needs the privilege to do so (root, or CAP_SYS_NICE, or an RLIMIT_NICE that allows
+and every parallel region then waits for that straggler, so a niced engine generates at a fraction of its speed.
+Lowering niceness needs the privilege to do so (root, or CAP_SYS_NICE, or an RLIMIT_NICE that allows
 it); without it the threads keep Ray's value and a warning says so.
 """
 
@@ -52,8 +51,8 @@ def extensions_dir(prefix: str | None = None) -> Path:
 
     torch's default folder is one per user, shared by every environment, and DeepSpeed's CPU training rebuilds its
     shared-memory communication op there whenever the environment differs from the one that built it last (other
-    include paths): ~50 s of compiling inside the first training step of a run, seen in a fresh clone's demo and in
-    CI, and again in the next run of the other environment.
+    include paths): close to a minute of compiling inside the first training step of a run, and again in the next
+    run of the other environment.
     """
     tag = hashlib.sha1((prefix or sys.prefix).encode()).hexdigest()[:12]
     return Path.home() / ".cache" / "torch_extensions" / f"env-{tag}"

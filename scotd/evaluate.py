@@ -19,7 +19,8 @@ from scotd.config import EngineConfig
 from scotd.fit import too_long
 from scotd.inference import EngineSpec, Sampling, engine_spec, generate_rows, question_seed
 from scotd.limits import warn_if_cut
-from scotd.prompts import flexible_answer, gold_key, mark_cut, parse_answer, stop_strings, student_prompt, teacher_prompt
+from scotd.prompts import (flexible_answer, gold_key, mark_cut, parse_answer, stop_strings, student_prompt,
+                           teacher_prompt)
 from scotd.runs import EvalRun, eval_runs
 from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
 from scotd.scoring import answers_match, metrics_of
@@ -86,7 +87,8 @@ def evaluate_run(run: EvalRun, questions: list[Question], prompt_fn: Callable[[Q
                         logprobs=False, repetition_penalty=repetition_penalty)
     texts: dict[str, list[tuple[int, str, str | None]]] = {}
     for batch in generate_rows(requests, replace(spec, enable_prefix_caching=True), sampling, engine,
-                               num_cpus=num_cpus, run=f"eval:{name}", label=f"eval {name}", samples_per_request=samples):
+                               num_cpus=num_cpus, run=f"eval:{name}", label=f"eval {name}",
+                               samples_per_request=samples):
         for qid, index, text, finish in zip(batch["question_id"], batch["sample_index"], batch["text"],
                                             batch["finish_reason"]):
             texts.setdefault(str(qid), []).append((int(index), str(text), None if finish is None else str(finish)))

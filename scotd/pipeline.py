@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import os
+import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -81,7 +82,8 @@ def ray_logs_folder() -> str:
     import ray
 
     node = getattr(ray._private.worker, "_global_node", None)  # no public API names it in Ray 2.60
-    return str(Path(node.get_session_dir_path()) / "logs") if node else "/tmp/ray/session_latest/logs"
+    return (str(Path(node.get_session_dir_path()) / "logs") if node
+            else str(Path(tempfile.gettempdir()) / "ray" / "session_latest" / "logs"))
 
 
 def _read_json(path: Path) -> dict | None:

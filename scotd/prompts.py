@@ -4,8 +4,8 @@ Formatting decisions (they matter for tokenization and for train/eval consistenc
 - ``render_question`` is the only place a question becomes text; the teacher prompt, the student input and the
   student target are all built from it and ``render_answer``, so the formats cannot drift.
 - The question block ends with ``"A:"`` without a trailing space and the answer starts with a space. BPE tokenizers
-  then see the natural ``" word"`` tokens at the start of the rationale; with a trailing space in the prompt the
-  teacher began 27 % of its rationales with a digit (measured, ../shared/docs/STACK-NOTES.md).
+  then see the natural ``" word"`` tokens at the start of the rationale; a trailing space in the prompt leaves
+  the model to start from an unusual token, and small teachers then often begin with a digit.
 - Choice letters are lower case ``(a)``, ``(b)``, ... and come from ``len(choices)``. A free-form question (no
   choices) has no choice block and its answer is written bare: ``So the answer is: 42``.
 - Exemplars are separated by a blank line, which is also the teacher's stop string.
@@ -66,10 +66,9 @@ def student_prompt(q: Question, exemplars: list[Exemplar] | tuple[Exemplar, ...]
 
 def stop_strings(num_choices: int, extra: tuple[str, ...] = ("\n\n",)) -> list[str]:
     """Stop at a blank line or right after the answer phrase of any valid letter (include it in the output), with
-    the phrase capitalised or not: the demo teacher ended 86 of 200 greedy answers with "..., so the answer is: (d)"
-    and then went on (a second "So the answer is", or a made-up "Human:" turn) to the token limit, 31 % of its
-    generated tokens (measured on the demo's evaluation split). A free-form answer (``num_choices`` 0) has no letter
-    to stop after: it stops at the end of its line (rationales are one line)."""
+    the phrase capitalised or not: a teacher that writes "..., so the answer is: (d)" often goes on (a second "So the
+    answer is", or a made-up "Human:" turn) to the token limit, and those tokens are wasted. A free-form answer
+    (``num_choices`` 0) has no letter to stop after: it stops at the end of its line (rationales are one line)."""
     if num_choices == 0:
         return [*extra, "\n"]
     phrases = (ANSWER_PHRASE, ANSWER_PHRASE[0].lower() + ANSWER_PHRASE[1:])

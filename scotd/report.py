@@ -297,7 +297,8 @@ def checkpoint_selection(exp_dir: Path, rows: list[dict]) -> list[dict]:
         accuracy.update({x["checkpoint"]: x["accuracy"] for x in rows
                          if x.get("extra") and x.get("student") == r["student"] and x["samples"] == 1
                          and x.get("experiment") == r.get("experiment")})
-        out.append({"run": r["run"], "samples": r["samples"], "shown": r["checkpoint"], "last_epoch": chosen.get("last_epoch"),
+        out.append({"run": r["run"], "samples": r["samples"], "shown": r["checkpoint"],
+                    "last_epoch": chosen.get("last_epoch"),
                     "best_epoch": chosen.get("best_epoch"), "dev_questions": chosen.get("dev_questions", 0),
                     "dev": chosen.get("dev", []), "eval_accuracy": accuracy})
     return out

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scotd import assets
+from scotd import assets, bigbench
 
 SMOL = "smollm2-135m-instruct"
 
@@ -31,7 +31,7 @@ def test_unknown_offline_model_lists_known_keys(tmp_path: Path) -> None:
 
 def test_unknown_dataset_lists_known_keys(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bigbench-qasc.*bigbench-strategyqa"):
-        assets.ensure_dataset("nope", tmp_path)
+        bigbench.ensure_dataset("nope", tmp_path)
 
 
 @pytest.mark.parametrize("ref", ["Qwen/Qwen2.5-1.5B-Instruct", "gpt2", "HuggingFaceTB/SmolLM2-135M-Instruct"])
@@ -160,18 +160,18 @@ STRATEGY_ROW = {"input": "Could a cat  fit in a teacup?", "target_scores": {"Yes
 
 
 def test_parse_qasc_builds_four_choices_with_gold_in_place() -> None:
-    question, choices, answer = assets.parse_qasc_example(QASC_ROW)
+    question, choices, answer = bigbench.parse_qasc_example(QASC_ROW)
     assert question == "What boils water?"
     assert len(choices) == 4 and choices[answer] == "kettles"
     # the repeated gold answer is dropped; extra distractors beyond 3 are cut; abbreviations keep their periods
     assert sorted(choices) == ["clouds", "kettles", "pillows", "spoons"]
-    assert assets.parse_qasc_example(QASC_ROW) == (question, choices, answer), "must be deterministic"
+    assert bigbench.parse_qasc_example(QASC_ROW) == (question, choices, answer), "must be deterministic"
 
 
 def test_parse_qasc_spreads_gold_positions() -> None:
     rows = [{"input": f"Fact: f.\nQuestion: What is thing {i}?\nCorrect Answer: yes.", "target": ["a", "b", "c"]}
             for i in range(200)]
-    positions = [assets.parse_qasc_example(r)[2] for r in rows]
+    positions = [bigbench.parse_qasc_example(r)[2] for r in rows]
     assert all(positions.count(p) > 25 for p in range(4))
 
 
@@ -182,26 +182,26 @@ def test_parse_qasc_spreads_gold_positions() -> None:
 ], ids=["no-fact-line", "too-few-distractors", "empty-question"])
 def test_parse_qasc_rejects_malformed_rows(row: dict, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
-        assets.parse_qasc_example(row)
+        bigbench.parse_qasc_example(row)
 
 
 def test_clean_choice_keeps_abbreviations() -> None:
-    assert assets._clean_choice(" light  rain. ") == "light rain"
-    assert assets._clean_choice("E. coli.") == "E. coli."
-    assert assets._clean_choice("A.I.") == "A.I."
+    assert bigbench._clean_choice(" light  rain. ") == "light rain"
+    assert bigbench._clean_choice("E. coli.") == "E. coli."
+    assert bigbench._clean_choice("A.I.") == "A.I."
 
 
 def test_parse_strategyqa() -> None:
-    assert assets.parse_strategyqa_example(STRATEGY_ROW) == ("Could a cat fit in a teacup?", ["Yes", "No"], 1)
+    assert bigbench.parse_strategyqa_example(STRATEGY_ROW) == ("Could a cat fit in a teacup?", ["Yes", "No"], 1)
     with pytest.raises(ValueError):
-        assets.parse_strategyqa_example({"input": "q?", "target_scores": {"Yes": 1, "No": 1}})
+        bigbench.parse_strategyqa_example({"input": "q?", "target_scores": {"Yes": 1, "No": 1}})
 
 
 def test_build_records_ids_dedup_and_skips() -> None:
     rows = [STRATEGY_ROW, {"input": "Is ice cold?", "target_scores": {"Yes": 1, "No": 0}},
             {"input": "could a cat fit in a teacup?", "target_scores": {"Yes": 1, "No": 0}},  # duplicate
             {"input": "", "target_scores": {}}]  # malformed
-    records = assets.build_records("demo", rows, assets.parse_strategyqa_example)
+    records = bigbench.build_records("demo", rows, bigbench.parse_strategyqa_example)
     assert [r["id"] for r in records] == ["demo-0", "demo-1"]
     assert records[1] == {"id": "demo-1", "question": "Is ice cold?", "choices": ["Yes", "No"], "answer": 0}
 
@@ -211,31 +211,31 @@ def test_dataset_marker_makes_second_call_instant(tmp_path: Path, monkeypatch: p
     out = tmp_path / "datasets" / f"{key}.jsonl"
     out.parent.mkdir(parents=True)
     out.write_text(json.dumps({"id": f"{key}-0", "question": "q?", "choices": ["Yes", "No"], "answer": 0}) + "\n")
-    pins = {"format_version": assets.FORMAT_VERSION, "source_sha256": assets.BIGBENCH_SHA256,
-            "member": assets.OFFLINE_DATASETS[key].member}
+    pins = {"format_version": assets.FORMAT_VERSION, "source_sha256": bigbench.BIGBENCH_SHA256,
+            "member": bigbench.OFFLINE_DATASETS[key].member}
     out.with_suffix(".meta.json").write_text(json.dumps(pins))
     monkeypatch.setattr(assets, "_read_member", _fail_if_called)
-    monkeypatch.setenv(assets.BIGBENCH_ENV, str(tmp_path / "absent.tar.gz"))  # the archive is not even looked at
-    assert assets.ensure_dataset(key, tmp_path) == out
+    monkeypatch.setenv(bigbench.BIGBENCH_ENV, str(tmp_path / "absent.tar.gz"))  # the archive is not even looked at
+    assert bigbench.ensure_dataset(key, tmp_path) == out
 
 
 def test_missing_bigbench_archive_says_what_to_supply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing is downloaded: without the archive the error names it, the variable and the folder to put it in."""
-    monkeypatch.delenv(assets.BIGBENCH_ENV, raising=False)
+    monkeypatch.delenv(bigbench.BIGBENCH_ENV, raising=False)
     with pytest.raises(assets.MissingAssetError) as info:
-        assets.ensure_dataset("bigbench-qasc", tmp_path)
+        bigbench.ensure_dataset("bigbench-qasc", tmp_path)
     message = str(info.value)
-    assert assets.BIGBENCH_SDIST in message and assets.BIGBENCH_ENV in message
-    assert str(tmp_path / "downloads" / assets.BIGBENCH_SDIST) in message
+    assert bigbench.BIGBENCH_SDIST in message and bigbench.BIGBENCH_ENV in message
+    assert str(tmp_path / "downloads" / bigbench.BIGBENCH_SDIST) in message
     assert not (tmp_path / "datasets" / "bigbench-qasc.jsonl").exists()
 
 
 def test_supplied_bigbench_archive_is_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wrong = tmp_path / "bigbench.tar.gz"
     wrong.write_bytes(b"not the archive")
-    monkeypatch.setenv(assets.BIGBENCH_ENV, str(wrong))
+    monkeypatch.setenv(bigbench.BIGBENCH_ENV, str(wrong))
     with pytest.raises(assets.AssetIntegrityError, match="sha256 mismatch"):
-        assets.ensure_dataset("bigbench-strategyqa", tmp_path / "cache")
+        bigbench.ensure_dataset("bigbench-strategyqa", tmp_path / "cache")
 
 
 def test_repository_fetches_nothing_by_direct_url() -> None:

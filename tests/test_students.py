@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from scotd.config import StudentConfig
 from scotd.prompts import gold_key, student_prompt
 from scotd.schema import CORPUS_SCHEMA, to_table, write_table
-from scotd.student.train import PROGRESS_FILE, STUDENT_META, best_key, train_students
+from scotd.student.train import PROGRESS_FILE, STUDENT_META, StudentJob, best_key, train_students
 from scotd.tasks import load_questions
 from scotd.tiny import ensure_tiny_model
 
@@ -45,13 +45,13 @@ def corpus(shared_data, tmp_path_factory):
     return folder, model
 
 
-def job(folder, model, name: str, dev=None, **overrides) -> dict:
+def job(folder, model, name: str, dev=None, **overrides) -> StudentJob:
     settings = dict(method="scotd", learning_rate=3e-3, batch_size=8, micro_batch_size=8, warmup_steps=2,
                     grad_clip=1.0, max_length=128)
     cfg = StudentConfig(name=name, model=str(model), **{**settings, **overrides})
-    return {"cfg": cfg, "model_path": str(model), "rows_path": str(folder / "corpus.parquet"),
-            "out_dir": str(folder / name), "storage_path": str(folder / "ray_train"), "meta": {"base_model": "tiny"},
-            **({"dev": dev, "dev_max_new_tokens": 24} if dev else {})}
+    return StudentJob(cfg, str(model), rows_path=str(folder / "corpus.parquet"), out_dir=str(folder / name),
+                      storage_path=str(folder / "ray_train"), meta={"base_model": "tiny"},
+                      **({"dev": dev, "dev_max_new_tokens": 24} if dev else {}))
 
 
 def dev_questions(shared_data, count=12):

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from scotd.config import StudentConfig
-from scotd.student.train import START_TIMEOUT_ENV, deepspeed_config, fit_student, warmup_linear
+from scotd.student.train import START_TIMEOUT_ENV, StudentJob, deepspeed_config, fit_student, warmup_linear
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
@@ -58,8 +58,8 @@ def test_fit_student_lets_queued_students_wait_without_tracebacks(monkeypatch, t
     if user_value is None:
         monkeypatch.delenv(START_TIMEOUT_ENV)
     with pytest.raises(Stop):
-        fit_student(StudentConfig(name="s", use_gpu=True), "model", "rows.parquet", str(tmp_path / "s"),
-                    str(tmp_path / "ray_train"), meta={})
+        fit_student(StudentJob(StudentConfig(name="s", use_gpu=True), "model", "rows.parquet", str(tmp_path / "s"),
+                               str(tmp_path / "ray_train")))
     assert seen == {"value": expected, "backend": "nccl"}
 
 

@@ -38,18 +38,19 @@ class StepAccount:
 class EngineLoop:
     """Builds one ``vllm.LLM`` and steps its engine on a thread of its own, for requests submitted from any thread.
 
-    The engine is built on the thread that steps it: a CPU engine computes with a team of OpenMP threads per
-    calling thread, and an engine built on one thread (loading and profiling make that thread's team) and stepped
-    on another runs slower than one built and stepped on the same thread (``benchmarks/sampling.py``). ``build`` makes the engine (``lambda: llm`` for one that exists); the constructor returns once it is
-    ready and raises what ``build`` raised.
+    The engine is built on the thread that steps it: a CPU engine computes with a team of OpenMP threads per calling
+    thread, and an engine built on one thread (loading and profiling make that thread's team) and stepped on another
+    runs slower than one built and stepped on the same thread (``benchmarks/sampling.py``). ``build`` makes the engine
+    (``lambda: llm`` for one that exists); the constructor returns once it is ready and raises what ``build`` raised.
 
     ``submit`` queues a group of requests and returns a future of their outputs, in order, at once: only the step
     thread touches the engine, adding every queued group before each step, so a group submitted while a step runs
     joins the very next one. No lock is held through a step: the step thread would take it back before a waiting
-    submitter woke, and a second batch would wait many steps to join the first. The step thread runs ``thread_setup`` first; by default it takes the creating thread's torch
-    thread count (per thread, and vLLM's CPU attention fails when its step thread has another count than the engine
-    was built with). A group the engine refuses (``add_request`` raises: a prompt over ``max_model_len``, say) fails
-    alone; an engine step error fails every waiting group and every later ``submit``.
+    submitter woke, and a second batch would wait many steps to join the first. The step thread runs
+    ``thread_setup`` first; by default it takes the creating thread's torch thread count (per thread, and vLLM's CPU
+    attention fails when its step thread has another count than the engine was built with). A group the engine
+    refuses (``add_request`` raises: a prompt over ``max_model_len``, say) fails alone; an engine step error fails
+    every waiting group and every later ``submit``.
     """
 
     def __init__(self, build: Callable[[], Any], thread_setup: Callable[[], None] | None = None):

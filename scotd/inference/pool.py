@@ -35,9 +35,9 @@ def batches_to_fill(spec: EngineSpec, batch_size: int, samples_per_request: int)
     """Batches an engine takes at once to stay full: enough for ``engine_capacity`` sequences, and one more that
     waits in the engine's queue, so that while the oldest batch's last sequences finish the next batch's join.
 
-    A step over more sequences costs little more time than one over few, so an engine that always has its full
-    load generates fastest (``benchmarks/sampling.py --concurrent-batches`` compares counts). At most 64 calls: smaller batches than that needs should
-    be made larger (``batch_size``) rather than queued as hundreds of Ray tasks.
+    A step over more sequences costs little more time than one over few, so an engine that always has its full load
+    generates fastest (``benchmarks/sampling.py --concurrent-batches`` compares counts). At most 64 calls: smaller
+    batches than that needs should be made larger (``batch_size``) rather than queued as hundreds of Ray tasks.
     """
     return min(math.ceil(engine_capacity(spec) / max(batch_size * samples_per_request, 1)) + 1, MAX_BATCHES_IN_FLIGHT)
 

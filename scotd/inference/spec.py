@@ -117,8 +117,8 @@ def _use_bound_cores(bind: str) -> None:
     """Give the engine one compute thread per bound core.
 
     Ray sets ``OMP_NUM_THREADS`` to a worker's ``num_cpus`` (1 for an engine actor), and with the engine core in
-    the actor's process vLLM would keep that one thread. The engine's cores are its ``VLLM_CPU_OMP_THREADS_BIND``, so its
-    thread count follows them.
+    the actor's process vLLM would keep that one thread. The engine's cores are its ``VLLM_CPU_OMP_THREADS_BIND``,
+    so its thread count follows them.
     """
     import torch
 
@@ -189,11 +189,12 @@ def engine_process_env(spec: EngineSpec) -> dict[str, str]:
     """Environment an engine's Ray worker process must start with (Ray's ``runtime_env``; the job's own
     ``env_vars`` still apply).
 
-    CPU engines: ``OMP_NUM_THREADS`` = the engine's bound cores. Ray starts workers with ``OMP_NUM_THREADS`` set
-    to their ``num_cpus`` (1), and although ``build_llm`` raises the engine thread's count afterwards, the OpenMP
-    runtime has read the variable at start-up: its worker threads then sleep between parallel regions instead of
-    waiting for the next one, and the engine leaves its cores partly idle. The cores are counted on the driver's machine (``VLLM_CPU_OMP_THREADS_BIND`` if set there, else all
-    of them), which is the engine's machine for the local clusters CPU engines are meant for.
+    CPU engines: ``OMP_NUM_THREADS`` = the engine's bound cores. Ray starts workers with ``OMP_NUM_THREADS`` set to
+    their ``num_cpus`` (1), and although ``build_llm`` raises the engine thread's count afterwards, the OpenMP runtime
+    has read the variable at start-up: its worker threads then sleep between parallel regions instead of waiting for the
+    next one, and the engine leaves its cores partly idle. The cores are counted on the driver's machine
+    (``VLLM_CPU_OMP_THREADS_BIND`` if set there, else all of them), which is the engine's machine for the local clusters
+    CPU engines are meant for.
     """
     if spec.use_gpu:
         return {}

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def stage_students(exp: Experiment) -> list[dict]:
-    from scotd.student.train import STUDENT_META, train_students
+    from scotd.student.train import STUDENT_META, StudentJob, train_students
 
     shots = exp.all_exemplars()
     student_shots = {t.name: t.student_shots for t in exp.cfg.tasks}
@@ -45,10 +45,9 @@ def stage_students(exp: Experiment) -> list[dict]:
                 "selection": selection}
         relative = str(rows.relative_to(exp.dir))
         exp.mirror.push(relative)  # workers on other nodes read it from output.dir
-        jobs.append({"cfg": s, "model_path": exp.resolve_model(s.model),
-                     "rows_path": exp.mirror.remote(relative), "out_dir": str(out),
-                     "storage_path": exp.mirror.remote("ray_train"), "meta": meta,
-                     "dev": dev, "dev_max_new_tokens": budget})
+        jobs.append(StudentJob(s, exp.resolve_model(s.model), rows_path=exp.mirror.remote(relative),
+                               out_dir=str(out), storage_path=exp.mirror.remote("ray_train"), meta=meta, dev=dev,
+                               dev_max_new_tokens=budget))
     return train_students(jobs) if jobs else []
 
 

@@ -1,6 +1,6 @@
 """Student stage: Ray Train ``TorchTrainer`` workers running a DeepSpeed ZeRO training loop.
 
-``train_loop_per_worker(config)`` reads only its argument. Each epoch reports metrics and a checkpoint (a Hugging
+``train_loop_per_worker(config)`` reads only its argument, the student's ``StudentJob``. Each epoch reports metrics and a checkpoint (a Hugging
 Face folder) through ``ray.train.report``; a restarted run continues after the last reported epoch. Several
 students train concurrently: each ``TorchTrainer.fit()`` runs in its own Ray task (``train_students``).
 """
@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from scotd.config import StudentConfig
@@ -24,6 +24,27 @@ log = logging.getLogger(__name__)
 
 STUDENT_META = "scotd_student.json"
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
+@dataclass(frozen=True)
+class StudentJob:
+    """One student to train, as the driver hands it to ``fit_student`` and every rank's ``train_loop_per_worker``:
+    its config, the base model, its training rows (a path or URI every node reads), its folder (on the driver's
+    node), Ray Train's storage, the metadata its exported model carries, and the dev questions (``prompt``,
+    ``num_choices``, ``gold``) that score each epoch with ``dev_max_new_tokens`` per answer."""
+
+    cfg: StudentConfig
+    model_path: str
+    rows_path: str
+    out_dir: str
+    storage_path: str
+    meta: dict = field(default_factory=dict)
+    dev: list[dict] = field(default_factory=list)
+    dev_max_new_tokens: int = 128
+
+    @property
+    def history_path(self) -> Path:
+        return Path(self.out_dir) / "history.jsonl"
 
 
 def accumulation_steps(cfg: StudentConfig, world_size: int) -> int:
@@ -51,7 +72,7 @@ def deepspeed_config(cfg: StudentConfig, world_size: int) -> dict:
 
 def single_rank_no_allreduce(engine, world_size: int) -> None:
     """With one rank there is nothing to average: at ZeRO stage 0/1 DeepSpeed would still flatten every gradient
-    into buckets, all-reduce them with itself and copy them back after each backward (~2.5 % of a CPU step)."""
+    into buckets, all-reduce them with itself and copy them back after each backward."""
     if world_size == 1 and engine.zero_optimization_stage() < 2:
         engine.enable_backward_allreduce = False
 
@@ -69,10 +90,11 @@ def warmup_linear(warmup_steps: int, total_steps: int):
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """One data-parallel rank. ``config``: student (StudentConfig as dict), model_path, rows_path, meta."""
+    """One data-parallel rank of ``config["job"]`` (a ``StudentJob``; Ray Train passes a dict)."""
     import torch
 
-    cfg = StudentConfig(**config["student"])
+    job: StudentJob = config["job"]
+    cfg = job.cfg
     if not cfg.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         normal_priority()  # Ray's worker niceness makes the OpenMP team wait for preempted threads
@@ -88,7 +110,7 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
 
-    start_epoch, model_path, history = 0, config["model_path"], []
+    start_epoch, model_path, history = 0, job.model_path, []
     checkpoint = ray.train.get_checkpoint()
     resume_dir = None
     if checkpoint:
@@ -104,10 +126,10 @@ def train_loop_per_worker(config: dict) -> None:
     autocast = cpu_autocast(cfg)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
 
-    rows = pq.read_table(config["rows_path"]).to_pylist()
+    rows = pq.read_table(job.rows_path).to_pylist()
     encoded = encode(training_texts(rows, cfg.method), tokenizer)
     if not encoded:
-        raise RuntimeError(f"student {cfg.name}: no training examples in {config['rows_path']}")
+        raise RuntimeError(f"student {cfg.name}: no training examples in {job.rows_path}")
     per_rank = -(-len(encoded) // world)
     accum = accumulation_steps(cfg, world)
     steps_per_epoch = max(1, math.ceil(per_rank / cfg.micro_batch_size) // accum)
@@ -121,7 +143,7 @@ def train_loop_per_worker(config: dict) -> None:
     for _ in range(start_epoch * steps_per_epoch):
         scheduler.step()  # the schedule continues where the checkpointed run stopped
     engine.train()
-    progress = Progress(Path(config["history_path"]).with_name(PROGRESS_FILE) if rank == 0 else None)
+    progress = Progress(job.history_path.with_name(PROGRESS_FILE) if rank == 0 else None)
     for epoch in range(start_epoch, cfg.epochs):
         seqs = epoch_sequences(encoded, epoch=epoch, seed=cfg.seed, rank=rank, world_size=world,
                                max_length=cfg.max_length)
@@ -142,7 +164,7 @@ def train_loop_per_worker(config: dict) -> None:
             progress.update(epoch=epoch + 1, epochs=cfg.epochs, first_epoch=start_epoch + 1, step=step,
                             steps=len(batches), loss=loss_sum / step)
         elapsed = time.monotonic() - started
-        dev = dev_metrics(engine.module, tokenizer, config["dev"], config["dev_max_new_tokens"], rank, world,
+        dev = dev_metrics(engine.module, tokenizer, job.dev, job.dev_max_new_tokens, rank, world,
                           batch_size=cfg.dev_batch_size, synced=cfg.zero_stage == 3) if config.get("dev") else {}
         metrics = {**dev, "epoch": epoch + 1, "loss": loss_sum / max(1, len(batches)), "micro_batches": len(batches),
                    "tokens_per_s": real * world / elapsed, "real_token_share": real / max(1, padded),
@@ -150,7 +172,7 @@ def train_loop_per_worker(config: dict) -> None:
                    "started_at": started_at, "ended_at": time.time(), "threads": torch.get_num_threads(),
                    "cpu_bf16_autocast": autocast}
         history.append(metrics)
-        _report(engine, tokenizer, cfg, config, metrics, history, rank)
+        _report(engine, tokenizer, job, metrics, history, rank)
     if resume_dir:
         shutil.rmtree(resume_dir, ignore_errors=True)
 
@@ -256,58 +278,55 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, *,
     return texts
 
 
-def _report(engine, tokenizer, cfg: StudentConfig, config: dict, metrics: dict, history: list[dict],
-            rank: int) -> None:
+def _report(engine, tokenizer, job: StudentJob, metrics: dict, history: list[dict], rank: int) -> None:
     """Save an HF folder (rank 0) and report it; ZeRO-3 gathers the sharded weights on every rank first. The
     checkpoint's metadata carries the metrics of every epoch so far; ``history.jsonl`` in the student's folder is
     a progress log, written where that folder is on this worker's node."""
     import ray.train
 
+    cfg = job.cfg
     state = engine._zero3_consolidated_16bit_state_dict() if cfg.zero_stage == 3 else None
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
             engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            meta = {**config["meta"], "student": asdict(cfg), "epochs_done": metrics["epoch"], "metrics": metrics,
+            meta = {**job.meta, "student": asdict(cfg), "epochs_done": metrics["epoch"], "metrics": metrics,
                     "history": history}
             (Path(tmp) / STUDENT_META).write_text(json.dumps(meta, indent=2))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
     # Written after ``report`` returns: Ray's result queue holds one report, so once epoch N's line is there the
     # controller has taken epoch N-1's checkpoint, and a worker killed from then on resumes after it.
-    log_path = Path(config["history_path"])
+    log_path = job.history_path
     if rank == 0 and log_path.parent.is_dir():
         with open(log_path, "a", encoding="utf-8") as progress:
             progress.write(json.dumps(metrics) + "\n")
 
 
-def fit_student(cfg: StudentConfig, model_path: str, rows_path: str, out_dir: str, storage_path: str,
-                meta: dict, dev: list[dict] | None = None, dev_max_new_tokens: int = 128) -> dict:
-    """Train one student with ``TorchTrainer``; export the last checkpoint to ``out_dir/model`` and, with ``dev``
+def fit_student(job: StudentJob) -> dict:
+    """Train one student with ``TorchTrainer``; export the last checkpoint to ``out_dir/model`` and, with dev
     questions, the checkpoint with the best dev accuracy to ``out_dir/model-best`` when it is another epoch
     (``out_dir/checkpoints.json`` says which epochs they are)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    dev = dev or []
+    cfg, dev, out_dir = job.cfg, job.dev, job.out_dir
     # Students queued for GPUs (more students than GPUs, or nodes still autoscaling) wait for their workers; Ray
-    # Train retries a wait without end but logs a WorkerGroupStartupTimeoutError traceback each 60 s (seen on an
-    # H200 with two students and one GPU). Infeasible requests still fail at once (checked before the wait). Ray
-    # passes this variable from the process calling fit() to its controller; a value the user set is kept.
+    # Train retries a wait without end but logs a WorkerGroupStartupTimeoutError traceback each 60 s. Infeasible
+    # requests still fail at once (checked before the wait). Ray passes this variable from the process calling fit()
+    # to its controller; a value the user set is kept.
     os.environ.setdefault(START_TIMEOUT_ENV, "1800")
     # With a dev split Ray keeps the best-scoring checkpoint besides the latest; without, the last two.
     keep = (CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="dev_accuracy", checkpoint_score_order="max")
             if dev else CheckpointConfig(num_to_keep=2))
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"student": asdict(cfg), "model_path": model_path, "rows_path": rows_path, "meta": meta,
-                           "history_path": str(Path(out_dir) / "history.jsonl"), "dev": dev,
-                           "dev_max_new_tokens": dev_max_new_tokens},
+        train_loop_config={"job": job},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        run_config=RunConfig(name=cfg.name, storage_path=storage_path,
+        run_config=RunConfig(name=cfg.name, storage_path=job.storage_path,
                              checkpoint_config=keep,
                              failure_config=FailureConfig(max_failures=2)),
     )
@@ -347,7 +366,7 @@ def _export(checkpoint, final: Path) -> Path:
     return final
 
 
-def train_students(jobs: list[dict], every_s: float = 15.0) -> list[dict]:
+def train_students(jobs: list[StudentJob], every_s: float = 15.0) -> list[dict]:
     """Run every student's ``fit_student`` concurrently, each in its own Ray task; Ray schedules their workers.
     Every ``every_s`` seconds the driver logs each student's epoch, step, loss and time left."""
     import ray
@@ -357,12 +376,12 @@ def train_students(jobs: list[dict], every_s: float = 15.0) -> list[dict]:
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     fit = ray.remote(num_cpus=0, scheduling_strategy=here)(fit_student)
     for job in jobs:
-        (Path(job["out_dir"]) / PROGRESS_FILE).unlink(missing_ok=True)  # a position left by an earlier run
-    refs = [fit.remote(**job) for job in jobs]
+        (Path(job.out_dir) / PROGRESS_FILE).unlink(missing_ok=True)  # a position left by an earlier run
+    refs = [fit.remote(job) for job in jobs]
     pending = refs
     while pending:
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=every_s)
-        lines = [progress_line(job["cfg"].name, _read_progress(Path(job["out_dir"]) / PROGRESS_FILE)) for job in jobs]
+        lines = [progress_line(job.cfg.name, _read_progress(Path(job.out_dir) / PROGRESS_FILE)) for job in jobs]
         log.info("[students] %s", "; ".join(lines))
     return ray.get(refs)
 

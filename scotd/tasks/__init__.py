@@ -3,12 +3,13 @@ stage (``stage``, imported by the pipeline only)."""
 
 from scotd.tasks.formats import (DEFAULT_EXEMPLARS, HUB_PARSERS, MAX_CHOICES, ROW_PARSERS, SENTIMENT_CHOICES,
                                  iter_json_records, iter_tsv_records, load_hf_questions, load_questions,
-                                 parse_generic, parse_gsm8k, parse_hf_multiple_choice, parse_multiple_choice, parse_quarel, parse_sentiment,
-                                 parse_strategyqa)
+                                 parse_generic, parse_gsm8k, parse_hf_multiple_choice, parse_multiple_choice,
+                                 parse_quarel, parse_sentiment, parse_strategyqa)
 from scotd.tasks.question import (SPLITS, LoadResult, Question, RowError, SourceUnavailableError, TaskDataError,
                                   carve_dev, hash_split)
 
 __all__ = ["DEFAULT_EXEMPLARS", "HUB_PARSERS", "MAX_CHOICES", "ROW_PARSERS", "SENTIMENT_CHOICES", "SPLITS",
-           "LoadResult", "Question", "RowError", "SourceUnavailableError", "TaskDataError", "carve_dev", "hash_split",
-           "iter_json_records", "iter_tsv_records", "load_hf_questions", "load_questions", "parse_generic",
-           "parse_gsm8k", "parse_hf_multiple_choice", "parse_multiple_choice", "parse_quarel", "parse_sentiment", "parse_strategyqa"]
+           "LoadResult", "Question", "RowError", "SourceUnavailableError", "TaskDataError", "carve_dev",
+           "hash_split", "iter_json_records", "iter_tsv_records", "load_hf_questions", "load_questions",
+           "parse_generic", "parse_gsm8k", "parse_hf_multiple_choice", "parse_multiple_choice", "parse_quarel",
+           "parse_sentiment", "parse_strategyqa"]

@@ -61,7 +61,7 @@ def read_source(task: TaskConfig, split: str, source: str, cache_dir: Path) -> L
     the dataset's own), ``gen:<kind>:<split>:<steps>`` (scotd.symbolic: as many as the task uses),
     ``hf:<dataset>[:<config>]:<split>`` (the hub), or a file in the task's format."""
     if source.startswith("offline:"):
-        from scotd.assets import ensure_dataset
+        from scotd.bigbench import ensure_dataset
 
         parts = source.split(":")
         key, wanted = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
