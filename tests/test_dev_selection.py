@@ -48,6 +48,7 @@ def test_best_key_prefers_accuracy_then_fewer_failures_then_later_epochs():
     assert max(history[:2], key=best_key)["epoch"] == 2
 
 
+@pytest.mark.slow  # a real model generating on CPU: ~10 s
 def test_dev_answers_batched_equal_one_by_one_and_are_scored(tmp_path, shared_data):
     """Left-padded batches give the same greedy completions as one question at a time; dev_metrics scores them."""
     import torch
