@@ -1,7 +1,11 @@
 """Teacher sampling throughput, side by side in one run on the same model and prompts.
 
     .venv/bin/python benchmarks/sampling.py [--model tiny|offline:<key>|PATH] [--questions 64] [--n 4]
-                                            [--sweep 100,1000] [--gpu]
+                                            [--sweep 100,1000] [--task commonsenseqa|gsm8k] [--gpu]
+
+``--task gsm8k`` samples GSM8K's worked rationales (several sentences of arithmetic, longer than CommonsenseQA's
+one-line ones) from its official train file with scotd's GSM8K exemplars; ``bare_n30_over_n1`` is then the cost of
+30 samples per question against one (wall time of the bare engine's calls on the same questions).
 
 Measures, in one process and one Ray session:
   1. bare ``vllm.LLM.generate`` (the ceiling): the same prompts and SamplingParams as the stage, each one call
@@ -38,7 +42,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-DATA = REPO.parent / "shared" / "data" / "commonsenseqa" / "train_rand_split.jsonl"
+# Per task: (data file, format, exemplar file); the exemplars are scotd's own (scotd/exemplars).
+TASKS = {"commonsenseqa": (REPO.parent / "shared" / "data" / "commonsenseqa" / "train_rand_split.jsonl",
+                           "commonsenseqa", "commonsenseqa"),
+         "gsm8k": (REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl", "gsm8k", "gsm8k")}
 
 
 def rss_mb() -> float:
@@ -67,7 +74,9 @@ def main() -> None:
     parser.add_argument("--bare-loop", action="store_true",
                         help="also time the bare call through scotd's EngineLoop in the plain process")
     parser.add_argument("--gpu", action="store_true", help="GPU engine (vLLM's GPU build)")
-    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--task", choices=sorted(TASKS), default="commonsenseqa")
+    parser.add_argument("--data", default="", help="the task's questions (default: its file under ../shared/data)")
+    parser.add_argument("--shots", type=int, default=3, help="exemplars in the teacher prompt")
     args = parser.parse_args()
 
     import ray
@@ -80,16 +89,18 @@ def main() -> None:
     from scotd.teacher import sample_rationales, to_request
 
     sweep = [int(x) for x in args.sweep.split(",") if x]
-    pool = load_questions(args.data, "commonsenseqa", "csqa").questions[: max([args.questions, *sweep])]
+    data, fmt, exemplars = TASKS[args.task]
+    task = args.task
+    pool = load_questions(args.data or data, fmt, task).questions[: max([args.questions, *sweep])]
     questions = pool[: args.questions]
-    shots = load_exemplars("commonsenseqa", "csqa")[:3]
+    shots = load_exemplars(exemplars, task)[: args.shots]
     work = Path(tempfile.mkdtemp(prefix="scotd-bench-"))
     model = resolve(args.model, pool, shots, work)
     cfg = TeacherConfig(model=model, num_samples=args.n, max_new_tokens=args.max_new_tokens, max_model_len=1024,
                         batch_size=args.batch_size, cpu_kvcache_gb=2, use_gpu=args.gpu)
     spec = engine_spec(cfg, model, seed=cfg.seed)
-    results: dict = {"model": args.model, "dtype": resolve_dtype(spec), "questions": len(questions), "n": args.n,
-                     "max_new_tokens": args.max_new_tokens}
+    results: dict = {"model": args.model, "task": task, "dtype": resolve_dtype(spec), "questions": len(questions),
+                     "n": args.n, "max_new_tokens": args.max_new_tokens}
 
     # 1. bare engine (built before timing: start-up excluded)
     llm = build_llm(spec)
@@ -109,6 +120,9 @@ def main() -> None:
     results["bare_cold"] = bare(args.n)
     for n in sorted({*(int(x) for x in args.bare_n.split(",")), args.n}):
         results[f"bare_n{n}"] = bare(n)  # warm: after the first call
+    if "bare_n1" in results and "bare_n30" in results:
+        results["bare_n30_over_n1"] = {key: results["bare_n30"][key] / results["bare_n1"][key]
+                                       for key in ("s", "generated_tokens", "ms_per_generated_token")}
     llm = None  # free the engine before the next one starts
     if args.bare_loop:
         results["bare_loop"] = timed_loop(spec, prompts, requests, sampling, args.n)
@@ -128,7 +142,7 @@ def main() -> None:
                                                   / results["bare_cold"]["tok_per_s"])
         ray.kill(engine)
     for k in [x for x in args.concurrent_batches.split(",") if x]:
-        summary = sample_rationales(questions, {"csqa": shots},
+        summary = sample_rationales(questions, {task: shots},
                                     replace(cfg, concurrent_batches=None if k == "auto" else int(k)),
                                     ResourcesConfig(), model, work / f"stage-c{k}")
         results[f"stage_c{k}"] = summary
@@ -143,7 +157,7 @@ def main() -> None:
     # 3. scaling with the question count: throughput and driver memory
     for count in sweep:
         before = rss_mb()
-        s = sample_rationales(pool[:count], {"csqa": shots}, cfg, ResourcesConfig(), model, work / f"sweep{count}")
+        s = sample_rationales(pool[:count], {task: shots}, cfg, ResourcesConfig(), model, work / f"sweep{count}")
         results[f"sweep_{count}"] = {"steady_tok_per_s": s.get("steady_generated_tokens_per_s"),
                                      "tok_per_s_with_start": s["generated_tokens_per_s"], "wall_s": s["wall_s"],
                                      "driver_rss_mb_before": round(before), "driver_rss_mb_after": round(rss_mb())}
@@ -248,7 +262,7 @@ def resolve(ref: str, questions, shots, work: Path) -> str:
         from scotd.tiny import ensure_tiny_model
 
         return str(ensure_tiny_model("teacher", work / "tiny", [student_prompt(q) for q in questions],
-                                     format_texts(questions, {"csqa": shots})))
+                                     format_texts(questions, {questions[0].task: shots})))
     from scotd.assets import resolve_model
 
     return resolve_model(ref, Path(os.path.expanduser("~/.cache/scotd")))
