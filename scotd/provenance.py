@@ -61,7 +61,10 @@ def units(cfg: ExperimentConfig, exp_dir: Path | None = None) -> dict[str, tuple
     questions = {f"tasks[{t.name}].{f.name}": _plain(getattr(t, f.name)) for t in cfg.tasks for f in fields(t)
                  if f.name != "student_shots"}
     prompts = {f"tasks[{t.name}].{k}": _plain(getattr(t, k)) for t in cfg.tasks for k in TASK_PROMPT_KEYS}
-    teacher = {**prompts, **{f"teacher.{k}": _plain(getattr(cfg.teacher, k)) for k in TEACHER_KEYS}}
+    # Other vLLM settings (quantization, ...) change the teacher's answers; none given is what older records hold.
+    engine_kwargs = {"teacher.engine_kwargs": cfg.teacher.engine_kwargs} if cfg.teacher.engine_kwargs else {}
+    teacher = {**prompts, **{f"teacher.{k}": _plain(getattr(cfg.teacher, k)) for k in TEACHER_KEYS},
+               **engine_kwargs}
     shots = {f"tasks[{t.name}].student_shots": t.student_shots for t in cfg.tasks}
     corpus = {**questions, **teacher, **{f"corpus.{k}": v for k, v in asdict(cfg.corpus).items()}}
     found = {"questions": ("questions", questions), "teacher": ("teacher/samples", teacher)}
@@ -77,7 +80,7 @@ def units(cfg: ExperimentConfig, exp_dir: Path | None = None) -> dict[str, tuple
             model = student_values[r.student]
         elif r.kind == "teacher":
             model = {**prompts, **{f"teacher.{k}": _plain(getattr(cfg.teacher, k))
-                                   for k in ("model", "dtype", "chat_template")}}
+                                   for k in ("model", "dtype", "chat_template")}, **engine_kwargs}
         else:
             model = {**shots, "model": r.model}
         values = {**questions, **model, "eval.max_new_tokens": cfg.eval.max_new_tokens,

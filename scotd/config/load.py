@@ -5,6 +5,7 @@ before any cluster work starts."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 import types
@@ -79,6 +80,7 @@ def check_students(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(f"teacher.tensor_parallel_size: {cfg.teacher.tensor_parallel_size} x "
                           f"pipeline_parallel_size {cfg.teacher.pipeline_parallel_size} GPUs per replica need "
                           "teacher.use_gpu: true (a CPU engine is one process)")
+    check_engine_kwargs(cfg.teacher.engine_kwargs, "teacher.engine_kwargs")
     if cfg.teacher.max_replicas is not None and cfg.teacher.max_replicas < cfg.teacher.num_replicas:
         raise ConfigError(f"teacher.max_replicas: {cfg.teacher.max_replicas} is below teacher.num_replicas = "
                           f"{cfg.teacher.num_replicas}")
@@ -108,6 +110,42 @@ def check_students(cfg: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(f"eval.judge_pairs.{i}: expected two of the evaluation runs {sorted(runs)}, got "
                               f"{list(pair)}")
     return cfg
+
+
+# vllm.LLM settings scotd derives from the engine section (or sets itself): given in engine_kwargs they would
+# bypass the section's checks and the record of what a result was built from.
+MANAGED_ENGINE_KEYS = {"model", "dtype", "max_model_len", "seed", "enable_prefix_caching", "trust_remote_code",
+                       "max_num_seqs", "tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization",
+                       "block_size", "distributed_executor_backend", "tokenizer"}
+
+
+def check_engine_kwargs(kwargs: dict[str, Any], key: str) -> None:
+    """Each ``engine_kwargs`` name must be a ``vllm.LLM`` / ``EngineArgs`` setting that scotd does not set itself
+    (vLLM is imported only when there are some to check)."""
+    if not kwargs:
+        return
+    managed = sorted(set(kwargs) & MANAGED_ENGINE_KEYS)
+    if managed:
+        raise ConfigError(f"{key}.{managed[0]}: set from the engine section's own key (teacher.{managed[0]} or "
+                          "resources); engine_kwargs holds the other vLLM settings")
+    quiet = logging.getLogger("vllm")  # vLLM's import-time notes (its CPU build's Triton) are not the user's
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        from vllm.engine.arg_utils import EngineArgs
+    except ImportError:  # a driver without vLLM: the engines check the names when they start
+        return
+    finally:
+        quiet.setLevel(level)
+    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{key}.{unknown[0]}: not a vLLM engine setting{hint}; the settings are vLLM's "
+                          "EngineArgs fields")
 
 
 def greedy_run_names(cfg: ExperimentConfig) -> list[str]:
@@ -212,7 +250,7 @@ def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
         if name in raw:
             values[name] = _convert(hints[name], raw[name], dotted)
             _check_range(cls, name, values[name], dotted)
-        elif f.default is dataclasses.MISSING:
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required key {dotted}")
     return cls(**values)
 
@@ -237,6 +275,10 @@ def _convert(hint: Any, value: Any, dotted: str) -> Any:
         if not any(value == a and type(value) is type(a) for a in args):  # True == 1 and 2.0 == 2: not stages
             raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{dotted}: expected a mapping of names to values, got {type(value).__name__}")
+        return dict(value)
     if origin is tuple:
         if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"{dotted}: expected a list, got {type(value).__name__}")
@@ -276,7 +318,8 @@ def describe(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:
         dotted = f"{prefix}.{f.name}" if prefix else f.name
         hint = hints[f.name]
         sub = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint
-        default = "(required)" if f.default is dataclasses.MISSING else repr(f.default)
+        default = ("(required)" if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                   else repr(f.default_factory() if f.default is dataclasses.MISSING else f.default))
         if dataclasses.is_dataclass(sub):
             lines.append(f"{dotted}: {f.metadata.get('help', '')}")
             lines.extend(describe(sub, f"{dotted}.N" if sub is not hint else dotted))

@@ -103,6 +103,11 @@ class EngineConfig:
     enable_prefix_caching: bool = opt(True, "Reuse the few-shot prefix's KV cache across questions and samples.")
     chat_template: bool = opt(False, "Wrap the prompt in the tokenizer's chat template (instruction-tuned teachers).")
     trust_remote_code: bool = opt(False, "Allow model repos to run their own code (off unless you trust the repo).")
+    engine_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"help": (
+        "Any other vllm.LLM setting, passed as is (e.g. {quantization: fp8, kv_cache_dtype: fp8, enforce_eager: "
+        "true, speculative_config: {...}}); each key is checked at load against vLLM's EngineArgs. Keys scotd sets "
+        "from this section (model, dtype, max_model_len, parallel sizes, ...) are refused: set them here instead. "
+        "The teacher's and judge's engines get them, a student's evaluation engine does not.")})
 
 
 @dataclass(frozen=True)
@@ -259,8 +264,8 @@ class ExperimentConfig:
     def engine(self, role: Literal["teacher", "teacher_eval", "student_eval", "judge"]) -> EngineConfig:
         """The engine pool of each use: the teacher section as written for sampling; for evaluation and the judge
         the same engines with the evaluation batch size and as many batches in flight as fill them; a student or
-        untrained base model is small, so it gets one single-GPU replica with no chat template (its model is given per
-        run)."""
+        untrained base model is small, so it gets one single-GPU replica with no chat template and none of the
+        teacher's ``engine_kwargs`` (its model is given per run)."""
         engine = EngineConfig(**{f.name: getattr(self.teacher, f.name) for f in dataclasses.fields(EngineConfig)})
         if role == "teacher":
             return engine
@@ -269,5 +274,6 @@ class ExperimentConfig:
             return dataclasses.replace(engine, model=self.eval.judge_model or self.teacher.model)
         if role == "student_eval":
             return dataclasses.replace(engine, model="", tensor_parallel_size=1, pipeline_parallel_size=1,
-                                       chat_template=False, num_replicas=1, max_replicas=None, resource=None)
+                                       chat_template=False, num_replicas=1, max_replicas=None, resource=None,
+                                       engine_kwargs={})
         return engine

@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ class EngineSpec:
     use_gpu: bool = False
     # Where an engine copies a model given as a URI (a student of an experiment stored at s3://...), on its own node.
     cache_dir: str = OutputConfig.cache_dir
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)  # any other vllm.LLM setting, applied last
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def engine_spec(engine: EngineConfig, model_path: str, cache_dir: str = OutputCo
                       cpu_kvcache_gb=engine.cpu_kvcache_gb, block_size=engine.block_size,
                       enable_prefix_caching=engine.enable_prefix_caching, seed=seed,
                       trust_remote_code=engine.trust_remote_code, chat_template=engine.chat_template,
-                      use_gpu=engine.use_gpu)
+                      use_gpu=engine.use_gpu, engine_kwargs=dict(engine.engine_kwargs))
 
 
 def question_seed(seed: int, question_id: str) -> int:
@@ -171,6 +172,7 @@ def build_llm(spec: EngineSpec):
         # takes whole prompts up to its token budget (vLLM's CPU default 4096, at least max_model_len).
         kwargs.update(enforce_eager=True, block_size=spec.block_size or 32, enable_chunked_prefill=False,
                       max_num_batched_tokens=max(4096, spec.max_model_len))
+    kwargs.update(spec.engine_kwargs)  # the user's other vLLM settings, over scotd's CPU defaults too
     return LLM(**kwargs)
 
 
