@@ -47,7 +47,7 @@ def save_student(arch: str, tokenizer_dir: str, folder: Path) -> Path:
 def repeated_corpus(corpus: str, repeat: int, out: Path) -> tuple[Path, list[dict]]:
     import pyarrow.parquet as pq
 
-    from scotd.prompts import student_prompt
+    from scotd.prompts import letter, student_prompt
     from scotd.tasks import Question
 
     table = pq.read_table(corpus)
@@ -59,7 +59,7 @@ def repeated_corpus(corpus: str, repeat: int, out: Path) -> tuple[Path, list[dic
         first.setdefault(r["question_id"], r)
     dev = [{"prompt": student_prompt(Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]),
                                               r["label_index"])),
-            "num_choices": len(r["choices"]), "answer_index": r["label_index"]} for r in list(first.values())[:32]]
+            "num_choices": len(r["choices"]), "gold": letter(r["label_index"])} for r in list(first.values())[:32]]
     return out, dev
 
 

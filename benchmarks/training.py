@@ -31,16 +31,18 @@ DATA = REPO.parent / "shared" / "data" / "commonsenseqa" / "train_rand_split.jso
 
 
 def write_corpus(questions, path: Path) -> None:
+    from scotd.corpus import with_training_text
     from scotd.schema import CORPUS_SCHEMA, to_table, write_table
 
     rows = [{"question_id": q.id, "task": q.task, "sample_index": k, "question": q.text, "choices": list(q.choices),
-             "rationale": text, "label_index": q.answer_index, "logprob_sum": None, "logprob_mean": None,
+             "rationale": text, "label_index": q.answer_index, "label": "abcdefghij"[q.answer_index],
+             "logprob_sum": None, "logprob_mean": None,
              "num_tokens": 0}
             for q in questions
             for k, text in enumerate((f"The question is about {q.choices[q.answer_index]}, and people usually "
                                       f"connect it with this situation.",
                                       f"Of the choices, only {q.choices[q.answer_index]} fits what is asked."))]
-    write_table(to_table(rows, CORPUS_SCHEMA), path)
+    write_table(to_table([with_training_text(r) for r in rows], CORPUS_SCHEMA), path)
 
 
 def plain_loop(cfg, model_path: str, rows_path: Path) -> dict:

@@ -15,8 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from scotd.cards import CARD, dataset_card
 from scotd.config import CorpusConfig
-from scotd.prompts import letter
+from scotd.prompts import letter, training_pair
 from scotd.schema import (CORPUS_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA, check_parquet_folder, read_table, to_table,
                           write_table)
 
@@ -88,6 +89,13 @@ def summarize(samples: list[dict], kept: list[dict], num_after_filter: int) -> d
     }
 
 
+def with_training_text(row: dict) -> dict:
+    """A corpus row with its ``prompt`` and ``completion``: the text a SCoTD student trains on."""
+    prompt, completion = training_pair(row["question"], row["choices"], row["rationale"], row["label_index"],
+                                       row["label"])
+    return {**row, "prompt": prompt, "completion": completion}
+
+
 def build_corpus(samples_dir: Path, cfg: CorpusConfig, out_dir: Path, question_ids: set[str] | None = None) -> dict:
     """Read the teacher's samples (of ``question_ids`` only, when given: the training split of this run, where an
     earlier run may have sampled more), filter, dedup, write corpus.parquet, labels.parquet and summary.json."""
@@ -106,8 +114,8 @@ def build_corpus(samples_dir: Path, cfg: CorpusConfig, out_dir: Path, question_i
     if not kept:
         raise RuntimeError(f"corpus: no rationale survived the {cfg.setting} filter out of {len(samples)} samples "
                            f"in {samples_dir}; check the teacher (sample accuracy, parse failures)")
-    write_table(to_table(({k: r[k] for k in CORPUS_SCHEMA.names} for r in kept), CORPUS_SCHEMA),
-                out_dir / "corpus.parquet")
+    write_table(to_table((with_training_text({k: r[k] for k in CORPUS_SCHEMA.names if k in r}) for r in kept),
+                         CORPUS_SCHEMA), out_dir / "corpus.parquet")
 
     first = {}
     for r in samples:
@@ -139,4 +147,7 @@ def stage_corpus(exp: Experiment) -> dict:
     greedy = exp.dir / "teacher" / "greedy" / "samples"
     if greedy.exists():
         summary["greedy"] = build_corpus(greedy, exp.cfg.corpus, exp.dir / "corpus" / "greedy", train)
+    for folder, of in [("corpus", summary)] + [(f"corpus/{k}", v) for k, v in summary.items() if isinstance(v, dict)
+                                                and "kept" in v]:
+        (exp.dir / folder / CARD).write_text(dataset_card(exp.cfg, of))
     return summary

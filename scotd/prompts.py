@@ -64,6 +64,16 @@ def student_prompt(q: Question, exemplars: list[Exemplar] | tuple[Exemplar, ...]
     return teacher_prompt(q, exemplars) if exemplars else render_question(q)
 
 
+def training_pair(question: str, choices: list[str] | tuple[str, ...], rationale: str | None,
+                  label_index: int | None, label: str | None) -> tuple[str, str]:
+    """(prompt, completion) a student trains on for one corpus or label row: the student prompt of the question and
+    the rationale (None: the label alone) with its label, the choice index or, without choices, the free-form
+    answer."""
+    free = not choices
+    q = Question("", "", question, tuple(choices), None if free else label_index, label if free else None)
+    return student_prompt(q), render_answer(rationale, q.gold)
+
+
 def stop_strings(num_choices: int, extra: tuple[str, ...] = ("\n\n",)) -> list[str]:
     """Stop at a blank line or right after the answer phrase of any valid letter (include it in the output), with
     the phrase capitalised or not: a teacher that writes "..., so the answer is: (d)" often goes on (a second "So the

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
+from scotd.cards import write_model_cards
 from scotd.report_markdown import render_markdown
 from scotd.runs import EvalRun, eval_runs
 from scotd.scoring import answers_match, bootstrap_interval, mcnemar_p, metrics_of, paired_bootstrap, wilson_interval
@@ -305,9 +306,13 @@ def checkpoint_selection(exp_dir: Path, rows: list[dict]) -> list[dict]:
 
 
 def stage_report(exp: Experiment) -> dict:
-    """The report of the experiment's evaluation runs, with the stage times so far and its own."""
+    """The report of the experiment's evaluation runs, with the stage times so far and its own; each trained
+    student's model card gets its evaluation table."""
     started = time.monotonic()
-    return write_report(exp.dir, eval_runs(exp.cfg, exp.dir), own_seconds=lambda: time.monotonic() - started)
+    report = write_report(exp.dir, eval_runs(exp.cfg, exp.dir), own_seconds=lambda: time.monotonic() - started)
+    cards = write_model_cards(exp.dir, exp.cfg, report["rows"] + report["extra_rows"])
+    exp.mirror.push(*(str(card.relative_to(exp.dir)) for card in cards))
+    return report
 
 
 def write_report(exp_dir: Path, runs: list[EvalRun], own_seconds=None) -> dict:

@@ -63,6 +63,10 @@ CORPUS_SCHEMA = pa.schema([
     pa.field("logprob_sum", pa.float64()),
     pa.field("logprob_mean", pa.float64()),
     pa.field("num_tokens", pa.int32(), nullable=False),
+    # Exactly what a SCoTD student trains on (``prompts.training_pair``): the input, and the target it learns to
+    # write (the tokenizer's end-of-sequence token follows it in training); TRL's prompt-completion format.
+    pa.field("prompt", pa.string()),
+    pa.field("completion", pa.string()),
 ])
 
 PREDICTION_SCHEMA = pa.schema([
@@ -79,8 +83,10 @@ PREDICTION_SCHEMA = pa.schema([
     pa.field("flexible_answer", pa.string()),  # free-form: the last number of the text (lm-eval's flexible extract)
 ])
 
-# Columns added with free-form answers: files written before them read them as nulls (answers come from the indices).
-LATER_COLUMNS = frozenset({"answer", "parsed_answer", "gold_answer", "label", "flexible_answer"})
+# Columns added after the first files were written: older files read them as nulls (answers come from the indices;
+# a student's training text from the question and rationale).
+LATER_COLUMNS = frozenset({"answer", "parsed_answer", "gold_answer", "label", "flexible_answer", "prompt",
+                           "completion"})
 
 
 def to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:

@@ -14,6 +14,7 @@ from scotd.scoring import metrics_of
 from scotd.evaluate import score
 from scotd.prompts import mark_cut, parse_answer
 from scotd.report_markdown import budget_lines, failures_cell
+from scotd.corpus import with_training_text
 from scotd.schema import CORPUS_SCHEMA, to_table, write_table
 from scotd.tasks import Question
 from tests.conftest import REPO
@@ -64,7 +65,7 @@ def experiment(tmp_path, shared_data):
              "rationale": "r", "label_index": 0, "label": "a", "logprob_sum": -1.0, "logprob_mean": -0.1,
              "num_tokens": n}
             for i, n in enumerate(range(1, 101))]
-    write_table(to_table(rows, CORPUS_SCHEMA), exp.dir / "corpus" / "corpus.parquet")
+    write_table(to_table([with_training_text(r) for r in rows], CORPUS_SCHEMA), exp.dir / "corpus" / "corpus.parquet")
     return exp, args
 
 

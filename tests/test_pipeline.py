@@ -131,6 +131,40 @@ def test_corpus_keeps_only_correct_rationales(tiny_run):
         assert source["correct"] and r["label_index"] == source["gold_index"] and r["rationale"] == source["rationale"]
 
 
+def test_corpus_carries_what_the_students_train_on_and_loads_as_a_dataset(tiny_run):
+    """Issue 21, item 2: ``prompt`` / ``completion`` are exactly the student's training texts, and the Hugging Face
+    ``datasets`` library (what TRL's SFT trainer takes) reads the file as is; the folder has its dataset card."""
+    from datasets import load_dataset
+
+    from scotd.student.data import training_texts
+
+    _, out, _, _ = tiny_run
+    rows = pq.read_table(out / "corpus" / "corpus.parquet").to_pylist()
+    texts = training_texts(rows, "scotd")
+    for r in rows:
+        prompt, targets = texts[r["question_id"]]
+        assert r["prompt"] == prompt and r["completion"] in targets and r["completion"].startswith(" ")
+        assert r["completion"].endswith(f"So the answer is: ({r['label']})") and r["rationale"] in r["completion"]
+    loaded = load_dataset("parquet", data_files=str(out / "corpus" / "corpus.parquet"), split="train")
+    assert loaded.num_rows == len(rows) and {"prompt", "completion"} <= set(loaded.column_names)
+    assert loaded[0]["prompt"] == rows[0]["prompt"] and loaded[0]["completion"] == rows[0]["completion"]
+    card = (out / "corpus" / "README.md").read_text()
+    assert card.startswith("---\n") and f"{len(rows)} rationales of" in card and "load_dataset(" in card
+
+
+@pytest.mark.parametrize("student", ["scotd", "label-only"])
+def test_student_model_card_has_its_settings_evaluation_and_licenses(tiny_run, student):
+    cfg, out, _, _ = tiny_run
+    report = json.loads((out / "report.json").read_text())
+    card = (out / "students" / student / "model" / "README.md").read_text()
+    row = next(r for r in report["rows"] if r["run"] == student)
+    assert card.startswith("---\n") and "library_name: \"transformers\"" in card
+    assert f"| {student} | {100 * row['accuracy']:.1f} % |" in card  # the report's numbers, after the report stage
+    assert f"{row['correct']} / {row['total']}" in card and "## Licenses" in card and "from vllm import LLM" in card
+    s = next(x for x in cfg.students if x.name == student)
+    assert f"| epochs | {s.epochs} " in card and f"| DeepSpeed ZeRO stage | {s.zero_stage} " in card
+
+
 @pytest.mark.parametrize("student", ["scotd", "label-only"])
 def test_students_learned_and_export_loads(tiny_run, student):
     import torch

@@ -93,8 +93,9 @@ def test_runtime_env_ships_the_checkout_without_the_venv():
 
 
 def test_each_student_trains_on_its_selection_of_the_corpus(tmp_path):
-    from scotd.student.stage import student_rows
+    from scotd.corpus import with_training_text
     from scotd.schema import CORPUS_SCHEMA, to_table, write_table
+    from scotd.student.stage import student_rows
 
     rows = [{"question_id": f"q{q}", "task": "t", "sample_index": i, "question": "?", "choices": ["a", "b"],
              "rationale": f"reason {q} {i}", "label_index": 0, "label": "a", "logprob_sum": -i * 5.0,
@@ -106,7 +107,7 @@ def test_each_student_trains_on_its_selection_of_the_corpus(tmp_path):
         "{name: top2, selector: likelihood, selector_k: 2}, {name: rand3, selector: random, selector_k: 3}, "
         "{name: labels, method: label_only, selector: random}]"])
     exp = Experiment(cfg)
-    write_table(to_table(rows, CORPUS_SCHEMA), exp.dir / "corpus" / "corpus.parquet")
+    write_table(to_table([with_training_text(r) for r in rows], CORPUS_SCHEMA), exp.dir / "corpus" / "corpus.parquet")
     chosen = {}
     for student in cfg.students:
         path, summary = student_rows(exp, student)

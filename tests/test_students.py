@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from scotd.config import StudentConfig
 from scotd.prompts import gold_key, student_prompt
+from scotd.corpus import with_training_text
 from scotd.schema import CORPUS_SCHEMA, to_table, write_table
 from scotd.student.train import PROGRESS_FILE, STUDENT_META, StudentJob, best_key, train_students
 from scotd.tasks import load_questions
@@ -39,7 +40,7 @@ def corpus(shared_data, tmp_path_factory):
             for q in questions
             for k, text in enumerate((f"The question asks about {q.choices[q.answer_index]}.",
                                       f"Of the choices only {q.choices[q.answer_index]} fits."))]
-    write_table(to_table(rows, CORPUS_SCHEMA), folder / "corpus.parquet")
+    write_table(to_table([with_training_text(r) for r in rows], CORPUS_SCHEMA), folder / "corpus.parquet")
     model = ensure_tiny_model("student", folder / "tiny-student", [student_prompt(q) for q in questions] +
                               [r["rationale"] for r in rows], [])
     return folder, model

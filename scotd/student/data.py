@@ -10,8 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from scotd.prompts import render_answer, student_prompt
-from scotd.tasks import Question
+from scotd.prompts import training_pair
 
 IGNORE_INDEX = -100  # label value that torch's cross-entropy skips: prompt tokens and padding carry no loss
 
@@ -27,17 +26,14 @@ def training_texts(rows: list[dict], method: str) -> dict[str, tuple[str, list[s
     groups: dict[str, tuple[str, list[str]]] = {}
     for r in sorted(rows, key=lambda r: (r["question_id"], r.get("sample_index", 0))):
         free = not r["choices"]  # a free-form question's label is its answer text
-        if method == "scotd":
-            label = r["label"] if free else r["label_index"]
+        if method == "scotd":  # the answer text is read only without choices (older files have no such column)
+            index, label, rationale = r["label_index"], r.get("label"), r["rationale"]
         else:
-            label = r["answer"] if free else r["answer_index"]
-        if label is None:
+            index, label, rationale = r["answer_index"], r.get("answer"), None
+        if (label if free else index) is None:
             continue
-        q = Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]), None if free else label,
-                     label if free else None)
-        target = render_answer(r["rationale"] if method == "scotd" else None, label)
-        prompt, targets = groups.setdefault(q.id, (student_prompt(q), []))
-        targets.append(target)
+        prompt, target = training_pair(r["question"], r["choices"], rationale, index, label)
+        groups.setdefault(r["question_id"], (prompt, []))[1].append(target)
     return groups
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scotd import provenance
+from scotd.cards import write_model_cards
 from scotd.config import ExperimentConfig
 from scotd.prompts import gold_key, render_answer, student_prompt
 from scotd.schema import CORPUS_SCHEMA, read_table, to_table, write_table
@@ -48,7 +49,9 @@ def stage_students(exp: Experiment) -> list[dict]:
         jobs.append(StudentJob(s, exp.resolve_model(s.model), rows_path=exp.mirror.remote(relative),
                                out_dir=str(out), storage_path=exp.mirror.remote("ray_train"), meta=meta, dev=dev,
                                dev_max_new_tokens=budget))
-    return train_students(jobs) if jobs else []
+    results = train_students(jobs) if jobs else []
+    write_model_cards(exp.dir, exp.cfg)  # the report stage adds each student's evaluation table
+    return results
 
 
 def student_setting(cfg: ExperimentConfig, s) -> str:
