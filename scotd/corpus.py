@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from scotd.cards import CARD, dataset_card
 from scotd.config import CorpusConfig
+from scotd.tracking import numbers
 from scotd.prompts import letter, training_pair
 from scotd.schema import (CORPUS_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA, check_parquet_folder, read_table, to_table,
                           write_table)
@@ -150,4 +151,5 @@ def stage_corpus(exp: Experiment) -> dict:
     for folder, of in [("corpus", summary)] + [(f"corpus/{k}", v) for k, v in summary.items() if isinstance(v, dict)
                                                 and "kept" in v]:
         (exp.dir / folder / CARD).write_text(dataset_card(exp.cfg, of))
+    exp.tracker.log_metrics(numbers(summary, "corpus"))
     return summary

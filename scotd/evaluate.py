@@ -122,12 +122,15 @@ def stage_eval(exp: Experiment) -> list[dict]:
     student_shots = {t.name: t.student_shots for t in cfg.tasks}
     where = exp.where()
     budget = exp.eval_tokens()
+    students = {s.name: s for s in cfg.students}
     results = []
     for run in eval_runs(cfg, exp.dir):
         teacher = run.kind == "teacher"
         model = (str(exp.dir / "students" / run.student / run.model_subdir) if run.student
                  else exp.resolve_model(run.model))
         engine = cfg.engine("teacher_eval" if teacher else "student_eval")
+        if run.student and students[run.student].chat_template:  # asked as it was trained
+            engine = replace(engine, chat_template=True)
         spec = engine_spec(engine, exp.engine_model(model), cfg.output.cache_dir, cfg.teacher.seed)
         # a few-shot prompted untrained student; otherwise the task's student_shots
         prompt_fn = ((lambda q: teacher_prompt(q, shots[q.task])) if teacher

@@ -13,6 +13,7 @@ from scotd.fit import prompt_tokens
 from scotd.prompts import Exemplar, load_exemplars, render_answer, student_prompt, teacher_prompt
 from scotd.schema import QUESTION_SCHEMA, read_table
 from scotd.tasks import DEFAULT_EXEMPLARS, Question
+from scotd.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class Experiment:
         self.cache = Path(cfg.output.cache_dir).expanduser()
         self.dir = local_copy(cfg.output.dir, self.cache)  # output.dir itself, or the local copy of its URI
         self.mirror = Mirror(cfg.output.dir, self.dir)
+        self.tracker = Tracker(cfg, self.dir)  # logs once the pipeline starts it (scotd.tracking)
 
     def exemplars(self, task: TaskConfig) -> list[Exemplar]:
         found = load_exemplars(task.exemplars or DEFAULT_EXEMPLARS[task.format], task.name)

@@ -18,7 +18,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable
 
-from scotd import limits, provenance
+from scotd import limits, provenance, tracking
 from scotd.config import ConfigError, ExperimentConfig
 from scotd.experiment import Experiment
 
@@ -116,18 +116,26 @@ def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES, *, restart: str
         raise ConfigError(f"output.dir: {exp.dir}: cannot write there: {err.strerror or err}") from None
     timings_path = exp.dir / "timings.json"
     timings = _read_json(timings_path) or {}
-    with ExitStack() as cluster:
-        have_cluster = False
-        for stage in stages:
-            if stage in RAY_STAGES and not have_cluster:
-                cluster.enter_context(ray_cluster(cfg))  # after the stages that need no cluster checked the data
-                have_cluster = True
-            log.info("=== stage %s ===", stage)
-            started = time.monotonic()
-            for function in stage_functions(stage):
-                function(exp)
-            timings[stage] = round(time.monotonic() - started, 1)
-            timings_path.write_text(json.dumps(timings, indent=2))
-            exp.mirror.push(*STAGE_OUTPUTS[stage], "config.yaml", "timings.json", provenance.FILE, limits.FILE)
-        exp.mirror.push(*STAGE_OUTPUTS["report"])
+    exp.tracker.start(stages)
+    failed = True
+    try:
+        with ExitStack() as cluster:
+            have_cluster = False
+            for stage in stages:
+                if stage in RAY_STAGES and not have_cluster:
+                    cluster.enter_context(ray_cluster(cfg))  # after the stages that need no cluster checked the data
+                    have_cluster = True
+                log.info("=== stage %s ===", stage)
+                started = time.monotonic()
+                for function in stage_functions(stage):
+                    function(exp)
+                timings[stage] = round(time.monotonic() - started, 1)
+                timings_path.write_text(json.dumps(timings, indent=2))
+                exp.tracker.log_metrics({f"stage_seconds.{stage}": timings[stage]})
+                exp.mirror.push(*STAGE_OUTPUTS[stage], "config.yaml", "timings.json", provenance.FILE, limits.FILE,
+                                tracking.FOLDER)
+        failed = False
+    finally:
+        exp.tracker.end(failed)
+        exp.mirror.push(tracking.FOLDER)
     return exp

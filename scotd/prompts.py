@@ -64,6 +64,13 @@ def student_prompt(q: Question, exemplars: list[Exemplar] | tuple[Exemplar, ...]
     return teacher_prompt(q, exemplars) if exemplars else render_question(q)
 
 
+def in_chat(tokenizer, prompt: str) -> str:
+    """``prompt`` as the user turn of ``tokenizer``'s chat template, ending where the assistant's answer begins: the
+    one rendering of chat-template teachers and students, in training and evaluation alike."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
 def training_pair(question: str, choices: list[str] | tuple[str, ...], rationale: str | None,
                   label_index: int | None, label: str | None) -> tuple[str, str]:
     """(prompt, completion) a student trains on for one corpus or label row: the student prompt of the question and

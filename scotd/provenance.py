@@ -127,11 +127,24 @@ def record(exp_dir: Path, cfg: ExperimentConfig, *names: str) -> None:
     (exp_dir / FILE).write_text(json.dumps(recorded, indent=1, sort_keys=True))
 
 
+# Student settings added after records were first written, with the value that reproduces the older behaviour: a
+# record without the key was built with that value.
+LATER_STUDENT_DEFAULTS = {"chat_template": False, "lora": None}
+
+
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, recorded value, current value) for every key whose value differs (a missing key reads as absent)."""
+    """(key, recorded value, current value) for every key whose value differs (a missing key reads as absent, or
+    as its older behaviour's value for a setting added later)."""
     absent = "(absent)"
-    return [(k, old.get(k, absent), new.get(k, absent)) for k in sorted(set(old) | set(new))
-            if old.get(k, absent) != new.get(k, absent)]
+
+    def recorded(k: str) -> Any:
+        leaf = k.rsplit(".", 1)[-1]
+        if k not in old and k.startswith("students[") and leaf in LATER_STUDENT_DEFAULTS:
+            return LATER_STUDENT_DEFAULTS[leaf]
+        return old.get(k, absent)
+
+    return [(k, recorded(k), new.get(k, absent)) for k in sorted(set(old) | set(new))
+            if recorded(k) != new.get(k, absent)]
 
 
 def check(exp_dir: Path, cfg: ExperimentConfig, stages: tuple[str, ...], config_path: str = "CONFIG") -> None:

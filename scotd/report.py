@@ -311,6 +311,10 @@ def stage_report(exp: Experiment) -> dict:
     started = time.monotonic()
     report = write_report(exp.dir, eval_runs(exp.cfg, exp.dir), own_seconds=lambda: time.monotonic() - started)
     cards = write_model_cards(exp.dir, exp.cfg, report["rows"] + report["extra_rows"])
+    exp.tracker.log_metrics({f"eval.{r['dir']}.{key}": value for r in report["rows"] + report["extra_rows"]
+                             for key, value in (("accuracy", r["accuracy"]), ("ci95_low", r["ci95"][0]),
+                                                ("ci95_high", r["ci95"][1]),
+                                                ("parse_failure_rate", r["parse_failure_rate"]))})
     exp.mirror.push(*(str(card.relative_to(exp.dir)) for card in cards))
     return report
 

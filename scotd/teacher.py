@@ -27,6 +27,7 @@ from scotd.prompts import Exemplar, gold_key, mark_cut, parse_answer, stop_strin
 from scotd.schema import SAMPLE_SCHEMA, check_parquet_folder, to_table, write_table
 from scotd.scoring import answers_match
 from scotd.tasks import Question
+from scotd.tracking import numbers
 
 if TYPE_CHECKING:
     from scotd.experiment import Experiment
@@ -215,4 +216,5 @@ def stage_teacher(exp: Experiment) -> dict:
         summary["greedy"] = sample_rationales(questions, shots, cfg, exp.cfg.resources, model,
                                               exp.dir / "teacher" / "greedy", num_samples=1, temperature=0.0,
                                               on_block=push, cache_dir=exp.cfg.output.cache_dir)
+    exp.tracker.log_metrics(numbers(summary, "teacher"))
     return summary

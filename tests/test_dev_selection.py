@@ -14,7 +14,8 @@ from scotd.tasks.stage import stage_tasks
 from scotd.prompts import cut_at_stop, gold_key, stop_strings, student_prompt
 from scotd.report import write_report
 from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
-from scotd.student.train import best_key, dev_metrics
+from scotd.student.model import dev_metrics
+from scotd.student.train import best_key
 from scotd.tasks import Question, carve_dev, load_questions
 
 
@@ -54,7 +55,7 @@ def test_dev_answers_batched_equal_one_by_one_and_are_scored(tmp_path, shared_da
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from scotd.student.train import greedy_answers
+    from scotd.student.model import greedy_answers
     from scotd.tiny import ensure_tiny_model
 
     qs = load_questions(shared_data / "commonsenseqa" / "dev_rand_split.jsonl", "commonsenseqa", "csqa").questions[:10]
@@ -77,7 +78,7 @@ def test_dev_answers_batched_equal_one_by_one_and_are_scored(tmp_path, shared_da
 
     # scoring: completions that name the gold letter, a wrong one and none
     dev = [{"prompt": p, "num_choices": len(q.choices), "gold": gold_key(q)} for p, q in zip(prompts, qs)]
-    import scotd.student.train as train
+    import scotd.student.model as train
 
     canned = iter([f"x So the answer is: ({'abcde'[q.answer_index]})" for q in qs[:6]]
                   + [f"So the answer is: ({'abcde'[(q.answer_index + 1) % 5]})" for q in qs[6:8]] + ["no", "idea"])

@@ -165,6 +165,42 @@ def test_student_model_card_has_its_settings_evaluation_and_licenses(tiny_run, s
     assert f"| epochs | {s.epochs} " in card and f"| DeepSpeed ZeRO stage | {s.zero_stage} " in card
 
 
+def test_the_job_leaves_an_mlflow_experiment_the_client_reads(tiny_run, monkeypatch):
+    """Issue 21, item 1: the embedded MLflow file store in the experiment folder holds the job's run (the resolved
+    config as parameters, the teacher's and corpus figures, every evaluation run with its interval) and a nested run
+    per student with its per-step curves, logged by its rank-0 worker through Ray Train's MLflow integration."""
+    from mlflow.tracking import MlflowClient
+
+    from scotd.tracking import ALLOW_FILE_STORE
+
+    monkeypatch.setenv(ALLOW_FILE_STORE, "true")
+    cfg, out, _, _ = tiny_run
+    client = MlflowClient((out / "mlruns").as_uri())
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    jobs = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(jobs) == 1 and jobs[0].info.status == "FINISHED"
+    job = jobs[0]
+    assert job.data.params["teacher.num_samples"] == "4" and job.data.params["students.0.name"] == "scotd"
+    summary = json.loads((out / "teacher" / "sampling_summary.json").read_text())
+    assert job.data.metrics["teacher.sample_accuracy"] == pytest.approx(summary["sample_accuracy"])
+    assert job.data.metrics["corpus.kept"] > 0 and job.data.metrics["stage_seconds.students"] > 0
+    report = json.loads((out / "report.json").read_text())
+    for row in report["rows"]:
+        assert job.data.metrics[f"eval.{row['dir']}.accuracy"] == pytest.approx(row["accuracy"])
+        assert job.data.metrics[f"eval.{row['dir']}.ci95_high"] == pytest.approx(row["ci95"][1])
+    students = {r.data.tags["scotd.student"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == job.info.run_id}
+    assert set(students) == {"scotd", "label-only"}
+    for name, run in students.items():
+        history = json.loads((out / "students" / name / "model" / "scotd_student.json").read_text())["history"]
+        steps = sum(h["micro_batches"] for h in history)
+        losses = client.get_metric_history(run.info.run_id, "loss")
+        assert len(losses) == steps and len(client.get_metric_history(run.info.run_id, "learning_rate")) == steps
+        assert all(m.value > 0 for m in client.get_metric_history(run.info.run_id, "tokens_per_s"))
+        epochs = client.get_metric_history(run.info.run_id, "epoch_loss")
+        assert [m.value for m in sorted(epochs, key=lambda m: m.step)] == pytest.approx([h["loss"] for h in history])
+
+
 @pytest.mark.parametrize("student", ["scotd", "label-only"])
 def test_students_learned_and_export_loads(tiny_run, student):
     import torch

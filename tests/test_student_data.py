@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from scotd.student.data import (IGNORE_INDEX, EncodedQuestion, build_sequence, collate, epoch_sequences,
+from scotd.student.data import (IGNORE_INDEX, EncodedQuestion, build_sequence, collate, encode, epoch_sequences,
                                 make_batches, training_texts)
 
 
@@ -64,3 +64,19 @@ def test_bucketed_batches_pad_little_and_keep_every_sequence():
         real, padded = real + num_real, padded + inputs["input_ids"].numel()
         assert (inputs["labels"][inputs["attention_mask"] == 0] == IGNORE_INDEX).all()
     assert real / padded > 0.9
+
+
+def test_a_chat_template_student_sees_the_same_rendering_in_training_as_in_evaluation():
+    """``encode(chat=True)`` tokenizes the question as the chat template's user turn (``prompts.in_chat``, what the
+    evaluation engine and the dev scoring use) and the target as the assistant's, without the leading space."""
+    from scotd.prompts import in_chat
+    from scotd.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer(["Q: Where?\nA: So the answer is: (b) because"] * 20, vocab_size=300)
+    groups = {"q": ("Q: Where?\nA:", [" r1 So the answer is: (b)"])}
+    plain, chat = encode(groups, tokenizer)[0], encode(groups, tokenizer, chat=True)[0]
+    rendered = in_chat(tokenizer, "Q: Where?\nA:")
+    assert rendered.startswith("<|user|>\nQ: Where?") and rendered.endswith("<|assistant|>\n")
+    assert list(chat.prompt_ids) == tokenizer(rendered)["input_ids"] and chat.prompt_ids != plain.prompt_ids
+    assert list(chat.target_ids[0]) == tokenizer("r1 So the answer is: (b)", add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id]

@@ -146,3 +146,53 @@ def test_killed_training_worker_resumes_from_its_checkpoint(ray_cluster, corpus)
     initial = load_file(str(model / "model.safetensors"))
     trained = load_file(os.path.join(outcome["result"]["model_dir"], "model.safetensors"))
     assert not [k for k in initial if torch.equal(initial[k].float(), trained[k].float())]
+
+
+def test_lora_and_chat_template_students_train_and_evaluate(ray_cluster, corpus, shared_data):
+    """Issue 21, items 3 and 4: a LoRA student (only its adapters change; the export merges them into a folder vLLM
+    loads, and keeps the adapter) and a chat-template student (trained, scored on dev and evaluated inside its
+    tokenizer's chat template, recorded in scotd_student.json) train in one call and answer through the engine."""
+    from dataclasses import replace
+
+    from scotd.config import EngineConfig, LoraSettings
+    from scotd.evaluate import evaluate_run
+    from scotd.inference import engine_spec
+    from scotd.runs import EvalRun
+    from scotd.student.stage import prompt_formats
+
+    folder, model = corpus
+    dev = dev_questions(shared_data, 8)
+    lora = job(folder, model, "lora", dev=dev, epochs=2, zero_stage=2,
+               lora=LoraSettings(r=4, alpha=8.0, dropout=0.0, target_modules=("q_proj", "v_proj")))
+    chat = replace(job(folder, model, "chat", dev=dev, epochs=2, zero_stage=0, chat_template=True),
+                   meta={"base_model": "tiny", **prompt_formats({False}, scotd=True)})
+    results = {r["name"]: r for r in train_students([lora, chat])}
+    for name in ("lora", "chat"):
+        history = results[name]["history"]
+        assert history[-1]["loss"] < history[0]["loss"] and "dev_accuracy" in history[-1]
+
+    exported = folder / "lora" / "model"
+    assert (exported / "adapter" / "adapter_config.json").exists()
+    base, merged = load_file(model / "model.safetensors"), load_file(exported / "model.safetensors")
+    targets = [k for k in base if k.endswith(("q_proj.weight", "v_proj.weight"))]
+    assert targets and set(merged) == set(base)
+    for key, tensor in base.items():  # the adapters moved the targeted layers only
+        moved = not torch.equal(merged[key].float(), tensor.float())
+        assert moved == (key in targets), key
+    adapter = load_file(exported / "adapter" / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
+
+    meta = json.loads((folder / "chat" / "model" / STUDENT_META).read_text())
+    assert meta["chat_template"] is True and meta["student"]["chat_template"] is True
+    assert meta["prompt_format"]["input"].startswith("<|user|>\nQ: {question}")
+    assert meta["prompt_format"]["input"].endswith("<|assistant|>\n")
+    assert meta["prompt_format"]["target"] == "<rationale> So the answer is: (a)"
+
+    questions = load_questions(shared_data / "commonsenseqa" / "dev_rand_split.jsonl", "commonsenseqa",
+                               "csqa").questions[:6]
+    engine = EngineConfig(model="", max_model_len=512, cpu_kvcache_gb=1, batch_size=6)
+    for name, chat_template in (("lora", False), ("chat", True)):
+        spec = replace(engine_spec(engine, str(folder / name / "model")), chat_template=chat_template)
+        metrics = evaluate_run(EvalRun(name, "scotd", "tiny", student=name), questions, student_prompt, spec,
+                               engine, max_new_tokens=24, num_cpus=1, out_dir=folder / "eval")
+        assert metrics["total"] == 6 and (folder / "eval" / name / "predictions.parquet").exists()

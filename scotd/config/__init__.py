@@ -4,8 +4,9 @@ checked by ``load_config`` (``load``)."""
 from scotd.config.load import (apply_override, check_students, describe, dump_config, from_dict, greedy_run_names,
                                load_config, to_dict)
 from scotd.config.sections import (ConfigError, CorpusConfig, EngineConfig, EvalConfig, ExperimentConfig,
-                                   OutputConfig, ResourcesConfig, StudentConfig, TaskConfig, TeacherConfig)
+                                   LoraSettings, OutputConfig, ResourcesConfig, StudentConfig, TaskConfig,
+                                   TeacherConfig, TrackingConfig)
 
-__all__ = ["ConfigError", "CorpusConfig", "EngineConfig", "EvalConfig", "ExperimentConfig", "OutputConfig",
-           "ResourcesConfig", "StudentConfig", "TaskConfig", "TeacherConfig", "apply_override", "check_students",
-           "describe", "dump_config", "from_dict", "greedy_run_names", "load_config", "to_dict"]
+__all__ = ["ConfigError", "CorpusConfig", "EngineConfig", "EvalConfig", "ExperimentConfig", "LoraSettings",
+           "OutputConfig", "ResourcesConfig", "StudentConfig", "TaskConfig", "TeacherConfig", "TrackingConfig", "apply_override",
+           "check_students", "describe", "dump_config", "from_dict", "greedy_run_names", "load_config", "to_dict"]

@@ -96,6 +96,11 @@ def check_students(cfg: ExperimentConfig) -> ExperimentConfig:
         for key in ("batch_size", "micro_batch_size", "dev_batch_size", "num_workers", "selector_k", "epochs"):
             if getattr(s, key) < 1:
                 raise ConfigError(f"students.{i}.{key}: {getattr(s, key)} must be at least 1")
+        if s.lora and s.zero_stage == 3:
+            raise ConfigError(f"students.{i}.lora: LoRA students train with ZeRO stage 0-2 (stage 3 shards the "
+                              f"weights the export merges the adapters into); set students.{i}.zero_stage: 2")
+        if s.lora and not s.lora.target_modules:
+            raise ConfigError(f"students.{i}.lora.target_modules: empty; name the layers that get adapters")
         per_step = s.micro_batch_size * s.num_workers
         if s.batch_size % per_step:
             raise ConfigError(f"students.{i}.batch_size: {s.batch_size} is not a multiple of micro_batch_size x "
@@ -210,6 +215,7 @@ RANGES: dict[str, dict[str, tuple]] = {
                       "dev_batch_size": POSITIVE, "warmup_steps": NONNEGATIVE, "grad_clip": ABOVE_ZERO,
                       "max_length": (8, None), "num_workers": POSITIVE, "cpus_per_worker": ABOVE_ZERO,
                       "seed": NONNEGATIVE},
+    "LoraSettings": {"r": POSITIVE, "alpha": ABOVE_ZERO, "dropout": (0, 1)},
     "EvalConfig": {"max_new_tokens": POSITIVE, "repetition_penalty": (">0", 10), "batch_size": POSITIVE,
                    "self_consistency": NONNEGATIVE,
                    "self_consistency_temperature": (0, 100), "untrained_shots": NONNEGATIVE},

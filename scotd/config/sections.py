@@ -141,6 +141,20 @@ class CorpusConfig:
 
 
 @dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters (PEFT) instead of full fine-tuning: only the adapters train; the export merges them into the
+    base weights (a plain Hugging Face folder vLLM loads) and keeps the adapter beside it (``adapter/``)."""
+
+    r: int = opt(8, "Rank of each adapter's two matrices.")
+    alpha: float = opt(16.0, "Scale of the adapter's update: alpha / r.")
+    dropout: float = opt(0.05, "Dropout on the adapter's input while training.")
+    target_modules: tuple[str, ...] = opt(
+        ("q_proj", "v_proj"), "Names of the linear layers that get adapters (Llama, Qwen, OPT attention: q_proj, "
+        "k_proj, v_proj, o_proj; MLP: gate_proj, up_proj, down_proj)."
+    )
+
+
+@dataclass(frozen=True)
 class StudentConfig:
     name: str = required("Name of this student run (folder name, report row).")
     model: str = opt("offline:smollm2-135m-instruct", "Student base model (same forms as teacher.model, or 'tiny:student').")
@@ -185,6 +199,15 @@ class StudentConfig:
         "fp32); auto: where the CPU has native bf16 (AMX or AVX-512 BF16). Faster steps, but small updates are "
         "rounded away in the forward pass, so loss falls slower at small learning rates (benchmarks/training.py "
         "--cpu-bf16)."
+    )
+    lora: LoraSettings | None = opt(
+        None, "Train LoRA adapters instead of every weight, e.g. {r: 8, alpha: 16, target_modules: [q_proj, "
+        "v_proj]} (ZeRO stage 0-2); None = full fine-tuning."
+    )
+    chat_template: bool = opt(
+        False, "Train and evaluate inside the student tokenizer's chat template (instruction-tuned students): the "
+        "question is the user turn, the rationale and answer the assistant's; the same rendering in training, dev "
+        "scoring and evaluation, recorded in the student's scotd_student.json."
     )
     cpus_per_worker: float = opt(1.0, "CPUs reserved per training worker.")
     seed: int = opt(0, "Seed for initialisation-independent randomness: data order and rationale draws.")
@@ -251,6 +274,19 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    backend: Literal["mlflow", "none"] = opt(
+        "mlflow", "Experiment tracking: mlflow logs the config, each stage's figures and every student's training "
+        "curves (scotd/tracking.py); none logs nothing."
+    )
+    uri: str = opt(
+        "", "MLflow tracking URI: a server (http://host:5000) or a database; empty: a file store in the experiment "
+        "folder (mlruns/), nothing to start. Students training on other nodes than the driver's need a server."
+    )
+    project: str = opt("", "MLflow experiment name; empty: the config's name.")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = opt("experiment", "Experiment name (report title).")
     tasks: tuple[TaskConfig, ...] = opt((), "Tasks whose questions are labelled and evaluated.")
@@ -260,6 +296,7 @@ class ExperimentConfig:
     eval: EvalConfig = opt(EvalConfig(), "Evaluation stage.")
     resources: ResourcesConfig = opt(ResourcesConfig(), "Ray cluster and resources.")
     output: OutputConfig = opt(OutputConfig(), "Artifact locations.")
+    tracking: TrackingConfig = opt(TrackingConfig(), "Experiment tracking (MLflow).")
 
     def engine(self, role: Literal["teacher", "teacher_eval", "student_eval", "judge"]) -> EngineConfig:
         """The engine pool of each use: the teacher section as written for sampling; for evaluation and the judge

@@ -22,6 +22,7 @@ import numpy as np
 from scotd.inference.loop import EngineLoop
 from scotd.inference.metrics import throughput_counters
 from scotd.inference.spec import EngineSpec, Sampling, build_llm, sampling_params
+from scotd.prompts import in_chat
 from scotd.storage import fetch_folder, is_uri
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,7 @@ class VLLMGenerator:
     def _prompt(self, prompt: str) -> str:
         if not self.spec.chat_template:
             return prompt
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                  add_generation_prompt=True)
+        return in_chat(self.tokenizer, prompt)
 
     async def _generate(self, prompts: list[str], params: list) -> list:
         return await asyncio.wrap_future(self.loop.submit(prompts, params))

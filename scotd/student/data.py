@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from scotd.prompts import training_pair
+from scotd.prompts import in_chat, training_pair
 
 IGNORE_INDEX = -100  # label value that torch's cross-entropy skips: prompt tokens and padding carry no loss
 
@@ -37,11 +37,15 @@ def training_texts(rows: list[dict], method: str) -> dict[str, tuple[str, list[s
     return groups
 
 
-def encode(groups: dict[str, tuple[str, list[str]]], tokenizer) -> list[EncodedQuestion]:
-    """Tokenize every prompt and target once; targets end with EOS so the student learns to stop."""
+def encode(groups: dict[str, tuple[str, list[str]]], tokenizer, chat: bool = False) -> list[EncodedQuestion]:
+    """Tokenize every prompt and target once; targets end with EOS so the student learns to stop. ``chat``: the
+    prompt is the user turn of the tokenizer's chat template and the target the assistant's (``prompts.in_chat``;
+    the EOS of a chat model's tokenizer ends its turn)."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     encoded = []
     for prompt, targets in groups.values():
+        if chat:
+            prompt, targets = in_chat(tokenizer, prompt), [t.lstrip() for t in targets]
         prompt_ids = tuple(tokenizer(prompt, add_special_tokens=True)["input_ids"])
         target_ids = tuple(tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) + tuple(eos) for t in targets)
         encoded.append(EncodedQuestion(prompt_ids, target_ids))

@@ -48,7 +48,7 @@ def stage_students(exp: Experiment) -> list[dict]:
         exp.mirror.push(relative)  # workers on other nodes read it from output.dir
         jobs.append(StudentJob(s, exp.resolve_model(s.model), rows_path=exp.mirror.remote(relative),
                                out_dir=str(out), storage_path=exp.mirror.remote("ray_train"), meta=meta, dev=dev,
-                               dev_max_new_tokens=budget))
+                               dev_max_new_tokens=budget, tracking=exp.tracker.for_student()))
     results = train_students(jobs) if jobs else []
     write_model_cards(exp.dir, exp.cfg)  # the report stage adds each student's evaluation table
     return results

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from scotd.config import StudentConfig
 from scotd.cpu import normal_priority, use_own_extensions_dir
+from scotd.tracking import StudentTracking, student_logger
+from scotd.student.model import chat_format, dev_metrics, save_model, with_lora
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class StudentJob:
     meta: dict = field(default_factory=dict)
     dev: list[dict] = field(default_factory=list)
     dev_max_new_tokens: int = 128
+    tracking: StudentTracking | None = None  # where rank 0 logs its curves (MLflow), if anywhere
 
     @property
     def history_path(self) -> Path:
@@ -124,10 +127,13 @@ def train_loop_per_worker(config: dict) -> None:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     dtype = torch.bfloat16 if cfg.use_gpu else torch.float32
     autocast = cpu_autocast(cfg)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    # A LoRA student resumes as the base model with its saved adapter; a full one from the checkpoint's weights.
+    model = AutoModelForCausalLM.from_pretrained(job.model_path if cfg.lora else model_path, dtype=dtype)
+    if cfg.lora:
+        model = with_lora(model, cfg, resume_dir)
 
     rows = pq.read_table(job.rows_path).to_pylist()
-    encoded = encode(training_texts(rows, cfg.method), tokenizer)
+    encoded = encode(training_texts(rows, cfg.method), tokenizer, chat=cfg.chat_template)
     if not encoded:
         raise RuntimeError(f"student {cfg.name}: no training examples in {job.rows_path}")
     per_rank = -(-len(encoded) // world)
@@ -135,7 +141,8 @@ def train_loop_per_worker(config: dict) -> None:
     steps_per_epoch = max(1, math.ceil(per_rank / cfg.micro_batch_size) // accum)
     total_steps = steps_per_epoch * cfg.epochs
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # a LoRA student's adapters only
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(cfg.warmup_steps, total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, world))
@@ -144,6 +151,7 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.step()  # the schedule continues where the checkpointed run stopped
     engine.train()
     progress = Progress(job.history_path.with_name(PROGRESS_FILE) if rank == 0 else None)
+    tracker = student_logger(job.tracking, cfg.name, rank)
     for epoch in range(start_epoch, cfg.epochs):
         seqs = epoch_sequences(encoded, epoch=epoch, seed=cfg.seed, rank=rank, world_size=world,
                                max_length=cfg.max_length)
@@ -151,6 +159,7 @@ def train_loop_per_worker(config: dict) -> None:
         started_at, started = time.time(), time.monotonic()
         loss_sum, real, padded, target_tokens = 0.0, 0, 0, 0
         for step, batch in enumerate(batches, start=1):
+            step_started = time.monotonic()
             inputs, num_real = collate(batch, pad_id)
             inputs = {k: v.to(engine.device) for k, v in inputs.items()}
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -163,16 +172,27 @@ def train_loop_per_worker(config: dict) -> None:
             target_tokens += int((inputs["labels"] != -100).sum())
             progress.update(epoch=epoch + 1, epochs=cfg.epochs, first_epoch=start_epoch + 1, step=step,
                             steps=len(batches), loss=loss_sum / step)
+            if tracker:
+                tracker.log_metrics({"loss": float(loss.detach()), "learning_rate": scheduler.get_last_lr()[0],
+                                     "tokens_per_s": num_real * world / (time.monotonic() - step_started)},
+                                    step=epoch * len(batches) + step)
         elapsed = time.monotonic() - started
         dev = dev_metrics(engine.module, tokenizer, job.dev, job.dev_max_new_tokens, rank, world,
-                          batch_size=cfg.dev_batch_size, synced=cfg.zero_stage == 3) if config.get("dev") else {}
+                          batch_size=cfg.dev_batch_size, synced=cfg.zero_stage == 3,
+                          chat=cfg.chat_template) if job.dev else {}
         metrics = {**dev, "epoch": epoch + 1, "loss": loss_sum / max(1, len(batches)), "micro_batches": len(batches),
                    "tokens_per_s": real * world / elapsed, "real_token_share": real / max(1, padded),
                    "target_tokens": target_tokens, "lr": scheduler.get_last_lr()[0], "epoch_s": elapsed,
                    "started_at": started_at, "ended_at": time.time(), "threads": torch.get_num_threads(),
                    "cpu_bf16_autocast": autocast}
+        if tracker:
+            tracker.log_metrics({f"epoch_{k}": float(v) for k, v in metrics.items()
+                                 if k in ("loss", "tokens_per_s", "dev_accuracy", "dev_parse_failures")},
+                                step=epoch + 1)
         history.append(metrics)
         _report(engine, tokenizer, job, metrics, history, rank)
+    if tracker:
+        tracker.end_run()
     if resume_dir:
         shutil.rmtree(resume_dir, ignore_errors=True)
 
@@ -219,65 +239,6 @@ def progress_line(name: str, position: dict | None) -> str:
             f"loss {position['loss']:.3f}{left}")
 
 
-def dev_metrics(model, tokenizer, dev: list[dict], max_new_tokens: int, rank: int, world: int, *, batch_size: int,
-                synced: bool) -> dict:
-    """Greedy answers of the model in training to the dev questions (``{"prompt", "num_choices", "gold"}``: gold is
-    the answer key, ``prompts.gold_key``),
-    split over the ranks and summed: ``dev_accuracy`` chooses the checkpoint, ``dev_parse_failures`` explains it.
-
-    Ranks answer equally many questions (the last ones wrap around and are not counted) so that ZeRO-3 ranks, which
-    gather each layer's weights together, run the same number of forward passes (``synced``).
-    """
-    import torch
-    import torch.distributed as dist
-
-    from scotd.prompts import cut_at_stop, parse_answer, stop_strings
-    from scotd.scoring import answers_match
-
-    per_rank = -(-len(dev) // world)
-    mine = [(dev[(rank + k * world) % len(dev)], rank + k * world < len(dev)) for k in range(per_rank)]
-    # No stop strings here: trained students end with EOS, and transformers' stop-string check made the demo's
-    # dev pass 1.5-2.8x slower on CPU for the same texts; the parse below cuts at the first stop as the engine would.
-    texts = greedy_answers(model, tokenizer, [q["prompt"] for q, _ in mine], max_new_tokens, batch_size=batch_size,
-                           synced=synced and world > 1)
-    correct = failures = counted = 0
-    for (q, real), text in zip(mine, texts):
-        if not real:
-            continue
-        parsed = parse_answer(cut_at_stop(text, stop_strings(q["num_choices"])), q["num_choices"])
-        counted += 1
-        correct += answers_match(parsed.key, q["gold"])
-        failures += parsed.key is None
-    totals = torch.tensor([correct, failures, counted], dtype=torch.long, device=model.device)
-    if world > 1:
-        dist.all_reduce(totals)
-    correct, failures, counted = (int(v) for v in totals)
-    return {"dev_accuracy": correct / max(1, counted), "dev_parse_failures": failures, "dev_questions": counted}
-
-
-def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, *, batch_size: int,
-                   synced: bool = False) -> list[str]:
-    """Greedy completions of ``prompts`` by a transformers model, in left-padded batches."""
-    import torch
-
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # decoder-only batches pad on the left
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    texts: list[str] = []
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(prompts), batch_size):
-            inputs = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True).to(model.device)
-            with torch.no_grad():
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
-                                     synced_gpus=synced)
-            texts += tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return texts
-
-
 def _report(engine, tokenizer, job: StudentJob, metrics: dict, history: list[dict], rank: int) -> None:
     """Save an HF folder (rank 0) and report it; ZeRO-3 gathers the sharded weights on every rank first. The
     checkpoint's metadata carries the metrics of every epoch so far; ``history.jsonl`` in the student's folder is
@@ -289,9 +250,10 @@ def _report(engine, tokenizer, job: StudentJob, metrics: dict, history: list[dic
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            save_model(engine.module, tmp, state, lora=cfg.lora is not None)
             tokenizer.save_pretrained(tmp)
-            meta = {**job.meta, "student": asdict(cfg), "epochs_done": metrics["epoch"], "metrics": metrics,
+            meta = {**job.meta, **chat_format(job.meta, tokenizer, cfg.chat_template), "student": asdict(cfg),
+                    "epochs_done": metrics["epoch"], "metrics": metrics,
                     "history": history}
             (Path(tmp) / STUDENT_META).write_text(json.dumps(meta, indent=2))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)

@@ -1,0 +1,147 @@
+"""Experiment tracking with MLflow: one MLflow run per job, with the resolved config as parameters and each stage's
+figures as metrics, and one nested run per student, logged by its rank-0 training worker through Ray Train's MLflow
+integration (``ray.air.integrations.mlflow.setup_mlflow``): loss, learning rate and tokens per second per step, dev
+accuracy per epoch.
+
+The embedded default needs nothing started: an MLflow file store inside the experiment folder (``mlruns/``, read
+with ``mlflow ui --backend-store-uri <output.dir>/mlruns`` or ``MlflowClient``). ``tracking.uri`` names a tracking
+server instead (needed when students train on other nodes than the driver's). ``tracking.backend: none`` logs
+nothing. MLflow is imported only when tracking is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scotd.config import ExperimentConfig, to_dict
+
+log = logging.getLogger(__name__)
+
+FOLDER = "mlruns"
+# MLflow keeps its file store working only when asked to (it recommends a database for servers); scotd's embedded
+# default is a file store, read back with MlflowClient or `mlflow ui`.
+ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
+
+
+@dataclass(frozen=True)
+class StudentTracking:
+    """Where a student's training worker logs: the tracking URI, the experiment and the job's run (its parent)."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+def tracking_uri(cfg: ExperimentConfig, exp_dir: Path) -> str | None:
+    """The configured tracking URI, the file store inside the experiment folder, or None when tracking is off."""
+    if cfg.tracking.backend == "none":
+        return None
+    return cfg.tracking.uri or (exp_dir / FOLDER).resolve().as_uri()
+
+
+def allow_file_store(uri: str) -> None:
+    if uri.startswith("file:") or "://" not in uri:
+        os.environ.setdefault(ALLOW_FILE_STORE, "true")
+
+
+def flat_params(cfg: ExperimentConfig) -> dict[str, str]:
+    """The config as MLflow parameters: dotted keys (list items by index, as overrides write them), values as text
+    (MLflow keeps at most 6,000 characters of each)."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, v in enumerate(value):
+                walk(f"{prefix}.{i}", v)
+        else:
+            out[prefix] = str(value)[:6000]
+
+    walk("", to_dict(cfg))
+    return out
+
+
+def numbers(values: dict, prefix: str) -> dict[str, float]:
+    """The numeric entries of a summary dict as metrics named ``<prefix>.<key>`` (nested dicts: dotted keys)."""
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            out[name] = float(value)
+        elif isinstance(value, dict):
+            out.update(numbers(value, name))
+    return out
+
+
+class Tracker:
+    """The job's MLflow run (a no-op when tracking is off). Stages call ``log_metrics``; the students stage hands
+    each training job a ``StudentTracking`` to log under."""
+
+    def __init__(self, cfg: ExperimentConfig, exp_dir: Path):
+        self.uri = tracking_uri(cfg, exp_dir)
+        self.cfg = cfg
+        self.client = None
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+
+    def start(self, stages: tuple[str, ...]) -> None:
+        if self.uri is None:
+            return
+        allow_file_store(self.uri)
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(self.uri)
+        name = self.cfg.tracking.project or self.cfg.name
+        found = self.client.get_experiment_by_name(name)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(name)
+        run = self.client.create_run(self.experiment_id, run_name=f"{self.cfg.name}: {', '.join(stages)}",
+                                     tags={"scotd.stages": ",".join(stages)})
+        self.run_id = run.info.run_id
+        params = sorted(flat_params(self.cfg).items())
+        from mlflow.entities import Param
+
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters per batch
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params[i:i + 100]])
+        log.info("tracking: MLflow run %s in experiment %r at %s", self.run_id, name, self.uri)
+
+    def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
+        if self.client is None or not values:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+
+    def for_student(self) -> StudentTracking | None:
+        if self.client is None:
+            return None
+        return StudentTracking(self.uri, self.experiment_id, self.run_id)
+
+    def end(self, failed: bool) -> None:
+        if self.client is not None:
+            self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+
+
+def student_logger(tracking: StudentTracking | None, name: str, rank: int):
+    """The MLflow module of a student's rank-0 worker, with a run nested under the job's (Ray Train's
+    ``setup_mlflow``), or None: no tracking, or another rank."""
+    if tracking is None or rank != 0:
+        return None
+    allow_file_store(tracking.uri)
+    from ray.air.integrations.mlflow import setup_mlflow
+
+    return setup_mlflow(tracking_uri=tracking.uri, experiment_id=tracking.experiment_id, run_name=f"student {name}",
+                        tags={"mlflow.parentRunId": tracking.parent_run_id, "scotd.student": name},
+                        rank_zero_only=True)
