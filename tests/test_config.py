@@ -108,6 +108,13 @@ students: [{name: s}]
     (BASE, ["students.0.selector_k=0"], "students.0.selector_k: 0 must be at least 1"),
     (BASE, ["teacher.concurrent_batches=0"], "teacher.concurrent_batches: 0 must be at least 1"),
     (BASE, ["teacher.num_samples=0"], "teacher.num_samples: 0 must be at least 1"),
+    (BASE, ["students.0.lora={rank: 8}"], "unknown key students.0.lora.rank"),
+    (BASE, ["students.0.lora={r: 8}", "students.0.zero_stage=3"],
+     "students.0.lora: LoRA students train with ZeRO stage 0-2"),
+    (BASE, ["students.0.lora={r: 8, dropout: 1.5}"], "students.0.lora.dropout: 1.5 must be at most 1"),
+    (BASE, ["students.0.chat_template=maybe"], "students.0.chat_template: expected bool"),
+    (BASE, ["tracking.backend=wandb"], "tracking.backend: 'wandb' is not one of 'mlflow', 'none'"),
+    (BASE, ["teacher.tensor_parallel_size=2"], "teacher.tensor_parallel_size: 2 x pipeline_parallel_size 1 GPUs"),
 ])
 
 def test_config_errors_name_the_dotted_key(tmp_path, text, overrides, message):
