@@ -4,7 +4,7 @@ integration (``ray.air.integrations.mlflow.setup_mlflow``): loss, learning rate 
 accuracy per epoch.
 
 The embedded default needs nothing started: an MLflow file store inside the experiment folder (``mlruns/``, read
-with ``mlflow ui --backend-store-uri <output.dir>/mlruns`` or ``MlflowClient``). ``tracking.uri`` names a tracking
+with ``MlflowClient`` or, with the full ``mlflow`` package, ``mlflow ui --backend-store-uri <output.dir>/mlruns``). ``tracking.uri`` names a tracking
 server instead (needed when students train on other nodes than the driver's). ``tracking.backend: none`` logs
 nothing. MLflow is imported only when tracking is on.
 """
