@@ -52,3 +52,13 @@ def test_the_pipeline_only_orders_the_stages_and_modules_stay_small():
     assert {path: n for path, n in sizes.items() if n > 400} == {}
     assert all((REPO / "scotd" / f"{m.replace('scotd.', '').replace('.', '/')}.py").exists()
                for modules in STAGE_MODULES.values() for m in modules)
+
+
+def test_docstrings_and_help_say_what_the_code_does_not_what_a_run_measured():
+    """Figures from benchmark runs live in benchmarks/RESULTS.md and docs/, not in the code (issue 20, item 6)."""
+    import re
+
+    diaries = [f"{path.relative_to(REPO)}:{n}" for path in (REPO / "scotd").rglob("*.py")
+               for n, line in enumerate(path.read_text().splitlines(), 1)
+               if re.search(r"\b[Mm]easured\b|STACK-NOTES|\.\./shared/docs", line)]
+    assert diaries == []
