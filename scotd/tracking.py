@@ -1,12 +1,14 @@
-"""Experiment tracking with MLflow: one MLflow run per job, with the resolved config as parameters and each stage's
-figures as metrics, and one nested run per student, logged by its rank-0 training worker through Ray Train's MLflow
-integration (``ray.air.integrations.mlflow.setup_mlflow``): loss, learning rate and tokens per second per step, dev
-accuracy per epoch.
+"""Experiment tracking, MLflow or W&B: one run per job, with the resolved config as parameters and each stage's
+figures as metrics, and one run per student (nested under the job's in MLflow, in the job's group in W&B), logged by
+its rank-0 training worker through Ray Train's own integrations (``setup_mlflow`` / ``setup_wandb``): loss, learning
+rate and tokens per second per step, dev accuracy per epoch.
 
 The embedded default needs nothing started: an MLflow file store inside the experiment folder (``mlruns/``, read
-with ``MlflowClient`` or, with the full ``mlflow`` package, ``mlflow ui --backend-store-uri <output.dir>/mlruns``). ``tracking.uri`` names a tracking
-server instead (needed when students train on other nodes than the driver's). ``tracking.backend: none`` logs
-nothing. MLflow is imported only when tracking is on.
+with ``MlflowClient`` or, with the full ``mlflow`` package, ``mlflow ui --backend-store-uri <output.dir>/mlruns``).
+``tracking.uri`` names a tracking server instead (needed when students train on other nodes than the driver's).
+With ``backend: wandb`` and no ``uri`` the runs are W&B offline runs in ``wandb/`` (``wandb sync`` uploads them);
+a ``uri`` is a W&B server's address (its API key from the environment, as W&B reads it). ``backend: none`` logs
+nothing. The tracking library is imported only when tracking is on.
 """
 
 from __future__ import annotations
@@ -27,20 +29,37 @@ FOLDER = "mlruns"
 ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
 
 
+WANDB_FOLDER = "wandb"
+
+
 @dataclass(frozen=True)
 class StudentTracking:
-    """Where a student's training worker logs: the tracking URI, the experiment and the job's run (its parent)."""
+    """Where a student's training worker logs: the backend, its URI (W&B: the server, "" offline), the experiment
+    (W&B: the project) and the job's run (its parent; W&B: the group of the job's runs), and W&B's local folder."""
 
     uri: str
     experiment_id: str
     parent_run_id: str
+    backend: str = "mlflow"
+    folder: str = ""
 
 
 def tracking_uri(cfg: ExperimentConfig, exp_dir: Path) -> str | None:
-    """The configured tracking URI, the file store inside the experiment folder, or None when tracking is off."""
+    """The configured tracking URI, the file store inside the experiment folder, or None when tracking is off
+    (W&B: its server, or "" for offline runs)."""
     if cfg.tracking.backend == "none":
         return None
+    if cfg.tracking.backend == "wandb":
+        return cfg.tracking.uri
     return cfg.tracking.uri or (exp_dir / FOLDER).resolve().as_uri()
+
+
+def wandb_settings(uri: str) -> dict:
+    """``wandb.init`` keywords: offline without a server, quiet in the job's terminal either way."""
+    import wandb
+
+    return {"mode": "online" if uri else "offline",
+            "settings": wandb.Settings(silent=True, **({"base_url": uri} if uri else {}))}
 
 
 def allow_file_store(uri: str) -> None:
@@ -88,13 +107,17 @@ class Tracker:
     def __init__(self, cfg: ExperimentConfig, exp_dir: Path):
         self.uri = tracking_uri(cfg, exp_dir)
         self.cfg = cfg
+        self.folder = exp_dir
         self.client = None
+        self.wandb_run = None
         self.run_id: str | None = None
         self.experiment_id: str | None = None
 
     def start(self, stages: tuple[str, ...]) -> None:
         if self.uri is None:
             return
+        if self.cfg.tracking.backend == "wandb":
+            return self._start_wandb(stages)
         allow_file_store(self.uri)
         from mlflow.tracking import MlflowClient
 
@@ -112,7 +135,21 @@ class Tracker:
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params[i:i + 100]])
         log.info("tracking: MLflow run %s in experiment %r at %s", self.run_id, name, self.uri)
 
+    def _start_wandb(self, stages: tuple[str, ...]) -> None:
+        import wandb
+
+        project = self.cfg.tracking.project or self.cfg.name
+        (self.folder / WANDB_FOLDER).mkdir(parents=True, exist_ok=True)
+        self.wandb_run = wandb.init(project=project, name=f"{self.cfg.name}: {', '.join(stages)}",
+                                    dir=str(self.folder), config=flat_params(self.cfg), job_type="scotd",
+                                    **wandb_settings(self.uri))
+        self.run_id, self.experiment_id = self.wandb_run.id, project
+        log.info("tracking: W&B run %s in project %r (%s)", self.run_id, project, self.uri or "offline")
+
     def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
+        if self.wandb_run is not None and values:
+            self.wandb_run.log(dict(values))  # W&B numbers its own steps; the stage figures are logged once each
+            return
         if self.client is None or not values:
             return
         import time
@@ -125,20 +162,46 @@ class Tracker:
             self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
 
     def for_student(self) -> StudentTracking | None:
+        if self.wandb_run is not None:
+            return StudentTracking(self.uri, self.experiment_id, self.run_id, "wandb", str(self.folder))
         if self.client is None:
             return None
         return StudentTracking(self.uri, self.experiment_id, self.run_id)
 
     def end(self, failed: bool) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.finish(exit_code=1 if failed else 0)
         if self.client is not None:
             self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
 
+class _WandbLogger:
+    """A W&B run behind the same two calls as MLflow's module: ``log_metrics`` and ``end_run``."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        self.run.log(dict(values), step=step)
+
+    def end_run(self) -> None:
+        self.run.finish()
+
+
 def student_logger(tracking: StudentTracking | None, name: str, rank: int):
-    """The MLflow module of a student's rank-0 worker, with a run nested under the job's (Ray Train's
-    ``setup_mlflow``), or None: no tracking, or another rank."""
+    """What a student's rank-0 worker logs through: MLflow's module with a run nested under the job's (Ray Train's
+    ``setup_mlflow``), a W&B run in the job's group (``setup_wandb``), or None: no tracking, or another rank."""
     if tracking is None or rank != 0:
         return None
+    if tracking.backend == "wandb":
+        from ray.air.integrations.wandb import setup_wandb
+
+        settings = wandb_settings(tracking.uri)
+        if settings["mode"] == "offline":
+            os.environ.setdefault("WANDB_MODE", "offline")  # Ray's helper asks for no API key then
+        return _WandbLogger(setup_wandb(project=tracking.experiment_id, group=tracking.parent_run_id,
+                                        name=f"student {name}", dir=tracking.folder, rank_zero_only=True,
+                                        **settings))
     allow_file_store(tracking.uri)
     from ray.air.integrations.mlflow import setup_mlflow
 

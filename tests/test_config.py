@@ -113,7 +113,7 @@ students: [{name: s}]
      "students.0.lora: LoRA students train with ZeRO stage 0-2"),
     (BASE, ["students.0.lora={r: 8, dropout: 1.5}"], "students.0.lora.dropout: 1.5 must be at most 1"),
     (BASE, ["students.0.chat_template=maybe"], "students.0.chat_template: expected bool"),
-    (BASE, ["tracking.backend=wandb"], "tracking.backend: 'wandb' is not one of 'mlflow', 'none'"),
+    (BASE, ["tracking.backend=comet"], "tracking.backend: 'comet' is not one of 'mlflow', 'wandb', 'none'"),
     (BASE, ["teacher.tensor_parallel_size=2"], "teacher.tensor_parallel_size: 2 x pipeline_parallel_size 1 GPUs"),
 ])
 

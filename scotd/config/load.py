@@ -5,6 +5,7 @@ before any cluster work starts."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import math
 import re
@@ -81,6 +82,9 @@ def check_students(cfg: ExperimentConfig) -> ExperimentConfig:
                           f"pipeline_parallel_size {cfg.teacher.pipeline_parallel_size} GPUs per replica need "
                           "teacher.use_gpu: true (a CPU engine is one process)")
     check_engine_kwargs(cfg.teacher.engine_kwargs, "teacher.engine_kwargs")
+    if cfg.tracking.backend == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("tracking.backend: wandb needs the wandb package (pip install 'scotd[wandb]'), or set "
+                          "tracking.backend: mlflow")
     if cfg.teacher.max_replicas is not None and cfg.teacher.max_replicas < cfg.teacher.num_replicas:
         raise ConfigError(f"teacher.max_replicas: {cfg.teacher.max_replicas} is below teacher.num_replicas = "
                           f"{cfg.teacher.num_replicas}")

@@ -275,15 +275,16 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    backend: Literal["mlflow", "none"] = opt(
-        "mlflow", "Experiment tracking: mlflow logs the config, each stage's figures and every student's training "
-        "curves (scotd/tracking.py); none logs nothing."
+    backend: Literal["mlflow", "wandb", "none"] = opt(
+        "mlflow", "Experiment tracking: mlflow or wandb log the config, each stage's figures and every student's "
+        "training curves (scotd/tracking.py); none logs nothing."
     )
     uri: str = opt(
-        "", "MLflow tracking URI: a server (http://host:5000) or a database; empty: a file store in the experiment "
-        "folder (mlruns/), nothing to start. Students training on other nodes than the driver's need a server."
+        "", "MLflow: a tracking server (http://host:5000) or a database; empty: a file store in the experiment folder "
+        "(mlruns/), nothing to start. W&B: the server's address (API key from the environment); empty: offline "
+        "runs in the experiment folder (wandb/). Students training on other nodes than the driver's need a server."
     )
-    project: str = opt("", "MLflow experiment name; empty: the config's name.")
+    project: str = opt("", "MLflow experiment or W&B project name; empty: the config's name.")
 
 
 @dataclass(frozen=True)
