@@ -133,6 +133,9 @@ class Tracker:
 
         for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters per batch
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params[i:i + 100]])
+        # The config as one file too. Every folder of a run then holds a file, which MLflow's file store needs to
+        # find the run again after the experiment folder was copied (copies keep files, not empty folders).
+        self.client.log_dict(self.run_id, to_dict(self.cfg), "config.json")
         log.info("tracking: MLflow run %s in experiment %r at %s", self.run_id, name, self.uri)
 
     def _start_wandb(self, stages: tuple[str, ...]) -> None:
@@ -188,23 +191,29 @@ class _WandbLogger:
         self.run.finish()
 
 
-def student_logger(tracking: StudentTracking | None, name: str, rank: int):
+def student_logger(tracking: StudentTracking | None, name: str, rank: int, settings: dict | None = None):
     """What a student's rank-0 worker logs through: MLflow's module with a run nested under the job's (Ray Train's
-    ``setup_mlflow``), a W&B run in the job's group (``setup_wandb``), or None: no tracking, or another rank."""
+    ``setup_mlflow``), a W&B run in the job's group (``setup_wandb``), or None: no tracking, or another rank. The
+    run starts with the student's ``settings`` (its config) as parameters and, in MLflow, as ``student.json``."""
     if tracking is None or rank != 0:
         return None
+    settings = settings or {}
+    params = {k: str(v)[:6000] for k, v in settings.items()}
     if tracking.backend == "wandb":
         from ray.air.integrations.wandb import setup_wandb
 
-        settings = wandb_settings(tracking.uri)
-        if settings["mode"] == "offline":
+        wandb = wandb_settings(tracking.uri)
+        if wandb["mode"] == "offline":
             os.environ.setdefault("WANDB_MODE", "offline")  # Ray's helper asks for no API key then
-        return _WandbLogger(setup_wandb(project=tracking.experiment_id, group=tracking.parent_run_id,
+        return _WandbLogger(setup_wandb(config=params, project=tracking.experiment_id, group=tracking.parent_run_id,
                                         name=f"student {name}", dir=tracking.folder, rank_zero_only=True,
-                                        **settings))
+                                        **wandb))
     allow_file_store(tracking.uri)
     from ray.air.integrations.mlflow import setup_mlflow
 
-    return setup_mlflow(tracking_uri=tracking.uri, experiment_id=tracking.experiment_id, run_name=f"student {name}",
-                        tags={"mlflow.parentRunId": tracking.parent_run_id, "scotd.student": name},
-                        rank_zero_only=True)
+    mlflow = setup_mlflow(tracking_uri=tracking.uri, experiment_id=tracking.experiment_id, run_name=f"student {name}",
+                          tags={"mlflow.parentRunId": tracking.parent_run_id, "scotd.student": name},
+                          rank_zero_only=True)
+    mlflow.log_params(params)
+    mlflow.log_dict(settings, "student.json")  # also keeps the run's artifact folder from being empty
+    return mlflow

@@ -25,19 +25,27 @@ def test_mlflow_job_run_and_a_nested_student_run(tmp_path, monkeypatch):
     tracker = Tracker(load_config(DEMO), tmp_path)
     tracker.start(("tasks", "teacher"))
     tracker.log_metrics({"teacher.sample_accuracy": 0.9})
-    logger = student_logger(tracker.for_student(), "scotd", rank=0)
+    logger = student_logger(tracker.for_student(), "scotd", rank=0, settings={"epochs": 2, "lora": None})
     for step, loss in enumerate((2.0, 1.5, 1.0), start=1):
         logger.log_metrics({"loss": loss}, step=step)
     logger.end_run()
     assert student_logger(tracker.for_student(), "scotd", rank=1) is None  # only rank 0 logs
     tracker.end(failed=False)
-    client = MlflowClient((tmp_path / "mlruns").as_uri())
+    # Read back from a copy of the files alone, as output.dir at a URI keeps them (no empty folders)
+    copy = tmp_path / "copy" / "mlruns"
+    for path in (tmp_path / "mlruns").rglob("*"):
+        if path.is_file():
+            (copy / path.relative_to(tmp_path / "mlruns")).parent.mkdir(parents=True, exist_ok=True)
+            (copy / path.relative_to(tmp_path / "mlruns")).write_bytes(path.read_bytes())
+    client = MlflowClient(copy.as_uri())
     runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
     job = next(r for r in runs if r.info.run_id == tracker.run_id)
     assert job.info.status == "FINISHED" and job.data.metrics == {"teacher.sample_accuracy": 0.9}
     assert job.data.params["eval.batch_size"] == "50"
+    assert client.get_metric_history(job.info.run_id, "teacher.sample_accuracy")[0].value == 0.9
     student = next(r for r in runs if r.info.run_id != tracker.run_id)
     assert student.data.tags["mlflow.parentRunId"] == tracker.run_id and student.data.tags["scotd.student"] == "scotd"
+    assert student.data.params == {"epochs": "2", "lora": "None"}
     assert [m.value for m in client.get_metric_history(student.info.run_id, "loss")] == [2.0, 1.5, 1.0]
 
 

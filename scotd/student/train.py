@@ -151,7 +151,7 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.step()  # the schedule continues where the checkpointed run stopped
     engine.train()
     progress = Progress(job.history_path.with_name(PROGRESS_FILE) if rank == 0 else None)
-    tracker = student_logger(job.tracking, cfg.name, rank)
+    tracker = student_logger(job.tracking, cfg.name, rank, asdict(cfg))
     for epoch in range(start_epoch, cfg.epochs):
         seqs = epoch_sequences(encoded, epoch=epoch, seed=cfg.seed, rank=rank, world_size=world,
                                max_length=cfg.max_length)
