@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -265,7 +264,8 @@ def resolve(ref: str, questions, shots, work: Path) -> str:
                                      format_texts(questions, {questions[0].task: shots})))
     from scotd.assets import resolve_model
 
-    return resolve_model(ref, Path(os.path.expanduser("~/.cache/scotd")))
+    from scotd.config import OutputConfig
+    return resolve_model(ref, Path(OutputConfig.cache_dir).expanduser())
 
 
 def hf_generate(model: str, prompts: list[str], stops: list[list[str]], n: int, max_new_tokens: int, dtype: str,

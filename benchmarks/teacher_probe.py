@@ -36,7 +36,8 @@ if __name__ == "__main__":
 
     from vllm import SamplingParams
 
-    cache = Path("~/.cache/scotd").expanduser()
+    from scotd.config import OutputConfig
+    cache = Path(OutputConfig.cache_dir).expanduser()
     wanted = max(args.greedy, args.sampled)
     questions = (symbolic.generate(args.source, "probe", wanted) if args.source.startswith(symbolic.PREFIX)
                  else load_questions(args.source, args.format, "probe").questions[:wanted])

@@ -147,7 +147,8 @@ def resolve(ref: str, questions, work: Path) -> str:
         return str(ensure_tiny_model("student", work / "tiny", [student_prompt(q) for q in questions], []))
     from scotd.assets import resolve_model
 
-    return resolve_model(ref, Path(os.path.expanduser("~/.cache/scotd")))
+    from scotd.config import OutputConfig
+    return resolve_model(ref, Path(OutputConfig.cache_dir).expanduser())
 
 
 if __name__ == "__main__":
