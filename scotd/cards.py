@@ -117,8 +117,11 @@ def model_card(cfg: ExperimentConfig, s: StudentConfig, *, meta: dict, checkpoin
             tasks_cell = ", ".join(f"{t} {_percent(a)}" for t, a in r["by_task"].items())
             lines.append(f"| {r['run']} | {_percent(r['accuracy'])} | {_percent(low)} - {_percent(high)} | "
                          f"{r['correct']} / {r['total']} | {tasks_cell} |")
-    else:
+    elif rows is None:
         lines.append("Not evaluated yet: the experiment's eval and report stages add the table here.")
+    else:
+        lines.append("This folder was not evaluated (eval.both_checkpoints is off); the other checkpoint's card has "
+                     "the table.")
     prompt = meta.get("prompt_format", {})
     lines += ["", "## Prompt format", "", "```", f"{prompt.get('input', '')}{prompt.get('target', '')}", "```", "",
               "## Use", "", "```python",
@@ -149,10 +152,9 @@ def write_model_cards(exp_dir: Path, cfg: ExperimentConfig, rows: list[dict] | N
             if not meta_path.exists():
                 continue
             shown = None
-            if rows is not None:
-                best = sub == "model-best"
+            if rows is not None:  # the runs this folder answered (model-best: the best dev epoch, when not the last)
                 shown = [r for r in rows if r.get("student") == s.name and not r.get("experiment")
-                         and (r.get("checkpoint") == "best") == best]
+                         and r.get("model_subdir", "model") == sub]
             card = model_card(cfg, s, meta=json.loads(meta_path.read_text()), checkpoints=checkpoints, rows=shown,
                               folder=sub)
             (folder / sub / CARD).write_text(card)

@@ -63,6 +63,8 @@ class EvalRun:
             value = getattr(self, key)
             if value is not None or (key in ("checkpoint", "epoch") and self.student is not None):
                 row[key] = value
+        if self.student is not None:
+            row["model_subdir"] = self.model_subdir  # the exported folder that answered
         return row
 
     def in_experiment(self, folder: Path) -> EvalRun:
