@@ -208,6 +208,8 @@ def test_a_failed_engine_step_fails_every_waiting_group_and_later_submits():
             group.result(timeout=30)
     with pytest.raises(RuntimeError, match="the vLLM engine failed earlier"):
         loop.submit(["d"], [SimpleNamespace()])
+    loop._thread.join(timeout=30)  # the step thread has ended after the failure
+    assert not loop._thread.is_alive()
 
 
 @pytest.mark.parametrize(("concurrent_batches", "max_num_seqs", "most"), [(2, None, 2), (1, None, 1), (None, 12, 3)])

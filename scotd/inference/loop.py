@@ -137,13 +137,13 @@ class EngineLoop:
                     continue
                 outputs = self.account.step(self.engine)
             except BaseException as error:  # the engine is unusable now: tell everyone waiting on it
+                log.exception("vLLM engine step failed")  # first: the callers' own errors follow it
                 with self._lock:
                     self._error = error
                     queued, self._queued = self._queued, []
                 for future in {future for future, _ in self._waiting.values()} | {f for *_, f in queued}:
                     future.set_exception(error)
                 self._waiting.clear()
-                log.exception("vLLM engine step failed")
                 return
             for out in outputs:
                 if not out.finished or out.request_id not in self._waiting:
