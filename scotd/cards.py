@@ -79,7 +79,7 @@ def model_card(cfg: ExperimentConfig, s: StudentConfig, *, meta: dict, checkpoin
     ``scotd_student.json``; ``rows`` the report rows of its evaluation runs (None: not evaluated yet)."""
     tasks = [t for t in cfg.tasks if t.train]
     corpus = meta.get("corpus_summary") or {}
-    setting = s.setting or cfg.corpus.setting
+    setting = cfg.student_setting(s)
     summary = corpus.get(setting, corpus) if corpus.get("setting") != setting else corpus
     selection = meta.get("selection") or {}
     method = ("SCoTD: rationale and answer" if s.method == "scotd" else "label-only: the answer alone (baseline)")

@@ -128,9 +128,8 @@ def stage_eval(exp: Experiment) -> list[dict]:
         teacher = run.kind == "teacher"
         model = (str(exp.dir / "students" / run.student / run.model_subdir) if run.student
                  else exp.resolve_model(run.model))
-        engine = cfg.engine("teacher_eval" if teacher else "student_eval")
-        if run.student and students[run.student].chat_template:  # asked as it was trained
-            engine = replace(engine, chat_template=True)
+        # a trained student is asked as it was trained (inside its chat template, if so)
+        engine = cfg.engine("teacher_eval" if teacher else "student_eval", students.get(run.student))
         spec = engine_spec(engine, exp.engine_model(model), cfg.output.cache_dir, cfg.teacher.seed)
         # a few-shot prompted untrained student; otherwise the task's student_shots
         prompt_fn = ((lambda q: teacher_prompt(q, shots[q.task])) if teacher

@@ -98,7 +98,7 @@ def eval_runs(cfg: ExperimentConfig, exp_dir: Path | None = None) -> list[EvalRu
     extra: list[EvalRun] = []
     for s in cfg.students:
         student = EvalRun(s.name, s.method, s.model, student=s.name, selector=s.selector, selector_k=s.selector_k,
-                          setting=s.setting or cfg.corpus.setting, num_samples=cfg.teacher.num_samples)
+                          setting=cfg.student_setting(s), num_samples=cfg.teacher.num_samples)
         path = exp_dir / "students" / s.name / "checkpoints.json" if exp_dir else None
         chosen = json.loads(path.read_text()) if path and path.exists() else None
         if not chosen or chosen["best_epoch"] in (None, chosen["last_epoch"]):

@@ -65,3 +65,12 @@ def test_they_count_in_what_the_teacher_samples_were_built_from():
     changed = provenance.differences(provenance.units(cfg)["teacher"][1], provenance.units(quantized)["teacher"][1])
     assert changed == [("teacher.engine_kwargs", "(absent)", {"quantization": "fp8"})]
     assert provenance.units(quantized)["eval teacher"][1]["teacher.engine_kwargs"] == {"quantization": "fp8"}
+
+
+def test_a_student_is_evaluated_inside_its_chat_template_only_if_it_trained_in_one():
+    cfg = load_config(DEMO, ["students.0.chat_template=true", "teacher.chat_template=true"])
+    chat, plain = cfg.students
+    assert cfg.engine("student_eval", chat).chat_template is True
+    assert cfg.engine("student_eval", plain).chat_template is False
+    assert cfg.engine("student_eval").chat_template is False  # an untrained base model: the plain prompt
+    assert cfg.engine("teacher_eval").chat_template is True

@@ -299,11 +299,16 @@ class ExperimentConfig:
     output: OutputConfig = opt(OutputConfig(), "Artifact locations.")
     tracking: TrackingConfig = opt(TrackingConfig(), "Experiment tracking (MLflow).")
 
-    def engine(self, role: Literal["teacher", "teacher_eval", "student_eval", "judge"]) -> EngineConfig:
+    def student_setting(self, s: StudentConfig) -> str:
+        """The corpus setting a student trains in: its own, else the experiment's."""
+        return s.setting or self.corpus.setting
+
+    def engine(self, role: Literal["teacher", "teacher_eval", "student_eval", "judge"],
+               student: StudentConfig | None = None) -> EngineConfig:
         """The engine pool of each use: the teacher section as written for sampling; for evaluation and the judge
         the same engines with the evaluation batch size and as many batches in flight as fill them; a student or
-        untrained base model is small, so it gets one single-GPU replica with no chat template and none of the
-        teacher's ``engine_kwargs`` (its model is given per run)."""
+        untrained base model is small, so it gets one single-GPU replica with none of the teacher's ``engine_kwargs``,
+        and the chat template only of a ``student`` trained inside it (its model is given per run)."""
         engine = EngineConfig(**{f.name: getattr(self.teacher, f.name) for f in dataclasses.fields(EngineConfig)})
         if role == "teacher":
             return engine
@@ -312,6 +317,6 @@ class ExperimentConfig:
             return dataclasses.replace(engine, model=self.eval.judge_model or self.teacher.model)
         if role == "student_eval":
             return dataclasses.replace(engine, model="", tensor_parallel_size=1, pipeline_parallel_size=1,
-                                       chat_template=False, num_replicas=1, max_replicas=None, resource=None,
-                                       engine_kwargs={})
+                                       chat_template=bool(student and student.chat_template), num_replicas=1,
+                                       max_replicas=None, resource=None, engine_kwargs={})
         return engine

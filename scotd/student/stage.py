@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 from scotd import provenance
 from scotd.cards import write_model_cards
-from scotd.config import ExperimentConfig
 from scotd.prompts import gold_key, render_answer, student_prompt
 from scotd.schema import CORPUS_SCHEMA, read_table, to_table, write_table
 from scotd.selectors import by_question, hf_embedder, select
@@ -54,15 +53,10 @@ def stage_students(exp: Experiment) -> list[dict]:
     return results
 
 
-def student_setting(cfg: ExperimentConfig, s) -> str:
-    """The corpus setting a student trains in: its own, else the experiment's."""
-    return s.setting or cfg.corpus.setting
-
-
 def student_rows(exp: Experiment, s) -> tuple[Path, dict]:
     """The file a student trains on: the label file (label-only), the corpus, or the corpus after the student's
     selector (written to ``students/<name>/train_rows.parquet``), with counts of what was kept."""
-    setting = student_setting(exp.cfg, s)
+    setting = exp.cfg.student_setting(s)
     folder = exp.dir / "corpus"
     if setting != exp.cfg.corpus.setting:
         folder = folder / setting  # the other setting's corpus, built by stage_corpus from the same samples
