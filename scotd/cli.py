@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     console.setup()
+    if args.command == "run":
+        console.stop_on_signals()
 
     from scotd import pipeline
 
@@ -95,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(dump_config(config))
             else:
                 print("\n".join(describe()))
+    except console.Interrupted as stop:
+        where = f"in stage {stop.stage}" if stop.stage else "before the first stage"
+        print(f"scotd: stopped by {stop.signal_name} {where}; finished work is kept. Resume with: "
+              f"{resume_command(sys.argv[1:] if argv is None else argv)}", file=sys.stderr)
+        return 128 + stop.signum
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
@@ -111,6 +119,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that carries on a stopped run: the same one, without ``--restart`` (which would redo work)."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--restart":
+            skip = True
+        elif not item.startswith("--restart="):
+            kept.append(item)
+    return "scotd " + shlex.join(kept)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
 
 # Set before the libraries are imported: they read these once.
 QUIET_ENV = {
@@ -73,3 +77,73 @@ def quiet_ray_data() -> None:
 def ray_init_kwargs(worker_logs: bool) -> dict:
     """``ray.init`` arguments: the driver's Ray messages at WARNING; workers' output in the terminal only when asked."""
     return {"log_to_driver": worker_logs, "logging_level": logging.WARNING}
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived: the job stops where it is. Everything a stage finished is on disk (teacher blocks,
+    trained students, evaluation answers), so the same command resumes. A ``BaseException``, like
+    ``KeyboardInterrupt``, so that no library's ``except Exception`` swallows it on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.stage: str | None = None  # the stage that was running (set by the pipeline)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT raise ``Interrupted`` in the main thread, once: a second one while the job winds down
+    (stopping the local Ray cluster) is ignored. Installed again after ``ray.init``, whose core worker puts its own
+    handlers (a stack dump on SIGTERM) in place of Python's."""
+
+    def stop(signum, frame):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, stop)
+
+
+@contextmanager
+def other_output_to(path: Path):
+    """While the job's Ray cluster is up, everything the driver process writes to its stdout and stderr but scotd's
+    own log lines goes to ``path``: Ray's messages (token auth, worker pool warnings forwarded from the raylet), its
+    core worker's native log lines and stack dumps, libraries' prints. scotd's handler keeps the terminal (a copy of
+    the original stderr); a handler writing to a capture object (a test's) is left as it is.
+
+    Yields the path, which may be renamed (``os.replace``) while open: the file follows."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    terminal = os.fdopen(os.dup(2), "w", buffering=1)
+    moved = [h for h in logging.getLogger().handlers
+             if isinstance(h, logging.StreamHandler) and _fileno(h.stream) == 2]
+    previous = [h.setStream(terminal) for h in moved]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sink = open(path, "a", buffering=1)
+    for fd in (1, 2):
+        os.dup2(sink.fileno(), fd)
+    try:
+        yield path
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+        for handler, stream in zip(moved, previous):
+            handler.setStream(stream)
+        terminal.close()
+        sink.close()
+
+
+def _fileno(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both an OSError and a ValueError
+        return None

@@ -3,18 +3,21 @@
 Runs: the teacher (few-shot prompt), each distinct student base model before training (zero-shot student prompt)
 and each trained student; greedily, and with ``eval.self_consistency = k`` also by self-consistency (k sampled
 answers, majority vote over the parsed answers). Each run writes ``eval/<run>/predictions.parquet``
-(PREDICTION_SCHEMA) and ``metrics.json``; the report recomputes its numbers from the predictions.
+(PREDICTION_SCHEMA) and ``metrics.json``; the report recomputes its numbers from the predictions. The raw answers
+are kept as engine calls finish (``eval/<run>/answers/``), so a killed evaluation resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from scotd import provenance
+from scotd import limits, provenance
 from scotd.config import EngineConfig
 from scotd.fit import too_long
 from scotd.inference import EngineSpec, Sampling, engine_spec, generate_rows, question_seed
@@ -22,7 +25,8 @@ from scotd.limits import warn_if_cut
 from scotd.prompts import (flexible_answer, gold_key, mark_cut, parse_answer, stop_strings, student_prompt,
                            teacher_prompt)
 from scotd.runs import EvalRun, eval_runs
-from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
+from scotd.schema import (ANSWER_SCHEMA, PREDICTION_SCHEMA, CorruptFileError, check_parquet_folder, read_table,
+                          to_table, write_table, write_text)
 from scotd.scoring import answers_match, metrics_of
 from scotd.tasks import Question
 
@@ -67,31 +71,69 @@ def score(run: str, questions: dict[str, Question], qid: str, text: str, finish_
             "flexible_answer": flexible_answer(text) if q.free_form else None}
 
 
+# What to do about an answers file that cannot be read: its questions count as unanswered once it is gone.
+ANSWERS_FIX = "remove it and rerun (scotd run CONFIG): the run asks its questions again"
+
+
+def answered(answers_dir: Path) -> dict[str, list[tuple[int, str, str | None]]]:
+    """The answers earlier runs of this evaluation run kept: question id -> (sample index, text, finish reason)."""
+    texts: dict[str, list[tuple[int, str, str | None]]] = {}
+    for path in check_parquet_folder(answers_dir, ANSWER_SCHEMA, ANSWERS_FIX):
+        try:
+            rows = read_table(path, ANSWER_SCHEMA).to_pylist()
+        except Exception as err:  # noqa: BLE001 - a damaged page (snappy, thrift) shows only on reading
+            raise CorruptFileError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]}); "
+                                   f"{ANSWERS_FIX}") from None
+        for r in rows:
+            texts.setdefault(r["question_id"], []).append((r["sample_index"], r["text"], r["finish_reason"]))
+    return texts
+
+
 def evaluate_run(run: EvalRun, questions: list[Question], prompt_fn: Callable[[Question], str], spec: EngineSpec,
                  engine: EngineConfig, *, max_new_tokens: int, num_cpus: float, out_dir: Path,
-                 temperature: float = 0.0, left_out: set[str] = frozenset(), repetition_penalty: float = 1.0) -> dict:
+                 temperature: float = 0.0, left_out: set[str] = frozenset(), repetition_penalty: float = 1.0,
+                 on_file: Callable[[Path], None] | None = None, expected_tokens: float | None = None) -> dict:
     """Answers of one model on ``questions``: greedy (``run.samples`` 1), or the majority vote of ``run.samples``
     answers sampled at ``temperature``, on ``engine``'s pool; writes predictions and metrics under
     ``out_dir/<run.dir>``. Questions in ``left_out`` (prompts that do not fit the engine, ``scotd.fit``) are not
-    asked: each is a failure with the reason ``prompt_too_long``, so every run still answers the same questions."""
+    asked: each is a failure with the reason ``prompt_too_long``, so every run still answers the same questions.
+
+    Answers are kept as engine calls finish (``answers/``, ``on_file`` called with each file), so a rerun after a
+    crash asks only the questions not yet answered; ``metrics.json``, written last, marks the run done."""
     samples, name = run.samples, run.run
     run_dir = out_dir / run.dir
     if (run_dir / "metrics.json").exists():
         log.info("eval %s: already done, skipping", name)
         return json.loads((run_dir / "metrics.json").read_text())
     by_id = {q.id: q for q in questions}
-
-    asked = [q for q in questions if q.id not in left_out]
+    answers_dir = run_dir / "answers"
+    texts = {qid: found for qid, found in answered(answers_dir).items() if qid in by_id and len(found) == samples}
+    asked = [q for q in questions if q.id not in left_out and q.id not in texts]
+    if texts:
+        log.info("eval %s: %d questions answered by an earlier run, %d to ask", name, len(texts), len(asked))
     requests = [eval_request(q, prompt_fn(q), samples, question_seed(0, q.id)) for q in asked]
     sampling = Sampling(temperature=temperature if samples > 1 else 0.0, max_new_tokens=max_new_tokens,
                         logprobs=False, repetition_penalty=repetition_penalty)
-    texts: dict[str, list[tuple[int, str, str | None]]] = {}
+    pending: dict[str, list[tuple[int, str, str | None]]] = {}
     for batch in generate_rows(requests, replace(spec, enable_prefix_caching=True), sampling, engine,
                                num_cpus=num_cpus, run=f"eval:{name}", label=f"eval {name}",
-                               samples_per_request=samples):
+                               samples_per_request=samples, expected_tokens=expected_tokens):
+        complete = []
         for qid, index, text, finish in zip(batch["question_id"], batch["sample_index"], batch["text"],
                                             batch["finish_reason"]):
-            texts.setdefault(str(qid), []).append((int(index), str(text), None if finish is None else str(finish)))
+            found = pending.setdefault(str(qid), [])
+            found.append((int(index), str(text), None if finish is None else str(finish)))
+            if len(found) == samples:
+                complete.append(str(qid))
+                texts[str(qid)] = pending.pop(str(qid))
+        if complete:  # every sample of each question: a rerun never sees half a vote
+            path = answers_dir / f"answers-{int(time.time())}-{uuid.uuid4().hex[:8]}.parquet"
+            write_table(to_table(({"question_id": qid, "sample_index": i, "text": t, "finish_reason": f}
+                                  for qid in complete for i, t, f in texts[qid]), ANSWER_SCHEMA), path)
+            if on_file:
+                on_file(path)
+    if pending:
+        raise RuntimeError(f"eval {name}: {len(pending)} questions came back with fewer than {samples} answers")
     rows, ties = [], 0
     for qid, answers in sorted(texts.items()):
         ordered = sorted(answers)
@@ -106,7 +148,7 @@ def evaluate_run(run: EvalRun, questions: list[Question], prompt_fn: Callable[[Q
                "repetition_penalty": repetition_penalty, **metrics_of(rows)}
     if samples > 1:
         metrics.update(temperature=temperature, tied_votes=ties)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     log.info("eval %s: accuracy %.1f%% (%d/%d), parse failures %d (%d cut at eval.max_new_tokens=%d)", name,
              100 * metrics["accuracy"], metrics["correct"], metrics["total"], metrics["parse_failures"],
              metrics["cut_at_limit"], max_new_tokens)
@@ -122,6 +164,9 @@ def stage_eval(exp: Experiment) -> list[dict]:
     student_shots = {t.name: t.student_shots for t in cfg.tasks}
     where = exp.where()
     budget = exp.eval_tokens()
+    corpus = exp.dir / "corpus" / "corpus.parquet"
+    lengths = limits.corpus_tokens(corpus) if corpus.exists() else []
+    expected = sum(lengths) / len(lengths) if lengths else None  # an answer like the kept rationales
     students = {s.name: s for s in cfg.students}
     results = []
     for run in eval_runs(cfg, exp.dir):
@@ -141,6 +186,8 @@ def stage_eval(exp: Experiment) -> list[dict]:
         results.append(evaluate_run(run, questions, prompt_fn, spec, engine, max_new_tokens=budget,
                                     num_cpus=cfg.resources.engine_cpus, out_dir=exp.dir / "eval",
                                     temperature=cfg.eval.self_consistency_temperature, left_out=left_out,
-                                    repetition_penalty=cfg.eval.repetition_penalty))
+                                    repetition_penalty=cfg.eval.repetition_penalty,
+                                    on_file=lambda path: exp.mirror.push(str(path.relative_to(exp.dir))),
+                                    expected_tokens=expected))
         exp.mirror.push(f"eval/{run.dir}")
     return results

@@ -54,18 +54,22 @@ class Experiment:
             return self.cfg.teacher.max_new_tokens
         sized = limits.read(self.dir).get("teacher.max_new_tokens")
         if sized is None:
-            answers = [render_answer(e.rationale, e.question.gold)
-                       for shots in self.all_exemplars().values() for e in shots]
-            model = self.resolve_model(self.cfg.teacher.model)
-            try:
-                counts = prompt_tokens(model, answers, trust_remote_code=self.cfg.teacher.trust_remote_code)
-            except (OSError, ValueError) as err:  # no tokenizer to be had here: the engine will say the same
-                log.warning("teacher.max_new_tokens: %s has no readable tokenizer (%s); sizing from 3 characters "
-                            "per token", model, str(err).splitlines()[0][:200])
-                counts = [len(a) // 3 + 1 for a in answers]
-            sized = limits.teacher_budget(counts)
+            sized = limits.teacher_budget(self.exemplar_answer_tokens())
             self._sized("teacher.max_new_tokens", sized, "twice the longest exemplar answer in the teacher's tokens")
         return sized
+
+    def exemplar_answer_tokens(self) -> list[int]:
+        """The exemplars' answers (rationale and answer phrase) in the teacher's tokens: what a sampled rationale
+        is expected to be like."""
+        answers = [render_answer(e.rationale, e.question.gold)
+                   for shots in self.all_exemplars().values() for e in shots]
+        model = self.resolve_model(self.cfg.teacher.model)
+        try:
+            return prompt_tokens(model, answers, trust_remote_code=self.cfg.teacher.trust_remote_code)
+        except (OSError, ValueError) as err:  # no tokenizer to be had here: the engine will say the same
+            log.warning("teacher: %s has no readable tokenizer (%s); counting 3 characters per token", model,
+                        str(err).splitlines()[0][:200])
+            return [len(a) // 3 + 1 for a in answers]
 
     def eval_tokens(self) -> int:
         """``eval.max_new_tokens``, sized from the kept corpus (or as the teacher's) when unset (scotd.limits)."""

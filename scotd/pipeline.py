@@ -20,7 +20,9 @@ from typing import Callable
 
 from scotd import limits, provenance, tracking
 from scotd.config import ConfigError, ExperimentConfig
+from scotd.console import Interrupted
 from scotd.experiment import Experiment
+from scotd.schema import write_text
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +58,39 @@ def stage_functions(stage: str) -> list[Callable[[Experiment], object]]:
 @contextmanager
 def ray_cluster(cfg: ExperimentConfig):
     """Use the running Ray session, the cluster of ``ray job submit`` (RAY_ADDRESS), the configured address, or
-    start a local cluster that lives as long as the job."""
+    start a local cluster that lives as long as the job. Unless ``resources.worker_logs`` asks for workers' output
+    in the terminal, the driver's other output goes to ``scotd-driver-<pid>.log`` in the Ray session's log folder
+    (``console.other_output_to``), so the terminal shows scotd's lines only."""
     import ray
 
-    from scotd.console import quiet_ray_data, ray_init_kwargs
+    from scotd.console import other_output_to, quiet_ray_data, ray_init_kwargs, stop_on_signals
 
     quiet_ray_data()
     if ray.is_initialized():
         yield
         return
     res = cfg.resources
-    if res.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=res.address or os.environ["RAY_ADDRESS"], **ray_init_kwargs(res.worker_logs))
-    else:
-        ray.init(address="local", num_cpus=res.num_cpus, include_dashboard=False, **ray_init_kwargs(res.worker_logs))
-    log.info("Ray workers' logs (engines, training): %s", ray_logs_folder())
-    try:
+    with ExitStack() as stack:
+        name = f"scotd-driver-{os.getpid()}.log"
+        other = (stack.enter_context(other_output_to(Path(tempfile.gettempdir()) / "ray" / name))
+                 if not res.worker_logs else None)
+        if res.address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=res.address or os.environ["RAY_ADDRESS"], **ray_init_kwargs(res.worker_logs))
+        else:
+            ray.init(address="local", num_cpus=res.num_cpus, include_dashboard=False,
+                     **ray_init_kwargs(res.worker_logs))
+        stack.callback(ray.shutdown)
+        stop_on_signals()  # Python's handlers again, in place of the core worker's
+        logs = ray_logs_folder()
+        if other is not None and Path(logs).is_dir():
+            try:
+                os.replace(other, Path(logs) / name)  # the open file follows
+                other = Path(logs) / name
+            except OSError:  # another file system: it stays where it is
+                pass
+        log.info("Ray workers' logs (engines, training): %s%s", logs,
+                 f"; the driver's other output: {other}" if other else "")
         yield
-    finally:
-        ray.shutdown()
 
 
 def ray_logs_folder() -> str:
@@ -88,6 +104,13 @@ def ray_logs_folder() -> str:
 
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def forget_timings(path: Path, stages: tuple[str, ...]) -> None:
+    """Drop the wall times of ``stages`` (their outputs were removed: they are timed afresh)."""
+    timings = _read_json(path)
+    if timings and any(stage in timings for stage in stages):
+        path.write_text(json.dumps({k: v for k, v in timings.items() if k not in stages}, indent=2))
 
 
 def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES, *, restart: str | None = None,
@@ -108,6 +131,7 @@ def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES, *, restart: str
         exp.mirror.pull()  # a rerun from a fresh machine resumes from what output.dir already holds
         if restart:
             removed = provenance.restart(exp.dir, restart)
+            forget_timings(exp.dir / "timings.json", STAGES[STAGES.index(restart):])
             exp.mirror.delete(*removed)
             log.info("restart from stage %s: removed %s", restart, ", ".join(removed) or "nothing (none there)")
         provenance.check(exp.dir, cfg, stages, config_path)
@@ -127,10 +151,17 @@ def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES, *, restart: str
                     have_cluster = True
                 log.info("=== stage %s ===", stage)
                 started = time.monotonic()
-                for function in stage_functions(stage):
-                    function(exp)
-                timings[stage] = round(time.monotonic() - started, 1)
-                timings_path.write_text(json.dumps(timings, indent=2))
+                try:
+                    for function in stage_functions(stage):
+                        function(exp)
+                except Interrupted as stop:
+                    stop.stage = stage
+                    raise
+                finally:
+                    # summed over the runs of this folder, stopped ones included: a resumed stage shows all the
+                    # time its work took
+                    timings[stage] = round(timings.get(stage, 0.0) + time.monotonic() - started, 1)
+                    write_text(timings_path, json.dumps(timings, indent=2))
                 exp.tracker.log_metrics({f"stage_seconds.{stage}": timings[stage]})
                 exp.mirror.push(*STAGE_OUTPUTS[stage], "config.yaml", "timings.json", provenance.FILE, limits.FILE,
                                 tracking.FOLDER)

@@ -10,6 +10,7 @@ Experiment folder layout (``output.dir``)::
     corpus/labels.parquet          QUESTION_SCHEMA      (the label of every training question, for label-only)
     corpus/summary.json
     students/<name>/model/         Hugging Face folder + scotd_student.json
+    eval/<run>/answers/*.parquet   ANSWER_SCHEMA        (eval stage; one file per finished engine call)
     eval/<run>/predictions.parquet PREDICTION_SCHEMA
     report.json, report.md
 """
@@ -83,6 +84,15 @@ PREDICTION_SCHEMA = pa.schema([
     pa.field("flexible_answer", pa.string()),  # free-form: the last number of the text (lm-eval's flexible extract)
 ])
 
+# An evaluation run's raw answers, written as engine calls finish: a file holds every sampled answer of each of its
+# questions, so a rerun after a crash asks only the questions no file holds.
+ANSWER_SCHEMA = pa.schema([
+    pa.field("question_id", pa.string(), nullable=False),
+    pa.field("sample_index", pa.int32(), nullable=False),  # 0..samples-1 (self-consistency), 0 for greedy
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("finish_reason", pa.string()),
+])
+
 # Columns added after the first files were written: older files read them as nulls (answers come from the indices;
 # a student's training text from the question and rationale).
 LATER_COLUMNS = frozenset({"answer", "parsed_answer", "gold_answer", "label", "flexible_answer", "prompt",
@@ -104,6 +114,15 @@ def write_table(table: pa.Table, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (a marker such as an evaluation run's ``metrics.json`` is whole or absent)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
     tmp.replace(path)
 
 

@@ -94,10 +94,11 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
                       resources: ResourcesConfig, model_path: str, out_dir: Path, *, block_questions: int | None = None,
                       num_samples: int | None = None, temperature: float | None = None,
                       on_block: Callable[[Path], None] | None = None,
-                      cache_dir: str = OutputConfig.cache_dir) -> dict:
+                      cache_dir: str = OutputConfig.cache_dir, expected_tokens: float | None = None) -> dict:
     """Sample ``num_samples`` (default ``cfg.num_samples``) rationales per question into ``out_dir/samples``.
 
-    ``on_block`` is called with each block file once it is complete (the job mirrors it to remote storage).
+    ``on_block`` is called with each block file once it is complete (the job mirrors it to remote storage);
+    ``expected_tokens``, a sample's expected length, gives the progress lines' time left until samples finish.
     Returns the sampling summary (also written to ``out_dir/sampling_summary.json``).
     """
     n = cfg.num_samples if num_samples is None else num_samples
@@ -121,7 +122,8 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
         complete: list[dict] = []
         for batch in generate_rows(requests, engine_spec(cfg, model_path, cache_dir, cfg.seed), sampling, cfg,
                                    num_cpus=resources.engine_cpus, run="teacher", label="teacher",
-                                   concurrent_batches=cfg.concurrent_batches, samples_per_request=n):
+                                   concurrent_batches=cfg.concurrent_batches, samples_per_request=n,
+                                   expected_tokens=expected_tokens):
             for i in range(len(batch["question_id"])):
                 row = {k: batch[k][i] for k in batch}
                 totals["samples"] += 1
@@ -209,12 +211,15 @@ def stage_teacher(exp: Experiment) -> dict:
                         chat_template=cfg.chat_template, stage="teacher", where=exp.where())
     questions = [q for q in questions if q.id not in left_out]
     push = lambda block: exp.mirror.push(str(block.relative_to(exp.dir)))  # noqa: E731 - each block as written
+    exemplar_tokens = exp.exemplar_answer_tokens()
+    expected = sum(exemplar_tokens) / len(exemplar_tokens) if exemplar_tokens else None
     summary = sample_rationales(questions, shots, cfg, exp.cfg.resources, model, exp.dir / "teacher", on_block=push,
-                                cache_dir=exp.cfg.output.cache_dir)
+                                cache_dir=exp.cfg.output.cache_dir, expected_tokens=expected)
     summary["questions_left_out_prompt_too_long"] = len(left_out)
     if cfg.greedy_rationales:
         summary["greedy"] = sample_rationales(questions, shots, cfg, exp.cfg.resources, model,
                                               exp.dir / "teacher" / "greedy", num_samples=1, temperature=0.0,
-                                              on_block=push, cache_dir=exp.cfg.output.cache_dir)
+                                              on_block=push, cache_dir=exp.cfg.output.cache_dir,
+                                              expected_tokens=expected)
     exp.tracker.log_metrics(numbers(summary, "teacher"))
     return summary

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from dataclasses import replace
@@ -21,6 +22,7 @@ import numpy as np
 
 from scotd.inference.loop import EngineLoop
 from scotd.inference.metrics import throughput_counters
+from scotd.inference.progress import post_account
 from scotd.inference.spec import EngineSpec, Sampling, build_llm, sampling_params
 from scotd.prompts import in_chat
 from scotd.storage import fetch_folder, is_uri
@@ -31,7 +33,8 @@ log = logging.getLogger(__name__)
 class VLLMGenerator:
     """Ray Data callable class: one vLLM engine per actor; the batches in flight share it through ``EngineLoop``."""
 
-    def __init__(self, spec: dict, sampling: dict, run: str = "teacher", concurrent_batches: int = 1):
+    def __init__(self, spec: dict, sampling: dict, run: str = "teacher", concurrent_batches: int = 1,
+                 progress: str | None = None):
         self.spec = EngineSpec(**spec)
         self.concurrent_batches = concurrent_batches
         self._slots: asyncio.Semaphore | None = None
@@ -49,6 +52,10 @@ class VLLMGenerator:
         self.engine_id = uuid.uuid4().hex[:12]
         self._reported_busy_s = 0.0
         log.info("vLLM engine for %s ready in %.1f s", self.spec.model, time.monotonic() - started)
+        self._posting = threading.Event()
+        if progress:  # the stage's ProgressBoard: tokens so far, for the driver's rate and time left
+            threading.Thread(target=post_account, args=(progress, self.engine_id, self.loop.account.progress,
+                                                        self._posting), name="scotd-progress", daemon=True).start()
 
     def _prompt(self, prompt: str) -> str:
         if not self.spec.chat_template:

@@ -18,21 +18,38 @@ log = logging.getLogger(__name__)
 @dataclass
 class StepAccount:
     """An engine's steps: how many, the unfinished requests summed over them (``seq_steps / steps`` = sequences per
-    step; parallel samples count one each) and the seconds spent inside them."""
+    step; parallel samples count one each; a step adds a token to each running sequence, so ``seq_steps`` also
+    counts the tokens generated so far), the seconds spent inside them, when the first began (wall clock), and the
+    sequences that finished with their tokens."""
 
     busy_s: float = 0.0
     steps: int = 0
     seq_steps: int = 0
+    first_step_at: float | None = None
+    finished_sequences: int = 0
+    finished_tokens: int = 0
 
     def step(self, engine, step: Callable[[], list] | None = None) -> list:
         """One engine step, counted and timed (``step``: the engine's own step function, default ``engine.step``)."""
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
         self.seq_steps += engine.get_num_unfinished_requests()
         started = time.perf_counter()
         try:
-            return (step or engine.step)()
+            outputs = (step or engine.step)()
         finally:
             self.busy_s += time.perf_counter() - started
             self.steps += 1
+        for out in outputs:
+            if getattr(out, "finished", False):
+                self.finished_sequences += len(out.outputs)
+                self.finished_tokens += sum(len(c.token_ids) for c in out.outputs)
+        return outputs
+
+    def progress(self) -> dict:
+        """What the engine posts to a ``ProgressBoard``."""
+        return {"first_step_at": self.first_step_at, "seq_steps": self.seq_steps,
+                "finished_sequences": self.finished_sequences, "finished_tokens": self.finished_tokens}
 
 
 class EngineLoop:

@@ -67,18 +67,16 @@ class EngineStats:
 
 
 def stream_batches(ds, *, total: int, label: str, unit: str = "questions", key: str = "question_id",
-                   every_s: float = 10.0):
-    """Iterate the output dataset block by block as engine calls finish, logging progress (distinct ``key``
-    values done, rate, time left). Blocks as they come: with a batch size that is not the engine call's, Ray Data
-    held every batch back until the last call had finished (a 13-minute evaluation without a progress line)."""
-    started = last = time.monotonic()
-    seen: set = set()
+                   seen: set | None = None):
+    """Iterate the output dataset block by block as engine calls finish, adding each batch's distinct ``key``
+    values to ``seen``, and log the stage's last line (done, rate). Blocks as they come: with a batch size that is
+    not the engine call's, Ray Data held every batch back until the last call had finished. The lines while it runs
+    come from tokens (``scotd.inference.progress.Reporter``): finished questions arrive all at once."""
+    started = time.monotonic()
+    seen = set() if seen is None else seen
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         seen.update(batch[key].tolist())
         yield batch
-        now = time.monotonic()
-        if now - last >= every_s or len(seen) >= total:
-            last = now
-            rate = len(seen) / max(now - started, 1e-9)
-            left = (total - len(seen)) / rate if rate > 0 else float("inf")
-            log.info("[%s] %d/%d %s, %.2f/s, ~%.0f s left", label, len(seen), total, unit, rate, left)
+    elapsed = time.monotonic() - started
+    log.info("[%s] %d/%d %s done in %.0f s (%.2f/s)", label, len(seen), total, unit, elapsed,
+             len(seen) / max(elapsed, 1e-9))

@@ -13,6 +13,7 @@ import numpy as np
 from scotd.config import EngineConfig
 from scotd.inference.actor import VLLMGenerator
 from scotd.inference.metrics import stream_batches
+from scotd.inference.progress import Reporter, start_board
 from scotd.inference.spec import EngineSpec, Sampling, engine_process_env, gpus_per_replica
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def batches_to_fill(spec: EngineSpec, batch_size: int, samples_per_request: int)
 
 def generate(ds, spec: EngineSpec, sampling: Sampling, *, replicas: int | tuple[int, int], batch_size: int,
              num_cpus: float, run: str = "teacher", resource: str | None = None,
-             concurrent_batches: int | None = None, samples_per_request: int = 1):
+             concurrent_batches: int | None = None, samples_per_request: int = 1, progress: str | None = None):
     """Map ``ds`` through a pool of ``replicas`` engines (a count, or a (min, max) autoscaling range); returns the
     lazy output dataset (streamed by the caller). ``run`` tags the dashboard metrics; ``resource`` is a custom Ray
     resource each replica asks for, one unit per GPU (keeps replicas on the nodes that offer it);
@@ -56,7 +57,7 @@ def generate(ds, spec: EngineSpec, sampling: Sampling, *, replicas: int | tuple[
                  concurrent_batches, batch_size, samples_per_request, engine_capacity(spec))
     kwargs: dict[str, Any] = dict(
         fn_constructor_kwargs={"spec": asdict(spec), "sampling": asdict(sampling), "run": run,
-                               "concurrent_batches": concurrent_batches},
+                               "concurrent_batches": concurrent_batches, "progress": progress},
         batch_size=batch_size,
         compute=pool_strategy(replicas, concurrent_batches),
         num_cpus=num_cpus,
@@ -75,17 +76,30 @@ def generate(ds, spec: EngineSpec, sampling: Sampling, *, replicas: int | tuple[
 
 def generate_rows(requests: list[dict], spec: EngineSpec, sampling: Sampling, engine: EngineConfig, *,
                   num_cpus: float, run: str, label: str, concurrent_batches: int | None = None,
-                  samples_per_request: int = 1, key: str = "question_id") -> Iterator[dict[str, np.ndarray]]:
+                  samples_per_request: int = 1, key: str = "question_id",
+                  expected_tokens: float | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Answer ``requests`` (rows as the engine callable takes them) on ``engine``'s pool of replicas and yield the
-    output batches as engine calls finish, logging progress under ``label`` (distinct ``key`` values done)."""
+    output batches as engine calls finish, logging progress under ``label``: generated tokens, their rate and the
+    time left (``scotd.inference.progress``; ``expected_tokens`` per sequence until enough have finished, by
+    default half the token budget), and the distinct ``key`` values done."""
     import ray
 
     if not requests:
         return
-    out = generate(ray.data.from_items(requests), spec, sampling, replicas=replica_range(engine),
-                   batch_size=engine.batch_size, num_cpus=num_cpus, run=run, resource=engine.resource,
-                   concurrent_batches=concurrent_batches, samples_per_request=samples_per_request)
-    yield from stream_batches(out, total=len({r[key] for r in requests}), label=label, key=key)
+    board, name = start_board()
+    try:
+        out = generate(ray.data.from_items(requests), spec, sampling, replicas=replica_range(engine),
+                       batch_size=engine.batch_size, num_cpus=num_cpus, run=run, resource=engine.resource,
+                       concurrent_batches=concurrent_batches, samples_per_request=samples_per_request,
+                       progress=name)
+        seen: set = set()
+        sequences = sum(int(r.get("n", 1)) for r in requests)
+        with Reporter(board, label=label, sequences=sequences, total=len({r[key] for r in requests}),
+                      expected_tokens=expected_tokens or sampling.max_new_tokens / 2, unit="questions",
+                      done=lambda: len(seen)):
+            yield from stream_batches(out, total=len({r[key] for r in requests}), label=label, key=key, seen=seen)
+    finally:
+        ray.kill(board)
 
 
 def replica_range(engine: EngineConfig) -> int | tuple[int, int]:

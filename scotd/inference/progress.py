@@ -1,0 +1,136 @@
+"""Progress of an engine stage from generated tokens, not finished questions.
+
+Every batch in flight finishes at about the same time (an engine takes as many at once as fill it), so finished
+questions say nothing for the first minutes of a stage. Tokens do: each engine step adds one token to every sequence
+it runs, so the sum over steps of the engine's unfinished sequences (``StepAccount.seq_steps``) counts the tokens
+generated so far, from the first step on. The engines post their account to a ``ProgressBoard`` actor every few
+seconds; the driver reads it and logs the rate and the time left:
+
+    time left = (sequences x expected tokens per sequence - tokens so far) / tokens per second
+
+The expected length is the caller's prior (a teacher's: its exemplars' answers; an evaluation's: the kept
+rationales) until a fifth of the sequences have finished, then the mean of the finished ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+log = logging.getLogger(__name__)
+
+POST_EVERY_S = 5.0
+# The share of sequences that must have finished before their mean length replaces the prior: the first to finish
+# are the short ones.
+FINISHED_SHARE = 0.2
+
+
+class ProgressBoard:
+    """A Ray actor holding each engine's latest account (engine id -> dict), posted by the engines."""
+
+    def __init__(self) -> None:
+        self.engines: dict[str, dict] = {}
+
+    def post(self, engine_id: str, account: dict) -> None:
+        self.engines[engine_id] = account
+
+    def read(self) -> dict[str, dict]:
+        return self.engines
+
+
+def start_board():
+    """A fresh board for one engine stage (no CPU reserved); returns (handle, name)."""
+    import ray
+
+    name = f"scotd-progress-{uuid.uuid4().hex[:12]}"
+    board = ray.remote(num_cpus=0)(ProgressBoard).options(name=name).remote()
+    return board, name
+
+
+def post_account(name: str, engine_id: str, account_fn, stop: threading.Event) -> None:
+    """In an engine actor's thread: post ``account_fn()`` to the board ``name`` every ``POST_EVERY_S`` until
+    ``stop`` is set or the board is gone (the stage ended)."""
+    import ray
+
+    try:
+        board = ray.get_actor(name)
+    except ValueError:
+        return
+    previous = None
+    while not stop.wait(POST_EVERY_S):
+        try:
+            if previous is not None:
+                ray.get(previous, timeout=30)
+            previous = board.post.remote(engine_id, account_fn())
+        except Exception:  # noqa: BLE001 - the board was killed at the end of the stage: nothing left to tell
+            return
+
+
+def estimate(engines: dict[str, dict], *, sequences: int, expected_tokens: float, now: float) -> dict | None:
+    """Tokens so far, tokens per second and seconds left over ``engines``' accounts (pure); None before any step.
+
+    Each account: ``first_step_at`` (wall clock), ``seq_steps`` (tokens so far), ``finished_sequences`` and
+    ``finished_tokens`` (of the sequences that ended)."""
+    running = [e for e in engines.values() if e.get("first_step_at") is not None]
+    if not running:
+        return None
+    tokens = sum(e["seq_steps"] for e in running)
+    elapsed = [now - e["first_step_at"] for e in running]
+    rate = sum(e["seq_steps"] / s for e, s in zip(running, elapsed) if s > 0)
+    finished = sum(e["finished_sequences"] for e in running)
+    per_sequence = (sum(e["finished_tokens"] for e in running) / finished
+                    if finished and finished >= FINISHED_SHARE * sequences else expected_tokens)
+    total = max(sequences * per_sequence, tokens + (sequences - finished))  # at least a token for each one left
+    return {"tokens": tokens, "tokens_per_s": rate, "expected_tokens": total,
+            "seconds_left": (total - tokens) / rate if rate > 0 else float("inf")}
+
+
+class Reporter:
+    """The driver's side: a thread that reads the board every ``every_s`` and logs one line, with the questions
+    done so far (``done()``)."""
+
+    def __init__(self, board, *, label: str, sequences: int, expected_tokens: float, total: int, unit: str,
+                 done, every_s: float = 30.0, first_after_s: float = 15.0):
+        self.board, self.label, self.sequences, self.expected = board, label, sequences, expected_tokens
+        self.total, self.unit, self.done, self.every_s, self.first_after_s = total, unit, done, every_s, first_after_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scotd-progress", daemon=True)
+
+    def __enter__(self) -> Reporter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        import ray
+
+        started = time.monotonic()
+        logged = False
+        while not self._stop.wait(POST_EVERY_S if not logged else self.every_s):
+            try:
+                engines = ray.get(self.board.read.remote(), timeout=10)
+            except Exception:  # noqa: BLE001 - no board to read: no line
+                continue
+            now = time.time()
+            fresh = {k: e for k, e in engines.items()
+                     if e.get("first_step_at") is not None and now - e["first_step_at"] >= self.first_after_s}
+            guess = estimate(fresh or {}, sequences=self.sequences, expected_tokens=self.expected, now=now)
+            if guess is None or self._stop.is_set():
+                continue
+            logged = True
+            log.info("[%s] %s tokens generated, %.1f tokens/s; %d/%d %s done; ~%s left (%.0f s in)", self.label,
+                     f"{guess['tokens']:,}", guess["tokens_per_s"], self.done(), self.total, self.unit,
+                     duration(guess["seconds_left"]), time.monotonic() - started)
+
+
+def duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min"

@@ -1,0 +1,122 @@
+"""Progress from generated tokens (scotd.inference.progress), signals, and the driver's terminal (scotd.console)."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import textwrap
+
+import pytest
+
+from scotd.cli import resume_command
+from scotd.console import Interrupted, stop_on_signals
+from scotd.inference.progress import FINISHED_SHARE, Reporter, duration, estimate, start_board
+from tests.conftest import REPO
+
+
+def account(first_step_at, seq_steps, finished_sequences=0, finished_tokens=0):
+    return {"first_step_at": first_step_at, "seq_steps": seq_steps, "finished_sequences": finished_sequences,
+            "finished_tokens": finished_tokens}
+
+
+def test_no_estimate_before_an_engine_steps():
+    assert estimate({}, sequences=10, expected_tokens=50, now=100.0) is None
+    assert estimate({"e": account(None, 0)}, sequences=10, expected_tokens=50, now=100.0) is None
+
+
+def test_early_estimate_uses_the_prior_length_and_the_token_rate():
+    # 1,000 sequences of ~50 tokens expected; 20 s in, 2,000 tokens, none finished: 100 tokens/s, 480 s left
+    guess = estimate({"e": account(80.0, 2000)}, sequences=1000, expected_tokens=50, now=100.0)
+    assert guess["tokens_per_s"] == pytest.approx(100.0)
+    assert guess["expected_tokens"] == 50_000 and guess["seconds_left"] == pytest.approx(480.0)
+
+
+def test_finished_lengths_replace_the_prior_once_a_fifth_has_finished():
+    few = estimate({"e": account(0.0, 1000, finished_sequences=10, finished_tokens=100)}, sequences=100,
+                   expected_tokens=50, now=10.0)
+    assert few["expected_tokens"] == 5000  # 10 % finished, short ones first: still the prior
+    many = estimate({"e": account(0.0, 3000, finished_sequences=int(FINISHED_SHARE * 100), finished_tokens=600)},
+                    sequences=100, expected_tokens=50, now=10.0)
+    assert many["expected_tokens"] == 3000 + 80  # 30 tokens each expected, but never below what is already done
+    assert many["seconds_left"] == pytest.approx(80 / 300)
+
+
+def test_engines_rates_add_up():
+    guess = estimate({"a": account(0.0, 1000), "b": account(50.0, 500)}, sequences=100, expected_tokens=100,
+                     now=100.0)
+    assert guess["tokens"] == 1500 and guess["tokens_per_s"] == pytest.approx(10.0 + 10.0)
+
+
+def test_durations_read_as_seconds_or_minutes():
+    assert [duration(s) for s in (12.4, 89, 600, float("inf"))] == ["12 s", "89 s", "10 min", "?"]
+
+
+def test_reporter_logs_tokens_rate_and_time_left_from_the_board(ray_cluster, caplog):
+    """The driver's side against a real board actor on the session's Ray head; the engine's posts are made here."""
+    import ray
+
+    board, name = start_board()
+    try:
+        assert ray.get_actor(name) is not None
+        ray.get(board.post.remote("e1", account(time.time() - 20, 400)))  # 20 s of steps: 20 tokens/s
+        with caplog.at_level(logging.INFO, logger="scotd"):
+            with Reporter(board, label="teacher", sequences=100, expected_tokens=40, total=25, unit="questions",
+                          done=lambda: 3, every_s=0.5, first_after_s=0.0):
+                deadline = time.monotonic() + 30
+                while "[teacher]" not in caplog.text and time.monotonic() < deadline:
+                    time.sleep(0.2)
+    finally:
+        ray.kill(board)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("[teacher]"))
+    assert line.startswith("[teacher] 400 tokens generated, 20.0 tokens/s; 3/25 questions done; ~3 min left"), line
+
+
+def test_a_signal_raises_interrupted_once_then_is_ignored():
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop_on_signals()
+        with pytest.raises(Interrupted) as stopped:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        assert stopped.value.signal_name == "SIGTERM" and stopped.value.stage is None
+        os.kill(os.getpid(), signal.SIGINT)  # a second signal while winding down: ignored
+        time.sleep(0.2)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def test_the_resume_command_is_the_same_command_without_restart():
+    assert resume_command(["run", "c.yaml", "--restart", "eval", "a.b=1"]) == "scotd run c.yaml a.b=1"
+    assert resume_command(["run", "c.yaml", "--restart=teacher", "x=a b"]) == "scotd run c.yaml 'x=a b'"
+
+
+def test_other_output_goes_to_the_file_and_scotd_lines_to_the_terminal(tmp_path):
+    """In a process of its own, as the job's driver: native writes to fds 1 and 2 (the core worker's log lines and
+    stack dumps), Python prints and other loggers' handlers go to the file; scotd's log lines stay on stderr."""
+    script = textwrap.dedent(f"""
+        import logging, os, sys
+        from pathlib import Path
+        from scotd import console
+        console.setup()
+        other = logging.getLogger("ray.demo")
+        other.propagate = False
+        other.addHandler(logging.StreamHandler(sys.stderr))
+        with console.other_output_to(Path({str(tmp_path / 'driver.log')!r})):
+            os.write(2, b"[2026 E 1 1] core_worker.cc:1: native line\\n")
+            os.write(1, b"native stdout\\n")
+            print("(raylet) WARNING: 4 PYTHON worker processes")
+            other.warning("Token authentication is enabled")
+            logging.getLogger("scotd.demo").info("scotd line")
+        logging.getLogger("scotd.demo").info("after")
+        print("report")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [line.split(" ", 1)[1] for line in done.stderr.splitlines()] == ["scotd line", "after"]
+    assert done.stdout == "report\n"
+    kept = (tmp_path / "driver.log").read_text()
+    for text in ("core_worker.cc:1: native line", "native stdout", "(raylet) WARNING", "Token authentication"):
+        assert text in kept
