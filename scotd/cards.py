@@ -173,10 +173,16 @@ def dataset_card(cfg: ExperimentConfig, summary: dict) -> str:
              f"Chain-of-thought rationales sampled from the teacher `{cfg.teacher.model}` ({cfg.teacher.num_samples} "
              f"per training question at temperature {cfg.teacher.temperature}, stopping at a blank line) for the "
              f"tasks {', '.join(t.name for t in tasks)}; kept: {keep}"
-             + (", exact duplicates of a question's rationale dropped" if cfg.corpus.dedup else "") + ".", "",
+             + (", duplicates of a question's rationale (the same text up to whitespace and number formatting) dropped"
+                if cfg.corpus.dedup else "") + ".", "",
              f"{summary.get('kept', '?')} rationales of {summary.get('questions', '?')} questions "
              f"({_percent(summary.get('share_questions_with_kept_rationale'))} of the questions keep at least one, "
-             f"{summary.get('mean_kept_per_question', 0):.2f} per question on average).", "",
+             f"{summary.get('mean_kept_per_question', 0):.2f} per question on average)."
+             + (f" Distinct rationales per question (whitespace and number formatting folded): "
+                f"{d['distinct_per_question']:.2f} on average; questions by count: "
+                + ", ".join(f"{n}: {c}" for n, c in d["questions_by_distinct"].items())
+                + f"; {100 * d['duplicate_share']:.0f} % of the samples that passed the filter repeated another."
+                if (d := summary.get("diversity")) else ""), "",
              "## Files", "",
              "- `corpus.parquet`: one row per kept rationale: `question_id`, `task`, `sample_index`, `question`, "
              "`choices` (empty for free-form answers), `rationale`, `label_index` / `label` (the answer), "

@@ -19,6 +19,7 @@ from scotd.cards import CARD, dataset_card
 from scotd.config import CorpusConfig
 from scotd.tracking import numbers
 from scotd.prompts import letter, training_pair
+from scotd.diversity import diversity, rationale_key
 from scotd.schema import (CORPUS_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA, check_parquet_folder, read_table, to_table,
                           write_table)
 
@@ -51,10 +52,10 @@ def keep_parsed(rows: list[dict]) -> list[dict]:
 
 
 def dedup(rows: list[dict]) -> list[dict]:
-    """Drop exact-duplicate (question, whitespace-normalized rationale, label); the first sample index survives."""
+    """Drop duplicates within a question: the same ``rationale_key`` and label; the first sample index survives."""
     seen, out = set(), []
     for r in sorted(rows, key=lambda r: (r["question_id"], r["sample_index"])):
-        key = (r["question_id"], " ".join(r["rationale"].split()), r["label"])
+        key = (r["question_id"], rationale_key(r["rationale"]), r["label"])
         if key not in seen:
             seen.add(key)
             out.append(r)
@@ -71,7 +72,9 @@ def majority_labels(rows: list[dict]) -> dict[str, str]:
     return {qid: min(c, key=lambda k: (-c[k], k)) for qid, c in votes.items()}
 
 
-def summarize(samples: list[dict], kept: list[dict], num_after_filter: int) -> dict:
+def summarize(samples: list[dict], kept: list[dict], num_after_filter: int, filtered: list[dict] | None = None) -> dict:
+    """The corpus's counts; ``diversity`` is that of the samples that passed the filter (``filtered``), before
+    duplicates were dropped."""
     questions = {r["question_id"] for r in samples}
     kept_questions = {r["question_id"] for r in kept}
     failures = Counter(r["parse_error"] for r in samples if r["parse_error"] is not None)
@@ -87,6 +90,7 @@ def summarize(samples: list[dict], kept: list[dict], num_after_filter: int) -> d
         "questions_with_kept_rationale": len(kept_questions),
         "share_questions_with_kept_rationale": len(kept_questions) / len(questions) if questions else 0.0,
         "mean_kept_per_question": len(kept) / len(kept_questions) if kept_questions else 0.0,
+        "diversity": diversity(kept if filtered is None else filtered),
     }
 
 
@@ -108,7 +112,7 @@ def build_corpus(samples_dir: Path, cfg: CorpusConfig, out_dir: Path, question_i
         samples = [r for r in samples if r["question_id"] in question_ids]
         if other:
             log.info("corpus: samples of %d questions outside this run's training split left out", other)
-    kept = keep_correct(samples) if cfg.setting == "supervised" else keep_parsed(samples)
+    kept = filtered = keep_correct(samples) if cfg.setting == "supervised" else keep_parsed(samples)
     num_after_filter = len(kept)
     if cfg.dedup:
         kept = dedup(kept)
@@ -129,11 +133,12 @@ def build_corpus(samples_dir: Path, cfg: CorpusConfig, out_dir: Path, question_i
                    "answer": None if first[qid]["choices"] else label} for qid, label in sorted(labels.items())]
     write_table(to_table(label_rows, QUESTION_SCHEMA), out_dir / "labels.parquet")
 
-    summary = {"setting": cfg.setting, **summarize(samples, kept, num_after_filter), "labelled_questions": len(labels)}
+    summary = {"setting": cfg.setting, **summarize(samples, kept, num_after_filter, filtered),
+               "labelled_questions": len(labels)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("corpus: %d of %d samples kept (%d questions with >=1), per-sample teacher accuracy %.1f%%",
-             summary["kept"], summary["samples"], summary["questions_with_kept_rationale"],
-             100 * summary["sample_accuracy"])
+    log.info("corpus: %d of %d samples kept (%d questions with >=1, %.2f distinct rationales each), per-sample "
+             "teacher accuracy %.1f%%", summary["kept"], summary["samples"], summary["questions_with_kept_rationale"],
+             summary["diversity"]["distinct_per_question"], 100 * summary["sample_accuracy"])
     return summary
 
 

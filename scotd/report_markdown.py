@@ -163,7 +163,10 @@ def budget_lines(rows: list[dict], share: float = 0.05) -> list[str]:
 def corpus_line(corpus: dict) -> str:
     return (f"Setting: {corpus['setting']}. {corpus['samples']} teacher samples for {corpus['questions']} "
             f"questions; per-sample teacher accuracy {100 * corpus['sample_accuracy']:.1f} %; "
-            f"{corpus['kept']} rationales kept ({corpus['duplicates_removed']} duplicates removed); "
+            f"{corpus['kept']} rationales kept ({corpus['duplicates_removed']} duplicates removed)"
+            + (f", {d['distinct_per_question']:.2f} distinct per question ({100 * d['duplicate_share']:.0f} % of "
+               f"the samples that passed the filter repeated another)" if (d := corpus.get("diversity")) else "")
+            + "; "
             f"{100 * corpus['share_questions_with_kept_rationale']:.1f} % of questions have at least one; "
             f"parse failures {corpus['parse_failures']}"
             + (f" ({cut} cut at teacher.max_new_tokens)" if (cut := corpus.get("parse_failures_by_reason", {})

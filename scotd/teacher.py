@@ -21,6 +21,7 @@ from scotd.config import OutputConfig, ResourcesConfig, TeacherConfig
 from scotd.inference import (EngineStats, Sampling, engine_spec, generate_rows, question_seed,
                              throughput_counters)
 from scotd import provenance
+from scotd.diversity import diversity
 from scotd.fit import too_long
 from scotd.limits import warn_if_cut
 from scotd.prompts import Exemplar, gold_key, mark_cut, parse_answer, stop_strings, teacher_prompt
@@ -159,7 +160,23 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
              "teacher.max_new_tokens=%d)", summary["samples"], summary["questions"], 100 * summary["sample_accuracy"],
              summary["parse_failures"], cut, cfg.max_new_tokens)
     warn_if_cut("teacher", cut, summary["samples"], "teacher.max_new_tokens", cfg.max_new_tokens)
+    warn_if_repeated(summary["diversity"], n)
     return summary
+
+
+def warn_if_repeated(found: dict, n: int, share: float = 0.5) -> None:
+    """One line with the teacher's diversity, and a warning naming what to change when more than ``share`` of its
+    samples repeat another sample of the same question: more samples of such questions buy nothing."""
+    if n < 2:
+        return
+    log.info("teacher: %.2f distinct rationales per question of %d samples; %.0f%% of the samples repeat another",
+             found["distinct_per_question"], n, 100 * found["duplicate_share"])
+    if found["duplicate_share"] > share:
+        log.warning("teacher: %.0f%% of the samples repeat another sample of their question (%.2f distinct per "
+                    "question of %d): more training questions (tasks[].max_train), fewer samples "
+                    "(teacher.num_samples), more varied exemplars (tasks[].exemplars) or a higher "
+                    "teacher.temperature would buy more distinct rationales", 100 * found["duplicate_share"],
+                    found["distinct_per_question"], n)
 
 
 def _write_block(samples_dir: Path, rows: list[dict]) -> Path:
@@ -182,7 +199,9 @@ def summarize_samples(samples_dir: Path, *, wall_s: float, samples: int, generat
     reasons = table.column("parse_error").to_pylist() if rows else []
     failures = sum(e is not None for e in reasons)
     questions = len(set(table.column("question_id").to_pylist())) if rows else 0
+    samples_of = table.select(["question_id", "rationale"]).to_pylist() if rows else []
     return {
+        "diversity": diversity(samples_of),
         "questions": questions,
         "samples": rows,
         "sample_accuracy": correct / rows if rows else 0.0,

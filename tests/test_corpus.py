@@ -1,4 +1,5 @@
 import json
+import logging
 
 import pyarrow.parquet as pq
 import pytest
@@ -103,3 +104,48 @@ def test_a_corrupt_teacher_block_is_named_with_the_way_to_resample_it(tmp_path, 
         assert "samples its questions again" in str(err.value)
     bad.unlink()  # what the message says to do: the rest resumes
     assert finished_question_ids(tmp_path / "samples") == {"q1"}
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("63 - 18 = 45. 45 + 29 = 74.", "63 - 18 = 45.  45 + 29 =\n74.", True),  # whitespace
+    ("1,000 + 5 = 1,005.", "1000 + 5 = 1005.", True),  # thousands commas
+    ("45.0 - 5 = 40.", "45 - 5 = 40.00.", True),  # trailing zeros
+    ("Items 3,4 and 5.", "Items 34 and 5.", False),  # a list is not a number
+    ("63 - 18 = 45.", "18 - 63 = -45.", False),
+    ("Version 1.2.3.", "Version 1.2.30.", False),
+])
+def test_rationale_key_folds_whitespace_and_number_formatting_only(a, b, same):
+    from scotd.diversity import rationale_key
+
+    assert (rationale_key(a) == rationale_key(b)) is same
+
+
+def test_diversity_counts_distinct_rationales_per_question_and_repeats():
+    from scotd.diversity import diversity
+
+    rows = [{"question_id": "q1", "rationale": "1 + 2 = 3."}, {"question_id": "q1", "rationale": "1 + 2 = 3.0."},
+            {"question_id": "q1", "rationale": "2 + 1 = 3."}, {"question_id": "q2", "rationale": "5 - 1 = 4."}]
+    assert diversity(rows) == {"distinct_rationales": 3, "distinct_per_question": 1.5,
+                               "questions_by_distinct": {"1": 1, "2": 1}, "duplicate_share": 0.25}
+    assert diversity([])["distinct_per_question"] == 0.0
+
+
+def test_dedup_drops_rationales_that_differ_only_in_number_formatting():
+    rows = [{"question_id": "q", "sample_index": i, "rationale": r, "label": "3"}
+            for i, r in enumerate(["1 + 2 = 3.0.", "1 + 2 = 3.", "2 + 1 = 3."])]
+    assert [r["sample_index"] for r in dedup(rows)] == [0, 2]
+
+
+def test_mostly_repeated_samples_warn_naming_what_to_change(caplog):
+    from scotd.teacher import warn_if_repeated
+
+    with caplog.at_level(logging.INFO, logger="scotd"):
+        warn_if_repeated({"distinct_per_question": 1.03, "duplicate_share": 0.74}, 4)
+    assert "teacher: 1.03 distinct rationales per question of 4 samples; 74% of the samples repeat another" \
+        in caplog.text
+    warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    for key in ("tasks[].max_train", "teacher.num_samples", "tasks[].exemplars", "teacher.temperature"):
+        assert key in warning
+    caplog.clear()
+    warn_if_repeated({"distinct_per_question": 3.2, "duplicate_share": 0.2}, 4)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
