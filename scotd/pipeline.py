@@ -125,6 +125,10 @@ def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES, *, restart: str
     if restart and restart not in STAGES:
         raise ConfigError(f"--restart {restart}: not a stage; stages: {', '.join(STAGES)}")
     exp = Experiment(cfg)
+    if cfg.cpu_sized:
+        log.info("CPU without native bf16: every model runs float32; the config's without_native_bf16 sizes apply "
+                 "(%s; the command line's overrides win)", ", ".join(f"{k}={v}" for k, v in
+                                                                     cfg.without_native_bf16.items()))
     exp.mirror.check_writable()
     try:
         exp.dir.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
     try:
+        if check_training:  # a run's config, not a finished experiment's saved one (already sized)
+            size_for_cpu(raw, overrides)
         for item in overrides:
             apply_override(raw, item)
         cfg = from_dict(ExperimentConfig, raw)
@@ -169,6 +171,35 @@ def greedy_run_names(cfg: ExperimentConfig) -> list[str]:
     return names + [s.name for s in cfg.students]
 
 
+def size_for_cpu(raw: dict, overrides: list[str] | tuple[str, ...], native_bf16: bool | None = None) -> list[str]:
+    """On a CPU without native bf16 (``native_bf16``; default: this machine's), set the config's
+    ``without_native_bf16`` values in ``raw`` in place, except keys the command line sets, and mark it
+    ``cpu_sized``; returns the ``key=value`` items applied."""
+    sizes = raw.get("without_native_bf16") or {}
+    if not isinstance(sizes, dict):
+        raise ConfigError(f"without_native_bf16: expected a mapping of dotted keys to values, got {sizes!r}")
+    if not sizes or raw.get("cpu_sized"):
+        return []
+    if native_bf16 is None:
+        from scotd.inference.spec import cpu_has_bf16
+
+        native_bf16 = cpu_has_bf16()
+    if native_bf16:
+        return []
+    given = {item.partition("=")[0] for item in overrides}
+    applied = []
+    for key, value in sizes.items():
+        if key in given:
+            continue
+        try:
+            set_value(raw, str(key), value)
+        except ConfigError as err:
+            raise ConfigError(f"without_native_bf16: {err}") from None
+        applied.append(f"{key}={value}")
+    raw["cpu_sized"] = True
+    return applied
+
+
 def apply_override(raw: dict, item: str) -> None:
     """Set ``a.b.c=value`` in the nested dict ``raw`` in place; the value is parsed as YAML (``3``, ``true``, ``[a]``)."""
     key, sep, text = item.partition("=")
@@ -178,6 +209,12 @@ def apply_override(raw: dict, item: str) -> None:
         value = yaml.safe_load(text) if text else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
+    set_value(raw, key, value, item)
+
+
+def set_value(raw: dict, key: str, value: Any, item: str | None = None) -> None:
+    """Set the dotted ``key`` in the nested dict ``raw`` in place (``item``: the override it came from, for errors)."""
+    item = item or f"{key}={value}"
     parts = key.split(".")
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):

@@ -298,6 +298,12 @@ class ExperimentConfig:
     resources: ResourcesConfig = opt(ResourcesConfig(), "Ray cluster and resources.")
     output: OutputConfig = opt(OutputConfig(), "Artifact locations.")
     tracking: TrackingConfig = opt(TrackingConfig(), "Experiment tracking (MLflow).")
+    without_native_bf16: dict[str, Any] = field(default_factory=dict, metadata={"help": (
+        "Sizes for a CPU without native bf16 (no AMX / AVX-512-BF16: every model runs float32, several times "
+        "slower): dotted keys and values (e.g. {teacher.num_samples: 1, tasks.0.max_eval: 300}) that `scotd run` "
+        "applies on such a machine, before the command line's overrides (which win). The job says which it "
+        "applied; `cpu_sized` records it.")})
+    cpu_sized: bool = opt(False, "Set by the job when it applied without_native_bf16 (not to be set by hand).")
 
     def student_setting(self, s: StudentConfig) -> str:
         """The corpus setting a student trains in: its own, else the experiment's."""
