@@ -96,7 +96,12 @@ def model_card(cfg: ExperimentConfig, s: StudentConfig, *, meta: dict, checkpoin
              f"| tasks | {', '.join(t.name for t in tasks) or 'none'} |",
              f"| corpus | {summary.get('kept', '?')} rationales of {summary.get('questions', '?')} questions "
              f"({setting}; selector {selection.get('selector', s.selector)}) |",
-             f"| epochs | {s.epochs} (each visit to a question draws one of its rationales) |",
+             f"| epochs | {s.epochs}" + (" (each visit to a question draws one of its rationales)"
+                                           if s.each_epoch == "question" else " (each visits every kept rationale)")
+             + "".join(f", at most {v} {k.removeprefix('max_')}" for k, v in (("max_steps", s.max_steps),
+                                                                              ("max_tokens", s.max_tokens)) if v)
+             + (f", early stopping after {s.patience} epochs without a better dev score" if s.patience else "")
+             + " |",
              f"| learning rate | {s.learning_rate} (AdamW, weight decay {s.weight_decay}, {s.warmup_steps} warm-up "
              "steps, linear decay) |",
              f"| batch | {s.batch_size} sequences ({s.micro_batch_size} per step x {s.num_workers} workers x "
@@ -108,6 +113,10 @@ def model_card(cfg: ExperimentConfig, s: StudentConfig, *, meta: dict, checkpoin
         lines.append(f"| checkpoint | epoch {chosen} of {checkpoints.get('last_epoch')}"
                      + (f" (best on {checkpoints.get('dev_questions')} dev questions)" if folder == "model-best"
                         else " (the last)") + " |")
+        if seen := checkpoints.get("seen"):
+            lines.append(f"| trained on | {seen['sequences']} sequences, {seen['distinct_rationales']} distinct "
+                         f"(question, rationale) pairs, {seen['tokens']} tokens over {seen['epochs']} epochs "
+                         f"(ended by {seen['ended_by']}) |")
     lines += ["", "## Evaluation", ""]
     if rows:
         lines += ["Greedy answers (and majority votes, `sc@k`) on the experiment's evaluation questions; 95 % Wilson "

@@ -1,12 +1,13 @@
 """The job's first line: the machine it runs on, the dtype each model runs in there, and how long this config is
-expected to take on that class of machine, from rates measured on each class (``RATES``).
+expected to take on that class of machine, from the rates the demo ran at on each class (``cpu_rates.json``, with
+when and where each was taken).
 
 A CPU without native bf16 (AVX2 only) runs every model in float32, about five times slower than one with AMX, so the
 same config can take 16 or 75 minutes; a user should know which before the first stage starts.
 
 The expected time is a model of the work, not a promise: generated and trained tokens (counted from the exemplars'
 answers: a digit is a token in the tokenizers of the offline models, other text about 4 characters a token) times
-the parameters of the model that handles them, at the class's measured rate, plus engine start-ups and converting
+the parameters of the model that handles them, at the class's rate, plus engine start-ups and converting
 offline models not yet in the cache. Prompt tokens are left out: the few-shot prefix is cached per engine.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,21 +24,20 @@ from scotd.config import ExperimentConfig
 
 @dataclass(frozen=True)
 class Rates:
-    """What a class of machine does per second, measured on the demo (``measured`` says when and where)."""
+    """What a class of machine does per second (``source``: the run the figures come from)."""
 
     generate: float  # parameters x generated tokens per second (vLLM engine, many sequences at once)
     train: float  # parameters x trained tokens per second, every student of the job together
     engine_start_s: float  # seconds to start a vLLM engine, per billion parameters (at least 10 s)
     convert_s: float  # seconds to convert an offline GGUF model into a Hugging Face folder, per billion parameters
-    measured: str
+    source: str
 
 
-RATES = {
-    # 2026-12-06, 2-core AMX CPU: teacher 163.6 generated tokens/s (1.54B, bf16); students 337 s for two SmolLM2-135M
-    # students' 2 epochs; the demo 16 min 39 s after set-up.
-    "amx": Rates(generate=252e9, train=20e9, engine_start_s=25, convert_s=90,
-                 measured="2026-12-06 on a 2-core AMX CPU"),
-}
+def class_rates() -> dict[str, Rates]:
+    """CPU class -> its rates, from ``scotd/cpu_rates.json``."""
+    raw = json.loads((resources.files("scotd") / "cpu_rates.json").read_text())
+    return {cls: Rates(**values) for cls, values in raw.items()}
+
 
 CLASS_NAMES = {"amx": "AMX (native bf16)", "avx512_bf16": "AVX-512-BF16 (native bf16)",
                "avx512": "AVX-512 without bf16", "avx2": "AVX2 without native bf16", "other": "no AVX2"}
@@ -136,10 +137,10 @@ def summary_line(cfg: ExperimentConfig, exemplar_answers: list[str], cls: str | 
                       for s in cfg.students})
     where = "GPU engines" if gpu else f"CPU {CLASS_NAMES[cls]}"
     line = (f"machine: {where}; engines {engine}, students {', '.join(trained) or 'none'}")
-    rates = None if gpu else RATES.get(cls)
+    rates = None if gpu else class_rates().get(cls)
     if rates is None:
-        return line + ("" if gpu else "; no rates measured on this class of CPU: no expected time")
+        return line + ("" if gpu else "; no rates known for this class of CPU: no expected time")
     seconds = expected_seconds(cfg, rates, exemplar_answers)
     if seconds is None:
         return line + "; expected time unknown (a model's size or a split's length is not known before the run)"
-    return line + f"; expected ~{max(1, math.ceil(seconds / 60))} min for this config (rates measured {rates.measured})"
+    return line + f"; expected ~{max(1, math.ceil(seconds / 60))} min for this config (rates of {rates.source})"

@@ -129,7 +129,8 @@ def record(exp_dir: Path, cfg: ExperimentConfig, *names: str) -> None:
 
 # Student settings added after records were first written, with the value that reproduces the older behaviour: a
 # record without the key was built with that value.
-LATER_STUDENT_DEFAULTS = {"chat_template": False, "lora": None}
+LATER_STUDENT_DEFAULTS = {"chat_template": False, "lora": None, "each_epoch": "question", "max_steps": None,
+                          "max_tokens": None, "patience": None}
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:

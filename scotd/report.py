@@ -301,7 +301,7 @@ def checkpoint_selection(exp_dir: Path, rows: list[dict]) -> list[dict]:
         out.append({"run": r["run"], "samples": r["samples"], "shown": r["checkpoint"],
                     "last_epoch": chosen.get("last_epoch"),
                     "best_epoch": chosen.get("best_epoch"), "dev_questions": chosen.get("dev_questions", 0),
-                    "dev": chosen.get("dev", []), "eval_accuracy": accuracy})
+                    "dev": chosen.get("dev", []), "eval_accuracy": accuracy, "seen": chosen.get("seen")})
     return out
 
 

@@ -96,6 +96,19 @@ def render_markdown(report: dict) -> str:
                          f"{j['ties']} | {j['unparsed']} | {j['p_value']:.3f} | "
                          f"{'within noise' if j['within_noise'] else 'significant'} |")
     selection = [c for c in report.get("checkpoints", []) if c["samples"] == 1]
+    trained = [c for c in selection if c.get("seen")]
+    if trained:
+        lines += ["", "## What each student trained on", "",
+                  "All workers together: sequences and tokens (prompt and target, padding not counted) over every "
+                  "epoch, and the distinct (question, rationale) pairs among them; an epoch visits every question "
+                  "once with one of its rationales drawn ('question') or every kept rationale ('rationale').", "",
+                  "| student | epochs | each epoch | sequences | distinct rationales | tokens | ended by |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in trained:
+            seen = c["seen"]
+            count = lambda v: "?" if v is None else f"{v:,}"  # noqa: E731
+            lines.append(f"| {c['run']} | {seen['epochs']} | {seen['each_epoch']} | {count(seen['sequences'])} | "
+                         f"{count(seen['distinct_rationales'])} | {count(seen['tokens'])} | {seen['ended_by']} |")
     if any(c["dev"] for c in selection):
         lines += ["", "## Checkpoint selection", "",
                   "Each student's dev accuracy (greedy, on questions held out of training) after every epoch; the "

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from scotd.config import load_config
-from scotd.preflight import RATES, answer_tokens, cpu_class, expected_seconds, model_params, summary_line
+from scotd.preflight import answer_tokens, class_rates, cpu_class, expected_seconds, model_params, summary_line
 from scotd.prompts import load_exemplars, render_answer
 from tests.conftest import REPO
 
@@ -44,19 +44,19 @@ def test_model_params_of_offline_tiny_and_local_models(tmp_path):
 
 def test_expected_time_grows_with_the_work_and_is_unknown_without_sizes(tmp_path):
     cfg = load_config(DEMO, [f"output.cache_dir={tmp_path}"], check_training=False)
-    base = expected_seconds(cfg, RATES["amx"], sums())
+    base = expected_seconds(cfg, class_rates()["amx"], sums())
     more = expected_seconds(load_config(DEMO, [f"output.cache_dir={tmp_path}", "teacher.num_samples=8"],
-                                        check_training=False), RATES["amx"], sums())
+                                        check_training=False), class_rates()["amx"], sums())
     assert 5 * 60 < base < more
     unsized = load_config(DEMO, [f"output.cache_dir={tmp_path}", "tasks.0.max_eval=null"], check_training=False)
-    assert expected_seconds(unsized, RATES["amx"], sums()) is None
+    assert expected_seconds(unsized, class_rates()["amx"], sums()) is None
 
 
 def test_the_line_names_class_dtypes_and_expected_time(tmp_path):
     cfg = load_config(DEMO, [f"output.cache_dir={tmp_path}"], check_training=False)
     amx = summary_line(cfg, sums(), "amx")
     assert amx.startswith("machine: CPU AMX (native bf16); engines bfloat16, students bf16 autocast; expected ~")
-    assert "for this config (rates measured 2026-12-06 on a 2-core AMX CPU)" in amx
+    assert "for this config (rates of make demo on a 2-core AMX CPU, 2026-12-06)" in amx
     plain = summary_line(cfg, sums(), "avx512")
-    assert plain == ("machine: CPU AVX-512 without bf16; engines float32, students float32; no rates measured on "
+    assert plain == ("machine: CPU AVX-512 without bf16; engines float32, students float32; no rates known for "
                      "this class of CPU: no expected time")

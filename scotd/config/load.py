@@ -102,6 +102,12 @@ def check_students(cfg: ExperimentConfig) -> ExperimentConfig:
         for key in ("batch_size", "micro_batch_size", "dev_batch_size", "num_workers", "selector_k", "epochs"):
             if getattr(s, key) < 1:
                 raise ConfigError(f"students.{i}.{key}: {getattr(s, key)} must be at least 1")
+        for key in ("max_steps", "max_tokens", "patience"):
+            if getattr(s, key) is not None and getattr(s, key) < 1:
+                raise ConfigError(f"students.{i}.{key}: {getattr(s, key)} must be at least 1, or null (off)")
+        if s.patience is not None and not any(t.max_dev and t.train for t in cfg.tasks):
+            raise ConfigError(f"students.{i}.patience: early stopping needs dev questions: set tasks.N.max_dev > 0 "
+                              "on a training task")
         if s.lora and s.zero_stage == 3:
             raise ConfigError(f"students.{i}.lora: LoRA students train with ZeRO stage 0-2 (stage 3 shards the "
                               f"weights the export merges the adapters into); set students.{i}.zero_stage: 2")

@@ -179,7 +179,24 @@ class StudentConfig:
     embedding_model: str = opt(
         "offline:smollm2-135m-instruct", "Sentence embeddings for selector 'diverse' (mean of last hidden layer)."
     )
-    epochs: int = opt(3, "Passes over the training questions; each pass draws one kept rationale per question.")
+    epochs: int = opt(3, "Passes over the training data (each_epoch says what a pass visits); at most this many.")
+    each_epoch: Literal["question", "rationale"] = opt(
+        "question", "What an epoch visits: question = every training question once, with one of its kept rationales "
+        "drawn at random (balanced: a question with many rationales weighs as much as one with one); rationale = "
+        "every kept rationale once (the paper's volume: the whole corpus each epoch)."
+    )
+    max_steps: int | None = opt(
+        None, "Stop after this many optimizer steps (the last epoch is cut short), so that students of different "
+        "corpora compare at equal compute; the learning-rate schedule ends there. None: epochs decide."
+    )
+    max_tokens: int | None = opt(
+        None, "Stop once this many tokens (prompt and target, padding not counted, all workers) have been trained "
+        "on; like max_steps, the schedule ends there. None: epochs decide."
+    )
+    patience: int | None = opt(
+        None, "Early stopping: stop once dev accuracy has not improved for this many epochs (needs tasks[].max_dev "
+        "> 0); the checkpoint with the best dev accuracy is the one evaluated (eval.checkpoint: best). None: off."
+    )
     learning_rate: float = opt(2e-5, "Peak AdamW learning rate (paper: 2e-5).")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     batch_size: int = opt(32, "Global batch size in sequences (paper: 32) = micro_batch_size x accumulation x workers.")

@@ -1,8 +1,10 @@
-"""Student training data: (prompt, target) pairs, tokenized once, one rationale drawn per question per epoch.
+"""Student training data: (prompt, target) pairs, tokenized once; what each epoch visits; how long training runs.
 
-The paper's balanced sampling: each epoch visits every training question once and pairs it with one of its kept
-rationales drawn at random, so questions with many correct rationales do not dominate. Token ids are computed once
-for every prompt and every target; an epoch only chooses indices and concatenates.
+By default each epoch visits every training question once and pairs it with one of its kept rationales drawn at
+random (balanced: questions with many correct rationales do not dominate); ``each_epoch: rationale`` visits every
+kept rationale instead, the paper's "sheer volume". ``max_steps`` / ``max_tokens`` cut training at a fixed compute
+so that students of different corpora compare fairly. Token ids are computed once for every prompt and every
+target; an epoch only chooses indices and concatenates.
 """
 
 from __future__ import annotations
@@ -60,25 +62,34 @@ def build_sequence(prompt: tuple[int, ...], target: tuple[int, ...], max_length:
     return list(prompt) + list(target), [IGNORE_INDEX] * len(prompt) + list(target)
 
 
-def epoch_sequences(encoded: list[EncodedQuestion], *, epoch: int, seed: int, rank: int, world_size: int,
-                    max_length: int) -> list[tuple[list[int], list[int]]]:
-    """This rank's sequences for one epoch: every question once (one drawn target), shuffled, split evenly.
+def epoch_picks(encoded: list[EncodedQuestion], *, epoch: int, seed: int, rank: int, world_size: int,
+                each: str = "question") -> list[tuple[int, int]]:
+    """This rank's (question, rationale) indices for one epoch, shuffled and split evenly across ranks.
 
-    Every rank gets the same count (the last ones wrap around) so data-parallel ranks take the same number of
-    optimizer steps.
+    ``each`` "question": every question once, with one of its targets drawn at random (the balanced default);
+    "rationale": every target of every question once (the whole corpus). Every rank gets the same count (the last
+    ones wrap around) so data-parallel ranks take the same number of optimizer steps.
     """
     rng = random.Random(seed * 1_000_003 + epoch)
-    order = list(range(len(encoded)))
-    rng.shuffle(order)
-    picks = [rng.randrange(len(encoded[i].target_ids)) for i in order]
-    per_rank = -(-len(order) // world_size)
-    mine = [(order[(rank + k * world_size) % len(order)], picks[(rank + k * world_size) % len(order)])
-            for k in range(per_rank)]
-    return [build_sequence(encoded[i].prompt_ids, encoded[i].target_ids[j], max_length) for i, j in mine]
+    if each == "rationale":
+        picks = [(i, j) for i, e in enumerate(encoded) for j in range(len(e.target_ids))]
+        rng.shuffle(picks)
+    else:
+        order = list(range(len(encoded)))
+        rng.shuffle(order)
+        picks = [(i, rng.randrange(len(encoded[i].target_ids))) for i in order]
+    per_rank = -(-len(picks) // world_size)
+    return [picks[(rank + k * world_size) % len(picks)] for k in range(per_rank)]
 
 
-def make_batches(seqs: list[tuple[list[int], list[int]]], micro_batch_size: int, *, seed: int,
-                 bucket_batches: int = 16) -> list[list[tuple[list[int], list[int]]]]:
+def epoch_sequences(encoded: list[EncodedQuestion], *, epoch: int, seed: int, rank: int, world_size: int,
+                    max_length: int, each: str = "question") -> list[tuple[list[int], list[int], tuple[int, int]]]:
+    """This rank's sequences for one epoch (``epoch_picks``): ``input_ids``, ``labels`` and the pick they are."""
+    return [(*build_sequence(encoded[i].prompt_ids, encoded[i].target_ids[j], max_length), (i, j))
+            for i, j in epoch_picks(encoded, epoch=epoch, seed=seed, rank=rank, world_size=world_size, each=each)]
+
+
+def make_batches(seqs: list[tuple], micro_batch_size: int, *, seed: int, bucket_batches: int = 16) -> list[list[tuple]]:
     """Length-bucketed micro-batches: sort windows of ``bucket_batches`` batches by length so padding stays small,
     then shuffle the batch order so lengths do not trend through the epoch."""
     window = micro_batch_size * bucket_batches
@@ -90,15 +101,60 @@ def make_batches(seqs: list[tuple[list[int], list[int]]], micro_batch_size: int,
     return batches
 
 
-def collate(batch: list[tuple[list[int], list[int]]], pad_id: int):
-    """Right-pad to the longest sequence; returns torch tensors and the number of real tokens."""
+def epoch_batches(encoded: list[EncodedQuestion], cfg, *, epoch: int, rank: int, world_size: int) -> list[list[tuple]]:
+    """One rank's micro-batches of one epoch for a student config ``cfg`` (its seed, ``each_epoch``, lengths)."""
+    seqs = epoch_sequences(encoded, epoch=epoch, seed=cfg.seed, rank=rank, world_size=world_size,
+                           max_length=cfg.max_length, each=cfg.each_epoch)
+    return make_batches(seqs, cfg.micro_batch_size, seed=cfg.seed * 7919 + epoch)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long a student trains: micro-batches per epoch (per rank), the epochs that run, the micro-batches in
+    all (the last epoch may be cut short) and the optimizer steps the learning-rate schedule spans."""
+
+    micro_per_epoch: int
+    epochs: int
+    micro_batches: int
+    optimizer_steps: int
+
+
+def training_plan(encoded: list[EncodedQuestion], cfg, world_size: int, accumulation: int) -> Plan:
+    """``cfg.epochs`` epochs, cut at ``cfg.max_steps`` optimizer steps or at the micro-batch that reaches
+    ``cfg.max_tokens`` trained tokens (all ranks; every rank's batches are known from the seed, so every rank
+    computes the same plan and they stop together)."""
+    micro = len(epoch_batches(encoded, cfg, epoch=0, rank=0, world_size=world_size))
+    total = micro * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps * accumulation)
+    if cfg.max_tokens is not None:
+        tokens, done = 0, 0
+        for epoch in range(cfg.epochs):
+            ranks = [epoch_batches(encoded, cfg, epoch=epoch, rank=r, world_size=world_size)
+                     for r in range(world_size)]
+            for k in range(micro):
+                tokens += sum(len(s[0]) for batches in ranks for s in batches[k])
+                done += 1
+                if tokens >= cfg.max_tokens:
+                    break
+            if tokens >= cfg.max_tokens:
+                break
+        total = min(total, done)
+    total = max(total, 1)
+    return Plan(micro_per_epoch=micro, epochs=-(-total // micro), micro_batches=total,
+                optimizer_steps=max(1, -(-total // accumulation)))
+
+
+def collate(batch: list[tuple], pad_id: int):
+    """Right-pad to the longest sequence (items: ``input_ids``, ``labels``, and anything after them, ignored);
+    returns torch tensors and the number of real tokens."""
     import torch
 
-    width = max(len(ids) for ids, _ in batch)
+    width = max(len(item[0]) for item in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (ids, labs) in enumerate(batch):
+    for row, (ids, labs, *_) in enumerate(batch):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         labels[row, : len(labs)] = torch.tensor(labs)
         mask[row, : len(ids)] = 1

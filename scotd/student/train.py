@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -107,7 +106,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from scotd.student.data import collate, encode, epoch_sequences, make_batches, training_texts
+    from scotd.student.data import collate, encode, epoch_batches, training_plan, training_texts
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -136,26 +135,29 @@ def train_loop_per_worker(config: dict) -> None:
     encoded = encode(training_texts(rows, cfg.method), tokenizer, chat=cfg.chat_template)
     if not encoded:
         raise RuntimeError(f"student {cfg.name}: no training examples in {job.rows_path}")
-    per_rank = -(-len(encoded) // world)
     accum = accumulation_steps(cfg, world)
-    steps_per_epoch = max(1, math.ceil(per_rank / cfg.micro_batch_size) // accum)
-    total_steps = steps_per_epoch * cfg.epochs
+    plan = training_plan(encoded, cfg, world, accum)
 
     trainable = [p for p in model.parameters() if p.requires_grad]  # a LoRA student's adapters only
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(cfg.warmup_steps, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(cfg.warmup_steps, plan.optimizer_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, world))
     single_rank_no_allreduce(engine, world)
-    for _ in range(start_epoch * steps_per_epoch):
+    for _ in range(start_epoch * plan.micro_per_epoch // accum):
         scheduler.step()  # the schedule continues where the checkpointed run stopped
     engine.train()
     progress = Progress(job.history_path.with_name(PROGRESS_FILE) if rank == 0 else None)
     tracker = student_logger(job.tracking, cfg.name, rank, asdict(cfg))
-    for epoch in range(start_epoch, cfg.epochs):
-        seqs = epoch_sequences(encoded, epoch=epoch, seed=cfg.seed, rank=rank, world_size=world,
-                               max_length=cfg.max_length)
-        batches = make_batches(seqs, cfg.micro_batch_size, seed=cfg.seed * 7919 + epoch)
+    seen: set[tuple[int, int]] = set()  # every rank's (question, rationale) picks trained on so far
+    for epoch in range(start_epoch):
+        seen.update(_picks(encoded, cfg, epoch, world, plan.micro_per_epoch))
+    for epoch in range(start_epoch, plan.epochs):
+        if stop_early(history, cfg.patience):
+            break
+        limit = min(plan.micro_per_epoch, plan.micro_batches - epoch * plan.micro_per_epoch)
+        batches = epoch_batches(encoded, cfg, epoch=epoch, rank=rank, world_size=world)[:limit]
+        seen.update(_picks(encoded, cfg, epoch, world, limit))
         started_at, started = time.time(), time.monotonic()
         loss_sum, real, padded, target_tokens = 0.0, 0, 0, 0
         for step, batch in enumerate(batches, start=1):
@@ -170,7 +172,7 @@ def train_loop_per_worker(config: dict) -> None:
             real += num_real
             padded += inputs["input_ids"].numel()
             target_tokens += int((inputs["labels"] != -100).sum())
-            progress.update(epoch=epoch + 1, epochs=cfg.epochs, first_epoch=start_epoch + 1, step=step,
+            progress.update(epoch=epoch + 1, epochs=plan.epochs, first_epoch=start_epoch + 1, step=step,
                             steps=len(batches), loss=loss_sum / step)
             if tracker:
                 tracker.log_metrics({"loss": float(loss.detach()), "learning_rate": scheduler.get_last_lr()[0],
@@ -184,13 +186,18 @@ def train_loop_per_worker(config: dict) -> None:
                    "tokens_per_s": real * world / elapsed, "real_token_share": real / max(1, padded),
                    "target_tokens": target_tokens, "lr": scheduler.get_last_lr()[0], "epoch_s": elapsed,
                    "started_at": started_at, "ended_at": time.time(), "threads": torch.get_num_threads(),
-                   "cpu_bf16_autocast": autocast}
+                   "cpu_bf16_autocast": autocast,
+                   # what the student saw, all ranks together: this epoch's sequences and tokens; rationales so far
+                   "sequences": len(batches) * cfg.micro_batch_size * world, "tokens": real * world,
+                   "distinct_rationales_seen": len(seen), "planned_epochs": plan.epochs}
         if tracker:
             tracker.log_metrics({f"epoch_{k}": float(v) for k, v in metrics.items()
                                  if k in ("loss", "tokens_per_s", "dev_accuracy", "dev_parse_failures")},
                                 step=epoch + 1)
         history.append(metrics)
         _report(engine, tokenizer, job, metrics, history, rank)
+        if stop_early(history, cfg.patience):
+            log.info("rank %d: %s stops early: no better dev accuracy in %d epochs", rank, cfg.name, cfg.patience)
     if tracker:
         tracker.end_run()
     if resume_dir:
@@ -202,6 +209,23 @@ def cpu_autocast(cfg: StudentConfig) -> bool:
     from scotd.inference.spec import cpu_has_bf16
 
     return not cfg.use_gpu and (cfg.cpu_bf16 is True or (cfg.cpu_bf16 == "auto" and cpu_has_bf16()))
+
+
+def stop_early(history: list[dict], patience: int | None) -> bool:
+    """Whether the last ``patience`` epochs of ``history`` brought no better dev accuracy than the best before
+    them (pure; never without ``patience`` or dev scores)."""
+    scores = [h["dev_accuracy"] for h in history if "dev_accuracy" in h]
+    if not patience or len(scores) <= patience:
+        return False
+    return max(scores[-patience:]) <= max(scores[:-patience])
+
+
+def _picks(encoded, cfg: StudentConfig, epoch: int, world: int, limit: int) -> set[tuple[int, int]]:
+    """Every rank's (question, rationale) picks in the first ``limit`` micro-batches of ``epoch``."""
+    from scotd.student.data import epoch_batches
+
+    return {item[2] for r in range(world) for batch in epoch_batches(encoded, cfg, epoch=epoch, rank=r,
+                                                                     world_size=world)[:limit] for item in batch}
 
 
 PROGRESS_FILE = "progress.json"
@@ -308,10 +332,29 @@ def fit_student(job: StudentJob) -> dict:
     history = json.loads((tmp / STUDENT_META).read_text())["history"]
     selection["dev"] = [{k: h[k] for k in ("epoch", "dev_accuracy", "dev_parse_failures")}
                         for h in history if "dev_accuracy" in h]
+    selection["seen"] = seen_summary(history, cfg)
     (Path(out_dir) / "checkpoints.json").write_text(json.dumps(selection, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)  # last: its presence marks the student done
     return {"name": cfg.name, "model_dir": str(final), "history": history, "selection": selection}
+
+
+def seen_summary(history: list[dict], cfg: StudentConfig) -> dict:
+    """What a student trained on, over its epochs: sequences, tokens (prompt and target, no padding) and distinct
+    (question, rationale) pairs, with the epochs it ran and whether early stopping or a step/token budget ended it
+    (pure; epochs written before these counts existed give None)."""
+    def total(key: str):
+        values = [h.get(key) for h in history]
+        return None if not values or None in values else int(sum(values))
+
+    epochs = len(history)
+    planned = history[-1].get("planned_epochs", cfg.epochs) if history else cfg.epochs
+    ended = ("early stopping" if epochs < planned else
+             "step or token budget" if planned < cfg.epochs or (history and history[-1].get("micro_batches", 0)
+                                                                 < history[0].get("micro_batches", 0)) else "epochs")
+    return {"epochs": epochs, "sequences": total("sequences"), "tokens": total("tokens"),
+            "distinct_rationales": history[-1].get("distinct_rationales_seen") if history else None,
+            "each_epoch": cfg.each_epoch, "ended_by": ended}
 
 
 def best_key(metrics: dict) -> tuple:
