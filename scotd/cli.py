@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("experiment_dirs", type=Path, nargs="+", metavar="experiment_dir")
     rep.add_argument("--out", type=Path, help="folder for the combined report of the given experiment folders "
                      "(needed with more than one)")
+    ev = sub.add_parser("eval", help="evaluate a finished experiment on new held-out questions, without "
+                        "retraining: scotd eval DIR --task name=X,format=F,eval=PATH[,max_eval=N]")
+    ev.add_argument("experiment_dir", type=Path)
+    ev.add_argument("--task", action="append", required=True, metavar="SPEC",
+                    help="an evaluation-only task: name=..., format=... (as tasks[].format), eval=PATH or URI, "
+                    "optional max_eval=N, exemplars=..., student_shots=K; repeat for several")
     judge = sub.add_parser("judge", help="people's verdicts on the judge's pairs: scotd judge score PAIR_FOLDER FILLED")
     judge_sub = judge.add_subparsers(dest="judge_command", required=True)
     score = judge_sub.add_parser("score", help="tally a filled-in copy of a judge/<a>__vs__<b>/annotate.jsonl (the "
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     console.setup()
-    if args.command == "run":
+    if args.command in ("run", "eval"):
         console.stop_on_signals()
 
     from scotd import pipeline
@@ -63,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             if report.exists() and "report" in stages:
                 print(report.read_text())
             print(f"artifacts: {exp.mirror.uri} (local copy: {exp.dir})" if exp.mirror.uri else f"artifacts: {exp.dir}")
+        elif args.command == "eval":
+            exp = pipeline.run(finished_config(args.experiment_dir, args.task), ("tasks", "eval", "report"),
+                               config_path=str(args.experiment_dir / "config.yaml"))
+            print((exp.dir / "report.md").read_text())
         elif args.command == "report" and args.out is None:
             if len(args.experiment_dirs) > 1:
                 parser.error("several experiment folders are combined into one report: give --out OUT")
@@ -119,6 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def finished_config(folder: Path, tasks: list[str]):
+    """A finished experiment's saved config with evaluation-only ``tasks`` added (``scotd eval``), run in that folder
+    itself (even when moved or copied since the run)."""
+    from scotd.config import with_eval_tasks
+
+    if not (folder / "config.yaml").exists():
+        raise ConfigError(f"{folder}: no config.yaml: not an experiment folder (give the output.dir of a run)")
+    config = with_eval_tasks(load_config(folder / "config.yaml", check_training=False), tasks)
+    return replace(config, output=replace(config.output, dir=str(folder)))
 
 
 def resume_command(argv: list[str]) -> str:

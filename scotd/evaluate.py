@@ -89,6 +89,32 @@ def answered(answers_dir: Path) -> dict[str, list[tuple[int, str, str | None]]]:
     return texts
 
 
+def done_on(run_dir: Path, question_ids) -> bool:
+    """Whether the run in ``run_dir`` finished (``metrics.json``) on exactly these questions; one made before a task
+    was added or its ``max_eval`` changed is redone from the answers it kept (``evaluate_run``)."""
+    if not (run_dir / "metrics.json").exists():
+        return False
+    try:
+        done = read_table(run_dir / "predictions.parquet", PREDICTION_SCHEMA).column("question_id").to_pylist()
+    except (OSError, ValueError):
+        return False  # predictions missing or unreadable: built again
+    return set(done) == set(question_ids)
+
+
+def earlier_predictions(run_dir: Path, samples: int) -> dict[str, list[tuple[int, str, str | None]]]:
+    """A finished greedy run's answers from its predictions (runs written before answers were kept in files): the
+    text of each question asked, cut at the budget where its parse error says so."""
+    path = run_dir / "predictions.parquet"
+    if samples != 1 or not path.exists() or not (run_dir / "metrics.json").exists():
+        return {}
+    try:
+        rows = read_table(path, PREDICTION_SCHEMA).to_pylist()
+    except (OSError, ValueError):
+        return {}
+    return {r["question_id"]: [(0, r["text"], "length" if r["parse_error"] == "cut_at_limit" else "stop")]
+            for r in rows if r["parse_error"] != "prompt_too_long"}
+
+
 def evaluate_run(run: EvalRun, questions: list[Question], prompt_fn: Callable[[Question], str], spec: EngineSpec,
                  engine: EngineConfig, *, max_new_tokens: int, num_cpus: float, out_dir: Path,
                  temperature: float = 0.0, left_out: set[str] = frozenset(), repetition_penalty: float = 1.0,
@@ -102,11 +128,18 @@ def evaluate_run(run: EvalRun, questions: list[Question], prompt_fn: Callable[[Q
     crash asks only the questions not yet answered; ``metrics.json``, written last, marks the run done."""
     samples, name = run.samples, run.run
     run_dir = out_dir / run.dir
-    if (run_dir / "metrics.json").exists():
+    by_id = {q.id: q for q in questions}
+    if done_on(run_dir, by_id.keys()):
         log.info("eval %s: already done, skipping", name)
         return json.loads((run_dir / "metrics.json").read_text())
-    by_id = {q.id: q for q in questions}
     answers_dir = run_dir / "answers"
+    earlier = {qid: found for qid, found in earlier_predictions(run_dir, samples).items()
+               if qid not in answered(answers_dir)}
+    if earlier:  # kept as an answers file first: from here on the run is redone from its answers alone
+        write_table(to_table(({"question_id": qid, "sample_index": i, "text": t, "finish_reason": f}
+                              for qid, found in sorted(earlier.items()) for i, t, f in found), ANSWER_SCHEMA),
+                    answers_dir / "answers-earlier.parquet")
+    (run_dir / "metrics.json").unlink(missing_ok=True)  # the run is done again only once it is whole
     texts = {qid: found for qid, found in answered(answers_dir).items() if qid in by_id and len(found) == samples}
     asked = [q for q in questions if q.id not in left_out and q.id not in texts]
     if texts:
@@ -180,7 +213,7 @@ def stage_eval(exp: Experiment) -> list[dict]:
         prompt_fn = ((lambda q: teacher_prompt(q, shots[q.task])) if teacher
                      else (lambda q, k=run.shots: student_prompt(q, shots[q.task][: k or student_shots[q.task]])))
         provenance.record(exp.dir, cfg, f"eval {run.run}")
-        done = (exp.dir / "eval" / run.dir / "metrics.json").exists()
+        done = done_on(exp.dir / "eval" / run.dir, {q.id for q in questions})
         left_out = set() if done else too_long(cfg, questions, prompt_fn, model, chat_template=spec.chat_template,
                                                stage=f"eval {run.run}", where=where)
         results.append(evaluate_run(run, questions, prompt_fn, spec, engine, max_new_tokens=budget,

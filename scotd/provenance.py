@@ -61,23 +61,28 @@ def units(cfg: ExperimentConfig, exp_dir: Path | None = None) -> dict[str, tuple
     questions = {f"tasks[{t.name}].{f.name}": _plain(getattr(t, f.name)) for t in cfg.tasks for f in fields(t)
                  if f.name != "student_shots"}
     prompts = {f"tasks[{t.name}].{k}": _plain(getattr(t, k)) for t in cfg.tasks for k in TASK_PROMPT_KEYS}
+    shots = {f"tasks[{t.name}].student_shots": t.student_shots for t in cfg.tasks}
+    # Training data comes from the tasks with a training split, and not from their evaluation side: a held-out
+    # task added to a finished experiment (scotd eval) leaves its samples and students as they are.
+    training = {f"tasks[{t.name}]" for t in cfg.tasks if t.train}
+    trained = lambda values: {k: v for k, v in values.items()  # noqa: E731
+                              if task_of(k) in training and k.rsplit(".", 1)[-1] not in EVALUATION_SIDE}
     # Other vLLM settings (quantization, ...) change the teacher's answers; none given is what older records hold.
     engine_kwargs = {"teacher.engine_kwargs": cfg.teacher.engine_kwargs} if cfg.teacher.engine_kwargs else {}
-    teacher = {**prompts, **{f"teacher.{k}": _plain(getattr(cfg.teacher, k)) for k in TEACHER_KEYS},
+    teacher = {**trained(prompts), **{f"teacher.{k}": _plain(getattr(cfg.teacher, k)) for k in TEACHER_KEYS},
                **engine_kwargs}
-    shots = {f"tasks[{t.name}].student_shots": t.student_shots for t in cfg.tasks}
-    corpus = {**questions, **teacher, **{f"corpus.{k}": v for k, v in asdict(cfg.corpus).items()}}
+    corpus = {**trained(questions), **teacher, **{f"corpus.{k}": v for k, v in asdict(cfg.corpus).items()}}
     found = {"questions": ("questions", questions), "teacher": ("teacher/samples", teacher)}
     student_values = {}
     for s in cfg.students:
-        values = {**corpus, **shots, "eval.max_new_tokens": cfg.eval.max_new_tokens,  # dev answers pick the epoch
-                  **{f"students[{s.name}].{f.name}": _plain(getattr(s, f.name)) for f in fields(s)
+        values = {**corpus, **trained(shots), "eval.max_new_tokens": cfg.eval.max_new_tokens,  # dev answers pick
+                  **{f"students[{s.name}].{f.name}": _plain(getattr(s, f.name)) for f in fields(s)  # the epoch
                      if f.name not in STUDENT_SKIP}}
         student_values[s.name] = values
         found[f"student {s.name}"] = (f"students/{s.name}", values)
     for r in eval_runs(cfg, exp_dir):
         if r.student:
-            model = student_values[r.student]
+            model = {**student_values[r.student], **shots}
         elif r.kind == "teacher":
             model = {**prompts, **{f"teacher.{k}": _plain(getattr(cfg.teacher, k))
                                    for k in ("model", "dtype", "chat_template")}, **engine_kwargs}
@@ -133,10 +138,26 @@ LATER_STUDENT_DEFAULTS = {"chat_template": False, "lora": None, "each_epoch": "q
                           "max_tokens": None, "patience": None}
 
 
-def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+# A task's keys that only decide its evaluation questions.
+EVALUATION_SIDE = ("eval", "max_eval")
+
+
+def task_of(key: str) -> str | None:
+    """``tasks[csqa].max_train`` -> ``tasks[csqa]``; None for other keys."""
+    return key.split("]", 1)[0] + "]" if key.startswith("tasks[") else None
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], unit: str = "") -> list[tuple[str, Any, Any]]:
     """(key, recorded value, current value) for every key whose value differs (a missing key reads as absent, or
-    as its older behaviour's value for a setting added later)."""
+    as its older behaviour's value for a setting added later).
+
+    Keys that older records hold but no longer count are left out: an evaluation-only task's and the evaluation
+    side of a task (``EVALUATION_SIDE``) in a training unit. An evaluation run (``unit`` "eval ...") keeps its
+    answers per question, so a task added or removed, or its ``max_eval`` changed, only asks the questions new to
+    it (``evaluate.evaluate_run``)."""
     absent = "(absent)"
+    evaluation = unit.startswith("eval ")
+    old_tasks, new_tasks = {task_of(k) for k in old} - {None}, {task_of(k) for k in new} - {None}
 
     def recorded(k: str) -> Any:
         leaf = k.rsplit(".", 1)[-1]
@@ -144,8 +165,18 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any
             return LATER_STUDENT_DEFAULTS[leaf]
         return old.get(k, absent)
 
+    def counts(k: str) -> bool:
+        task = task_of(k)
+        if task is None:
+            return True
+        if evaluation:
+            return task in old_tasks and task in new_tasks and not k.endswith(".max_eval")
+        if k not in new and (k.rsplit(".", 1)[-1] in EVALUATION_SIDE or old.get(f"{task}.train") in ("", [])):
+            return False
+        return True
+
     return [(k, recorded(k), new.get(k, absent)) for k in sorted(set(old) | set(new))
-            if recorded(k) != new.get(k, absent)]
+            if counts(k) and recorded(k) != new.get(k, absent)]
 
 
 def check(exp_dir: Path, cfg: ExperimentConfig, stages: tuple[str, ...], config_path: str = "CONFIG") -> None:
@@ -161,7 +192,7 @@ def check(exp_dir: Path, cfg: ExperimentConfig, stages: tuple[str, ...], config_
             continue  # new work, or work whose folder was removed: built afresh from this config
         if name == "questions" and "tasks" in stages:
             continue
-        changed = differences(recorded[name], values)
+        changed = differences(recorded[name], values, name)
         if changed:
             stale.append((name, folder, changed))
     if not stale:

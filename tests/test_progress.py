@@ -12,7 +12,7 @@ import pytest
 
 from scotd.cli import resume_command
 from scotd.console import Interrupted, stop_on_signals
-from scotd.inference.progress import FINISHED_SHARE, Reporter, duration, estimate, start_board
+from scotd.inference.progress import FINISHED_SHARE, Reporter, duration, estimate, start_board, window_rate
 from tests.conftest import REPO
 
 
@@ -53,6 +53,14 @@ def test_durations_read_as_seconds_or_minutes():
     assert [duration(s) for s in (12.4, 89, 600, float("inf"))] == ["12 s", "89 s", "10 min", "?"]
 
 
+def test_window_rate_uses_the_last_minute_once_20_s_are_there():
+    seen = [(0.0, 0), (10.0, 256), (40.0, 256), (70.0, 1556), (100.0, 2856)]  # a slow first step, then 43 tok/s
+    assert window_rate(seen[:2], 10.0) is None  # 0 s since the first tokens
+    assert window_rate(seen[:3], 40.0) is None  # nothing new in 30 s: no rate yet
+    assert window_rate(seen[:4], 70.0) == pytest.approx(1300 / 60)  # the last minute, stall included
+    assert window_rate(seen, 100.0) == pytest.approx(2600 / 60)
+
+
 def test_reporter_logs_tokens_rate_and_time_left_from_the_board(ray_cluster, caplog):
     """The driver's side against a real board actor on the session's Ray head; the engine's posts are made here."""
     import ray
@@ -60,17 +68,21 @@ def test_reporter_logs_tokens_rate_and_time_left_from_the_board(ray_cluster, cap
     board, name = start_board()
     try:
         assert ray.get_actor(name) is not None
-        ray.get(board.post.remote("e1", account(time.time() - 20, 400)))  # 20 s of steps: 20 tokens/s
+        ray.get(board.post.remote("e1", account(time.time() - 20, 400)))
         with caplog.at_level(logging.INFO, logger="scotd"):
             with Reporter(board, label="teacher", sequences=100, expected_tokens=40, total=25, unit="questions",
-                          done=lambda: 3, every_s=0.5, first_after_s=0.0):
+                          done=lambda: 3, every_s=0.5, poll_s=0.2, min_window_s=1.0):
+                time.sleep(1.0)
+                ray.get(board.post.remote("e1", account(time.time() - 21, 420)))  # 20 tokens in ~1 s
                 deadline = time.monotonic() + 30
                 while "[teacher]" not in caplog.text and time.monotonic() < deadline:
                     time.sleep(0.2)
     finally:
         ray.kill(board)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("[teacher]"))
-    assert line.startswith("[teacher] 400 tokens generated, 20.0 tokens/s; 3/25 questions done; ~3 min left"), line
+    assert line.startswith("[teacher] 420 tokens generated, ") and "; 3/25 questions done; ~" in line, line
+    rate = float(line.split(", ")[1].split(" ")[0])
+    assert 5 < rate < 40, line  # about 20 tokens over the second between the two posts
 
 
 def test_a_signal_raises_interrupted_once_then_is_ignored():

@@ -22,6 +22,7 @@ import uuid
 log = logging.getLogger(__name__)
 
 POST_EVERY_S = 5.0
+WINDOW_S, MIN_WINDOW_S = 60.0, 20.0  # the rate is taken over the last minute, once 20 s of it are there
 # The share of sequences that must have finished before their mean length replaces the prior: the first to finish
 # are the short ones.
 FINISHED_SHARE = 0.2
@@ -68,17 +69,20 @@ def post_account(name: str, engine_id: str, account_fn, stop: threading.Event) -
             return
 
 
-def estimate(engines: dict[str, dict], *, sequences: int, expected_tokens: float, now: float) -> dict | None:
+def estimate(engines: dict[str, dict], *, sequences: int, expected_tokens: float, now: float,
+             rate: float | None = None) -> dict | None:
     """Tokens so far, tokens per second and seconds left over ``engines``' accounts (pure); None before any step.
 
     Each account: ``first_step_at`` (wall clock), ``seq_steps`` (tokens so far), ``finished_sequences`` and
-    ``finished_tokens`` (of the sequences that ended)."""
+    ``finished_tokens`` (of the sequences that ended). ``rate``: tokens per second over a recent window (the
+    ``Reporter``'s); by default each engine's average since its first step."""
     running = [e for e in engines.values() if e.get("first_step_at") is not None]
     if not running:
         return None
     tokens = sum(e["seq_steps"] for e in running)
-    elapsed = [now - e["first_step_at"] for e in running]
-    rate = sum(e["seq_steps"] / s for e, s in zip(running, elapsed) if s > 0)
+    if rate is None:
+        elapsed = [now - e["first_step_at"] for e in running]
+        rate = sum(e["seq_steps"] / s for e, s in zip(running, elapsed) if s > 0)
     finished = sum(e["finished_sequences"] for e in running)
     per_sequence = (sum(e["finished_tokens"] for e in running) / finished
                     if finished and finished >= FINISHED_SHARE * sequences else expected_tokens)
@@ -92,9 +96,10 @@ class Reporter:
     done so far (``done()``)."""
 
     def __init__(self, board, *, label: str, sequences: int, expected_tokens: float, total: int, unit: str,
-                 done, every_s: float = 30.0, first_after_s: float = 15.0):
+                 done, every_s: float = 30.0, poll_s: float = POST_EVERY_S, min_window_s: float = MIN_WINDOW_S):
         self.board, self.label, self.sequences, self.expected = board, label, sequences, expected_tokens
-        self.total, self.unit, self.done, self.every_s, self.first_after_s = total, unit, done, every_s, first_after_s
+        self.total, self.unit, self.done, self.every_s = total, unit, done, every_s
+        self.poll_s, self.min_window_s = poll_s, min_window_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scotd-progress", daemon=True)
 
@@ -110,22 +115,44 @@ class Reporter:
         import ray
 
         started = time.monotonic()
-        logged = False
-        while not self._stop.wait(POST_EVERY_S if not logged else self.every_s):
+        logged, last_line = False, 0.0
+        seen: list[tuple[float, int]] = []  # (wall clock, tokens so far) of every read
+        while not self._stop.wait(self.poll_s):
             try:
                 engines = ray.get(self.board.read.remote(), timeout=10)
             except Exception:  # noqa: BLE001 - no board to read: no line
                 continue
             now = time.time()
-            fresh = {k: e for k, e in engines.items()
-                     if e.get("first_step_at") is not None and now - e["first_step_at"] >= self.first_after_s}
-            guess = estimate(fresh or {}, sequences=self.sequences, expected_tokens=self.expected, now=now)
+            running = {k: e for k, e in engines.items() if e.get("first_step_at") is not None}
+            seen.append((now, sum(e["seq_steps"] for e in running.values())))
+            rate = window_rate(seen, now, self.min_window_s)
+            if rate is None or (logged and time.monotonic() - last_line < self.every_s):
+                continue
+            guess = estimate(running, sequences=self.sequences, expected_tokens=self.expected, now=now, rate=rate)
             if guess is None or self._stop.is_set():
                 continue
+            last_line = time.monotonic()
             logged = True
             log.info("[%s] %s tokens generated, %.1f tokens/s; %d/%d %s done; ~%s left (%.0f s in)", self.label,
                      f"{guess['tokens']:,}", guess["tokens_per_s"], self.done(), self.total, self.unit,
                      duration(guess["seconds_left"]), time.monotonic() - started)
+
+
+def window_rate(seen: list[tuple[float, int]], now: float, min_window_s: float = MIN_WINDOW_S) -> float | None:
+    """Tokens per second over the last ``WINDOW_S`` seconds of ``seen`` (wall clock, tokens so far), from the first
+    read with tokens on; None until that spans ``min_window_s`` (pure). A recent window, not the average since the
+    first step: the first steps fill the prompts of every sequence at once and generate one token each."""
+    started = [(t, n) for t, n in seen if n > 0]
+    if not started:
+        return None
+    recent = [(t, n) for t, n in started if now - t <= WINDOW_S] or started[-1:]
+    (t0, n0), (t1, n1) = recent[0], started[-1]
+    if t1 - t0 < min_window_s:
+        earlier = [(t, n) for t, n in started if t1 - t >= min_window_s]
+        if not earlier:
+            return None
+        t0, n0 = earlier[-1]
+    return (n1 - n0) / (t1 - t0) if n1 > n0 else None
 
 
 def duration(seconds: float) -> str:
