@@ -68,7 +68,7 @@ def test_job_succeeded_printed_the_report_and_reported_metrics(tiny_run):
     cfg, out, logs, seen = tiny_run
     assert "| scotd | scotd | tiny:student |" in logs and f"artifacts: file://{out} (local copy: " in logs
     # Ray Train wrote the students' checkpoints to the URI itself
-    assert list((out / "ray_train" / "scotd").glob("checkpoint_*/scotd_student.json"))
+    assert list((out / "ray_train").glob("scotd-*/checkpoint_*/scotd_student.json"))
     assert 0 < seen["scotd_rationales"] <= cfg.tasks[0].max_train * cfg.teacher.num_samples
     summary = json.loads((out / "teacher" / "sampling_summary.json").read_text())
     assert 0 < seen["scotd_engine_busy_seconds"] <= summary["engine_busy_s"] + 0.01

@@ -196,3 +196,23 @@ def test_lora_and_chat_template_students_train_and_evaluate(ray_cluster, corpus,
         metrics = evaluate_run(EvalRun(name, "scotd", "tiny", student=name), questions, student_prompt, spec,
                                engine, max_new_tokens=24, num_cpus=1, out_dir=folder / "eval")
         assert metrics["total"] == 6 and (folder / "eval" / name / "predictions.parquet").exists()
+
+
+def test_ray_train_run_name_follows_the_students_settings(tmp_path):
+    """A student retrained with other settings must not resume the old run's checkpoints (Ray Train resumes by run
+    name): its run is named by a digest of what its training depends on."""
+    from scotd.config import load_config
+    from scotd.experiment import Experiment
+    from scotd.student.stage import train_run_name
+    from tests.conftest import REPO
+
+    def name(*overrides):
+        cfg = load_config(REPO / "configs" / "tiny.yaml", [f"output.dir={tmp_path / 'exp'}", *overrides])
+        return train_run_name(Experiment(cfg), "scotd")
+
+    base = name()
+    assert base.startswith("scotd-") and base == name()
+    assert name("students.0.learning_rate=0.001") != base
+    assert name("teacher.num_samples=2") != base  # another corpus
+    assert name("students.0.cpus_per_worker=2") == base  # the same training, on other resources
+    assert name("students.1.learning_rate=0.001") == base  # another student's settings

@@ -3,6 +3,7 @@ selector) and the Ray Train job that fine-tunes it (``scotd.student.train``)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -47,10 +48,20 @@ def stage_students(exp: Experiment) -> list[dict]:
         exp.mirror.push(relative)  # workers on other nodes read it from output.dir
         jobs.append(StudentJob(s, exp.resolve_model(s.model), rows_path=exp.mirror.remote(relative),
                                out_dir=str(out), storage_path=exp.mirror.remote("ray_train"), meta=meta, dev=dev,
-                               dev_max_new_tokens=budget, tracking=exp.tracker.for_student()))
+                               dev_max_new_tokens=budget, tracking=exp.tracker.for_student(),
+                               run_name=train_run_name(exp, s.name)))
     results = train_students(jobs) if jobs else []
     write_model_cards(exp.dir, exp.cfg)  # the report stage adds each student's evaluation table
     return results
+
+
+def train_run_name(exp: Experiment, name: str) -> str:
+    """Ray Train's run of a student: its name and a digest of every value its training depends on
+    (``provenance.units``). Ray Train resumes a run from its latest checkpoint, so a student retrained with other
+    settings (its folder removed, or ``--restart students``) must never find the old run's checkpoints."""
+    values = provenance.units(exp.cfg, exp.dir)[f"student {name}"][1]
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{name}-{digest}"
 
 
 def student_rows(exp: Experiment, s) -> tuple[Path, dict]:

@@ -43,6 +43,7 @@ class StudentJob:
     dev: list[dict] = field(default_factory=list)
     dev_max_new_tokens: int = 128
     tracking: StudentTracking | None = None  # where rank 0 logs its curves (MLflow), if anywhere
+    run_name: str = ""  # Ray Train's run (its checkpoints under storage_path); default: the student's name
 
     @property
     def history_path(self) -> Path:
@@ -312,7 +313,7 @@ def fit_student(job: StudentJob) -> dict:
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        run_config=RunConfig(name=cfg.name, storage_path=job.storage_path,
+        run_config=RunConfig(name=job.run_name or cfg.name, storage_path=job.storage_path,
                              checkpoint_config=keep,
                              failure_config=FailureConfig(max_failures=2)),
     )
