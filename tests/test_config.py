@@ -282,3 +282,20 @@ def test_a_sized_config_is_not_sized_twice_and_bad_sizes_name_the_section(monkey
     bad.write_text((REPO / "configs" / "demo.yaml").read_text() + "  tasks.7.max_eval: 3\n")
     with pytest.raises(ConfigError, match=r"without_native_bf16: tasks.7: expected an index below 2"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["students.1.name=teacher_sc_2", "eval.self_consistency=2"],
+     "students.1.name: the evaluation runs 'teacher_sc_2' and 'teacher sc@2' would share the folder "
+     "eval/teacher_sc_2"),
+    (["students.1.name=scotd_sc_2", "eval.self_consistency=2"],
+     "the evaluation runs 'scotd_sc_2' and 'scotd sc@2' would share the folder eval/scotd_sc_2"),
+    (["students.0.model=/x/m:x", "students.1.model=/x/m_x"],
+     "students.1.model: the evaluation runs 'untrained:/x/m:x' and 'untrained:/x/m_x' would share the folder "
+     "eval/untrained_x_m_x"),
+    (["students.1.name=a__vs__b"], "students.1.name: 'a__vs__b' contains '__vs__'"),
+])
+def test_two_runs_never_share_a_folder(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "configs" / "tiny.yaml", [*overrides, "eval.judge_pairs=[]"])
+    assert message in str(err.value)
