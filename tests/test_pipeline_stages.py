@@ -74,7 +74,8 @@ def test_stage_job_entry_point_runs_one_stage(tmp_path):
 
     rows = [{"id": f"t{i}", "question": f"Q{i}?", "choices": ["a", "b"], "answer": 0} for i in range(3)]
     data = write_jsonl(tmp_path / "d.jsonl", rows)
-    (tmp_path / "exp.yaml").write_text(f"tasks: [{{name: g, format: jsonl, train: {data}, eval: {data}}}]\n"
+    held = write_jsonl(tmp_path / "e.jsonl", [{**r, "id": f"e{i}"} for i, r in enumerate(rows)])
+    (tmp_path / "exp.yaml").write_text(f"tasks: [{{name: g, format: jsonl, train: {data}, eval: {held}}}]\n"
                                        "students: [{name: s}]\n")
     done = subprocess.run([sys.executable, str(REPO / "jobs" / "stage.py"), "tasks", str(tmp_path / "exp.yaml"),
                            f"output.dir={tmp_path / 'out'}"], capture_output=True, text=True)
@@ -207,3 +208,35 @@ def test_students_of_both_settings_in_one_experiment(tmp_path):
     # few-shot labels are the teacher's majority answers (q0: b twice, a once; q1: b), supervised ones the gold
     assert {r["question_id"]: r["answer_index"] for r in read("few-labels")} == {"q0": 1, "q1": 1}
     assert {r["question_id"]: r["answer_index"] for r in read("sup-labels")} == {"q0": 0, "q1": 0}
+
+
+def test_id_less_files_of_the_same_name_keep_their_questions_and_overlap_is_named(tmp_path, caplog):
+    """Issue 31: ids from a file's base name and line made b/train.jsonl's questions a/train.jsonl's, so the
+    evaluation split came out empty (or swapped) with exit 0."""
+    import logging
+
+    from scotd.tasks import TaskDataError
+
+    def rows(prefix, n):
+        return [{"question": f"{prefix} {i}?", "choices": ["a", "b"], "answer": i % 2} for i in range(n)]
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    train = write_jsonl(tmp_path / "a" / "train.jsonl", rows("Train", 40))
+    held = write_jsonl(tmp_path / "b" / "train.jsonl", rows("Held", 32))
+
+    def tasks(eval_file, max_train=40):
+        (tmp_path / "exp.yaml").write_text(
+            f"tasks: [{{name: g, format: jsonl, train: {train}, eval: {eval_file}, max_train: {max_train}}}]\n"
+            f"students: [{{name: s}}]\noutput: {{dir: {tmp_path / 'out'}}}\n")
+        return stage_tasks(Experiment(load_config(tmp_path / "exp.yaml")))
+
+    assert tasks(held)["g"]["eval"] == 32
+    texts = pq.read_table(tmp_path / "out" / "questions" / "eval.parquet")["question"].to_pylist()
+    assert texts == [f"Held {i}?" for i in range(32)]
+    with pytest.raises(TaskDataError, match=rf"every evaluation question of {train} is also a training or dev "
+                                            rf"question of {train}"):
+        tasks(train)
+    with caplog.at_level(logging.WARNING, logger="scotd"):
+        assert tasks(train, max_train=30)["g"]["eval"] == 10  # the rows not trained on
+    assert f"task g: 30 evaluation questions of {train} are also training or dev questions of {train}" in caplog.text

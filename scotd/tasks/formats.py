@@ -8,6 +8,7 @@ row faults into ``TaskDataError("file:line: fault")`` or, with ``skip_bad_rows``
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import re
@@ -311,8 +312,8 @@ def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool
     node of a cluster reads it.
 
     A bad row raises ``TaskDataError("path:line: fault")`` unless ``skip_bad_rows``, in which case it is counted.
-    Duplicate ids are an error too (they would collide in the corpus). Generic rows without an id get
-    ``<task>-<file name without extension>-<line>`` (so the train and test files of one task never share an id).
+    Duplicate ids are an error too (they would collide in the corpus). Rows without an id get one from their content
+    (``content_id``).
     """
     path = str(path) if is_uri(str(path)) else Path(path)  # Path() would fold the '//' of a URI
     if fmt not in ROW_PARSERS or fmt == "hf":
@@ -334,7 +335,7 @@ def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool
             else:
                 q = parser(obj, task)
             if not q.id:
-                q = replace(q, id=f"{task}-{_stem(path)}-{line}")
+                q = replace(q, id=content_id(q, task, seen))
             if q.id in seen:
                 raise RowError(f"duplicate id {q.id!r}")
         except RowError as err:
@@ -354,10 +355,17 @@ def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool
     return LoadResult(questions, len(skipped), skipped[:20], where)
 
 
-def _stem(path: str | Path) -> str:
-    """A data file's name without its extension (``train`` for ``.../train.jsonl`` or ``s3://b/train.jsonl``)."""
-    name = str(path).rstrip("/").rsplit("/", 1)[-1]
-    return name.split(".", 1)[0] or name
+def content_id(q: Question, task: str, taken: set[str]) -> str:
+    """The id of a row without one: ``<task>-`` and a digest of the question, its choices and its answer, so the
+    same question has the same id in every file (a train file and an eval file that share questions show it, and
+    evaluation leaves them out) and no two files' questions collide by their names or lines. The same question again
+    in one file gets ``-2``, ``-3``, ... (pure but for ``taken``, the ids so far)."""
+    digest = hashlib.sha256(json.dumps([q.text, list(q.choices), q.answer_index, q.answer],
+                                       ensure_ascii=False).encode()).hexdigest()[:16]
+    base, n = f"{task}-{digest}", 1
+    while (f"{base}-{n}" if n > 1 else base) in taken:
+        n += 1
+    return f"{base}-{n}" if n > 1 else base
 
 
 def load_hf_questions(spec: str, task: str, *, skip_bad_rows: bool = False, fmt: str = "hf") -> LoadResult:

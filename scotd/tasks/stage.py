@@ -108,7 +108,14 @@ def stage_tasks(exp: Experiment) -> dict:
         loaded, eval_source = load_task_split(task, "eval", exp.cache)
         evaluation, skipped_eval = loaded.questions, loaded.num_skipped
         where.update(loaded.where)
-        held = {q.id for q in kept} | {q.id for q in dev}
+        held = {q.id for q in kept[: task.max_train]} | {q.id for q in dev}
+        overlap = sum(q.id in held for q in evaluation)
+        if overlap and overlap == len(evaluation):
+            raise TaskDataError(f"tasks.{task.name}: every evaluation question of {eval_source} is also a training "
+                                f"or dev question of {source}: give an evaluation file of other questions")
+        if overlap:
+            log.warning("task %s: %d evaluation questions of %s are also training or dev questions of %s; they are "
+                        "left out of evaluation", task.name, overlap, eval_source, source)
         evaluation = [q for q in evaluation if q.id not in held]
         for q in kept[: task.max_train] + dev + evaluation[: task.max_eval]:
             if owners.setdefault(q.id, task.name) != task.name:
