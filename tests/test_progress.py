@@ -37,10 +37,16 @@ def test_finished_lengths_replace_the_prior_once_a_fifth_has_finished():
     few = estimate({"e": account(0.0, 1000, finished_sequences=10, finished_tokens=100)}, sequences=100,
                    expected_tokens=50, now=10.0)
     assert few["expected_tokens"] == 5000  # 10 % finished, short ones first: still the prior
-    many = estimate({"e": account(0.0, 3000, finished_sequences=int(FINISHED_SHARE * 100), finished_tokens=600)},
+    many = estimate({"e": account(0.0, 2000, finished_sequences=int(FINISHED_SHARE * 100), finished_tokens=600)},
                     sequences=100, expected_tokens=50, now=10.0)
-    assert many["expected_tokens"] == 3000 + 80  # 30 tokens each expected, but never below what is already done
-    assert many["seconds_left"] == pytest.approx(80 / 300)
+    assert many["expected_tokens"] == 3000  # 30 tokens each, from the finished ones
+    assert many["seconds_left"] == pytest.approx(1000 / 200)
+
+
+def test_running_sequences_past_the_prior_raise_the_expected_length():
+    late = estimate({"e": account(0.0, 8000)}, sequences=256, expected_tokens=25, now=100.0)
+    assert late["expected_tokens"] == pytest.approx(1.1 * 8000)  # not "7 s left" with 256 sequences still running
+    assert late["seconds_left"] == pytest.approx(800 / 80)
 
 
 def test_engines_rates_add_up():

@@ -9,7 +9,8 @@ seconds; the driver reads it and logs the rate and the time left:
     time left = (sequences x expected tokens per sequence - tokens so far) / tokens per second
 
 The expected length is the caller's prior (a teacher's: its exemplars' answers; an evaluation's: the kept
-rationales) until a fifth of the sequences have finished, then the mean of the finished ones.
+rationales) until a fifth of the sequences have finished, then the mean of the finished ones; never below 1.1 times
+the mean so far while sequences still run.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def estimate(engines: dict[str, dict], *, sequences: int, expected_tokens: float
     finished = sum(e["finished_sequences"] for e in running)
     per_sequence = (sum(e["finished_tokens"] for e in running) / finished
                     if finished and finished >= FINISHED_SHARE * sequences else expected_tokens)
+    if finished < sequences:  # the mean so far is a floor of the final mean while sequences still run
+        per_sequence = max(per_sequence, 1.1 * tokens / sequences)
     total = max(sequences * per_sequence, tokens + (sequences - finished))  # at least a token for each one left
     return {"tokens": tokens, "tokens_per_s": rate, "expected_tokens": total,
             "seconds_left": (total - tokens) / rate if rate > 0 else float("inf")}
