@@ -22,12 +22,11 @@ from scotd.config import EngineConfig
 from scotd.fit import too_long
 from scotd.inference import EngineSpec, Sampling, engine_spec, generate_rows, question_seed
 from scotd.limits import warn_if_cut
-from scotd.prompts import (flexible_answer, gold_key, mark_cut, parse_answer, stop_strings, student_prompt,
-                           teacher_prompt)
+from scotd.prompts import parse_answer, score_answer, stop_strings, student_prompt, teacher_prompt
 from scotd.runs import EvalRun, eval_runs
-from scotd.schema import (ANSWER_SCHEMA, PREDICTION_SCHEMA, CorruptFileError, check_parquet_folder, read_table,
-                          to_table, write_table, write_text)
-from scotd.scoring import answers_match, metrics_of
+from scotd.schema import (ANSWER_SCHEMA, PREDICTION_SCHEMA, PREDICTIONS_FINGERPRINT, PREDICTIONS_RUN,
+                          CorruptFileError, check_parquet_folder, read_table, to_table, write_table, write_text)
+from scotd.scoring import metrics_of
 from scotd.tasks import Question
 
 if TYPE_CHECKING:
@@ -62,13 +61,7 @@ def vote(texts: list[str], num_choices: int) -> tuple[int, bool]:
 
 def score(run: str, questions: dict[str, Question], qid: str, text: str, finish_reason: str | None = None) -> dict:
     """One PREDICTION_SCHEMA row (pure); ``finish_reason`` "length" marks a failed answer as cut_at_limit."""
-    q = questions[qid]
-    parsed = mark_cut(parse_answer(text, len(q.choices)), finish_reason)
-    gold = gold_key(q)
-    return {"run": run, "question_id": qid, "task": q.task, "text": text, "parsed_index": parsed.index,
-            "parse_error": parsed.reason, "gold_index": q.answer_index, "correct": answers_match(parsed.key, gold),
-            "parsed_answer": parsed.key, "gold_answer": gold,
-            "flexible_answer": flexible_answer(text) if q.free_form else None}
+    return score_answer(run, questions[qid], text, finish_reason)
 
 
 # What to do about an answers file that cannot be read: its questions count as unanswered once it is gone.
@@ -118,7 +111,8 @@ def earlier_predictions(run_dir: Path, samples: int) -> dict[str, list[tuple[int
 def evaluate_run(run: EvalRun, questions: list[Question], prompt_fn: Callable[[Question], str], spec: EngineSpec,
                  engine: EngineConfig, *, max_new_tokens: int, num_cpus: float, out_dir: Path,
                  temperature: float = 0.0, left_out: set[str] = frozenset(), repetition_penalty: float = 1.0,
-                 on_file: Callable[[Path], None] | None = None, expected_tokens: float | None = None) -> dict:
+                 on_file: Callable[[Path], None] | None = None, expected_tokens: float | None = None,
+                 fingerprint: str | None = None) -> dict:
     """Answers of one model on ``questions``: greedy (``run.samples`` 1), or the majority vote of ``run.samples``
     answers sampled at ``temperature``, on ``engine``'s pool; writes predictions and metrics under
     ``out_dir/<run.dir>``. Questions in ``left_out`` (prompts that do not fit the engine, ``scotd.fit``) are not
@@ -176,7 +170,10 @@ def evaluate_run(run: EvalRun, questions: list[Question], prompt_fn: Callable[[Q
     for qid in sorted(left_out & by_id.keys()):
         rows.append({**score(name, by_id, qid, ""), "parse_error": "prompt_too_long"})
     rows.sort(key=lambda r: r["question_id"])
-    write_table(to_table(rows, PREDICTION_SCHEMA), run_dir / "predictions.parquet")
+    table = to_table(rows, PREDICTION_SCHEMA)
+    if fingerprint:  # what the run was built from (provenance): the report refuses a file another run wrote
+        table = table.replace_schema_metadata({PREDICTIONS_RUN: name, PREDICTIONS_FINGERPRINT: fingerprint})
+    write_table(table, run_dir / "predictions.parquet")
     metrics = {"run": name, "model": spec.model, "samples": samples, "max_new_tokens": max_new_tokens,
                "repetition_penalty": repetition_penalty, **metrics_of(rows)}
     if samples > 1:
@@ -221,6 +218,7 @@ def stage_eval(exp: Experiment) -> list[dict]:
                                     temperature=cfg.eval.self_consistency_temperature, left_out=left_out,
                                     repetition_penalty=cfg.eval.repetition_penalty,
                                     on_file=lambda path: exp.mirror.push(str(path.relative_to(exp.dir))),
-                                    expected_tokens=expected))
+                                    expected_tokens=expected,
+                                    fingerprint=provenance.recorded_fingerprint(exp.dir, f"eval {run.run}")))
         exp.mirror.push(f"eval/{run.dir}")
     return results

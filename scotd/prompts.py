@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from scotd.scoring import normalize_answer, normalize_number
+from scotd.scoring import answers_match, normalize_answer, normalize_number
 from scotd.tasks import Question, RowError, TaskDataError, parse_generic
 
 ANSWER_PHRASE = "So the answer is:"
@@ -230,3 +230,15 @@ def load_exemplars(name_or_path: str, task: str) -> list[Exemplar]:
 def normalize_text(text: str) -> str:
     """Key for matching questions across files (exemplar exclusion): case- and whitespace-insensitive."""
     return " ".join(text.lower().split())
+
+
+def score_answer(run: str, q: Question, text: str, finish_reason: str | None = None) -> dict:
+    """One evaluation answer as a PREDICTION_SCHEMA row, scored against ``q``'s gold answer (pure); ``finish_reason``
+    "length" marks a failed answer as cut_at_limit. The eval stage writes these rows, and the report scores them
+    again from their text."""
+    parsed = mark_cut(parse_answer(text, len(q.choices)), finish_reason)
+    gold = gold_key(q)
+    return {"run": run, "question_id": q.id, "task": q.task, "text": text, "parsed_index": parsed.index,
+            "parse_error": parsed.reason, "gold_index": q.answer_index, "correct": answers_match(parsed.key, gold),
+            "parsed_answer": parsed.key, "gold_answer": gold,
+            "flexible_answer": flexible_answer(text) if q.free_form else None}

@@ -13,6 +13,7 @@ are matched by name, so adding one to an experiment reuses what the others finis
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import asdict, fields
@@ -121,6 +122,18 @@ def _read(exp_dir: Path) -> dict[str, dict[str, Any]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise StaleWorkError(f"{path}: not readable ({err}); remove it to rebuild the record, or use a new "
                              "output.dir") from None
+
+
+def fingerprint(values: dict[str, Any]) -> str:
+    """A digest of what a unit was built from (its recorded values): written into its output, so that a file copied
+    from another run is told apart."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def recorded_fingerprint(exp_dir: Path, name: str) -> str | None:
+    """The fingerprint of unit ``name`` as ``provenance.json`` records it; None when it is not recorded."""
+    values = _read(exp_dir).get(name)
+    return None if values is None else fingerprint(values)
 
 
 def record(exp_dir: Path, cfg: ExperimentConfig, *names: str) -> None:

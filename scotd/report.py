@@ -11,6 +11,7 @@ experiment, so the method x task table needs all of them); every path it names i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -19,45 +20,85 @@ from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
+from scotd import provenance
 from scotd.cards import write_model_cards
+from scotd.prompts import score_answer
 from scotd.report_markdown import render_markdown
 from scotd.runs import EvalRun, eval_runs
 from scotd.scoring import answers_match, bootstrap_interval, mcnemar_p, metrics_of, paired_bootstrap, wilson_interval
+from scotd.tasks import Question
 
 if TYPE_CHECKING:
     from scotd.experiment import Experiment
+
+log = logging.getLogger(__name__)
+
 
 class ReportError(ValueError):
     """A predictions file that cannot be scored as its run's answers to the evaluation split."""
 
 
-def read_predictions(path: Path, expected: set[str] | None) -> list[dict]:
+def read_predictions(path: Path, questions: dict[str, Question] | None, fingerprint: str | None = None) -> list[dict]:
     """The rows of one run's predictions file, refused (``ReportError`` naming the file) unless it is a Parquet
-    file of PREDICTION_SCHEMA with exactly one row per evaluation question: ``expected`` holds the question ids
-    (None when the experiment's question file is absent, then only emptiness and repeats are checked)."""
-    from scotd.schema import PREDICTION_SCHEMA, read_table
+    file of PREDICTION_SCHEMA with exactly one row per evaluation question (``questions``: the evaluation split by
+    id; None when the experiment's question file is absent, then only emptiness and repeats are checked) and,
+    where the file and ``fingerprint`` both say, written by the run this experiment recorded. Every row is scored
+    again from its text against the gold answer in ``questions``: a predictions file says what was answered, the
+    question file what is right."""
+    from scotd.schema import PREDICTION_SCHEMA, PREDICTIONS_FINGERPRINT, PREDICTIONS_RUN, read_table
 
+    fix = "remove its folder and rerun the eval stage (scotd run CONFIG --stages eval,report)"
     if not path.is_file():
         raise ReportError(f"{path}: {'a folder, not a predictions file' if path.is_dir() else 'no such file'}; "
                           "remove it and rerun the eval stage (scotd run CONFIG --stages eval,report)")
     try:
-        rows = read_table(path, PREDICTION_SCHEMA).to_pylist()
+        table = read_table(path, PREDICTION_SCHEMA)
+        written = {k.decode(): v.decode() for k, v in (pq.read_schema(path).metadata or {}).items()}
     except Exception as err:  # pyarrow's ArrowInvalid, a missing column, a type that does not cast
-        raise ReportError(f"{path}: not a readable predictions file ({str(err).splitlines()[0]}); remove its folder "
-                          "and rerun the eval stage") from None
+        raise ReportError(f"{path}: not a readable predictions file ({str(err).splitlines()[0]}); {fix}") from None
+    if fingerprint and written.get(PREDICTIONS_FINGERPRINT, fingerprint) != fingerprint:
+        raise ReportError(f"{path}: written by another run (the run {written.get(PREDICTIONS_RUN, '?')!r} of other "
+                          f"settings than this experiment's records); {fix}")
+    rows = table.to_pylist()
     if not rows:
-        raise ReportError(f"{path}: no predictions in it; remove its folder and rerun the eval stage")
+        raise ReportError(f"{path}: no predictions in it; {fix}")
     ids = Counter(r["question_id"] for r in rows)
     repeated = [q for q, n in ids.items() if n > 1]
     if repeated:
-        raise ReportError(f"{path}: {len(repeated)} question(s) answered more than once (e.g. {repeated[0]!r}); "
-                          "remove its folder and rerun the eval stage")
-    if expected is not None and set(ids) != expected:
-        missing, foreign = expected - set(ids), set(ids) - expected
-        raise ReportError(f"{path}: answers {len(ids)} questions, the evaluation split has {len(expected)} ("
+        raise ReportError(f"{path}: {len(repeated)} question(s) answered more than once (e.g. {repeated[0]!r}); {fix}")
+    if questions is None:
+        return rows
+    if set(ids) != set(questions):
+        missing, foreign = set(questions) - set(ids), set(ids) - set(questions)
+        raise ReportError(f"{path}: answers {len(ids)} questions, the evaluation split has {len(questions)} ("
                           f"{len(missing)} missing, {len(foreign)} not in it); the file is from another run of "
-                          "the experiment: remove its folder and rerun the eval stage")
-    return rows
+                          f"the experiment, or the question file was changed: {fix}")
+    rescored = [r if r["parse_error"] == "prompt_too_long" else
+                score_answer(r["run"], questions[r["question_id"]], r["text"],
+                             "length" if r["parse_error"] == "cut_at_limit" else None) for r in rows]
+    changed = sum(a["correct"] != b["correct"] for a, b in zip(rows, rescored))
+    if changed:
+        log.warning("%s: %d of %d answers were marked otherwise than their text scores against the gold answers "
+                    "(the file was edited, or scored by an older scotd); the report uses the scores of the text",
+                    path, changed, len(rows))
+    return rescored
+
+
+def eval_questions(root: Path) -> dict[str, Question] | None:
+    """An experiment's evaluation questions by id, with their gold answers; None when its question file is absent
+    (a ``ReportError`` names it when it cannot be read)."""
+    from scotd.schema import QUESTION_SCHEMA, read_table
+
+    path = root / "questions" / "eval.parquet"
+    if not path.is_file():
+        return None
+    try:
+        rows = read_table(path, QUESTION_SCHEMA).to_pylist()
+    except Exception as err:  # noqa: BLE001 - ArrowInvalid, a missing column: the file is not what the stage wrote
+        raise ReportError(f"{path}: not a readable question file ({str(err).splitlines()[0]}); rerun the tasks stage "
+                          "(scotd run CONFIG --stages tasks,report)") from None
+    return {r["question_id"]: Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]),
+                                       r["answer_index"], r["answer"]) for r in rows}
 
 
 def paired_differences(rows: list[dict], predictions: dict[str, dict[str, bool]]) -> list[dict]:
@@ -87,7 +128,7 @@ def paired_differences(rows: list[dict], predictions: dict[str, dict[str, bool]]
     return out
 
 
-def build_report(exp_dir: Path, runs: list[EvalRun]) -> dict:
+def build_report(exp_dir: Path, runs: list[EvalRun], fingerprints: dict[str, str] | None = None) -> dict:
     """The report of ``runs`` in table order (extra runs only in the checkpoint table); each row starts from its
     run's fields (``EvalRun.row``). The report is written to ``exp_dir``; in a combined report each run also names
     its ``experiment`` and the ``experiment_dir`` its files are in."""
@@ -95,11 +136,9 @@ def build_report(exp_dir: Path, runs: list[EvalRun]) -> dict:
     for spec in (run.row() for run in runs):
         root = Path(spec.get("experiment_dir", exp_dir))
         if root not in expected:
-            questions = root / "questions" / "eval.parquet"
-            expected[root] = (set(pq.read_table(questions, columns=["question_id"]).column(0).to_pylist())
-                              if questions.is_file() else None)
+            expected[root] = eval_questions(root)
         path = root / "eval" / spec["dir"] / "predictions.parquet"
-        preds = read_predictions(path, expected[root])
+        preds = read_predictions(path, expected[root], (fingerprints or {}).get(spec["dir"]))
         settings = json.loads((path.parent / "metrics.json").read_text()) if (path.parent / "metrics.json").exists() \
             else {}
         correct_by_run[spec["run"]] = {p["question_id"]: bool(p["correct"]) for p in preds}
@@ -309,7 +348,10 @@ def stage_report(exp: Experiment) -> dict:
     """The report of the experiment's evaluation runs, with the stage times so far and its own; each trained
     student's model card gets its evaluation table."""
     started = time.monotonic()
-    report = write_report(exp.dir, eval_runs(exp.cfg, exp.dir), own_seconds=lambda: time.monotonic() - started)
+    runs = eval_runs(exp.cfg, exp.dir)
+    fingerprints = {run.dir: found for run in runs
+                    if (found := provenance.recorded_fingerprint(exp.dir, f"eval {run.run}"))}
+    report = write_report(exp.dir, runs, own_seconds=lambda: time.monotonic() - started, fingerprints=fingerprints)
     cards = write_model_cards(exp.dir, exp.cfg, report["rows"] + report["extra_rows"])
     exp.tracker.log_metrics({f"eval.{r['dir']}.{key}": value for r in report["rows"] + report["extra_rows"]
                              for key, value in (("accuracy", r["accuracy"]), ("ci95_low", r["ci95"][0]),
@@ -319,13 +361,14 @@ def stage_report(exp: Experiment) -> dict:
     return report
 
 
-def write_report(exp_dir: Path, runs: list[EvalRun], own_seconds=None) -> dict:
-    """Build the report of ``runs`` (see ``build_report``) and write report.json, report.md and the plots into
-    ``exp_dir``; ``own_seconds()``, when given, is the report stage's time so far, shown with the other stages'."""
+def write_report(exp_dir: Path, runs: list[EvalRun], own_seconds=None, fingerprints: dict[str, str] | None = None) -> dict:
+    """Build the report of ``runs`` (see ``build_report``; ``fingerprints``: run folder -> what its run was built
+    from) and write report.json, report.md and the plots into ``exp_dir``; ``own_seconds()``, when given, is the
+    report stage's time so far, shown with the other stages'."""
     from scotd.plots import plot_accuracy, plot_study
 
     exp_dir.mkdir(parents=True, exist_ok=True)
-    report = build_report(exp_dir, runs)
+    report = build_report(exp_dir, runs, fingerprints)
     if report["rows"]:
         plot_accuracy(report, exp_dir / "report.png")
         report["chart"] = "report.png"

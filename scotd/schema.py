@@ -84,6 +84,10 @@ PREDICTION_SCHEMA = pa.schema([
     pa.field("flexible_answer", pa.string()),  # free-form: the last number of the text (lm-eval's flexible extract)
 ])
 
+# Parquet metadata of a predictions file: the run that wrote it, and the fingerprint of what that run was built from
+# (``provenance.fingerprint``), which the report checks.
+PREDICTIONS_RUN, PREDICTIONS_FINGERPRINT = "scotd_run", "scotd_fingerprint"
+
 # An evaluation run's raw answers, written as engine calls finish: a file holds every sampled answer of each of its
 # questions, so a rerun after a crash asks only the questions no file holds.
 ANSWER_SCHEMA = pa.schema([

@@ -309,3 +309,49 @@ def test_wilson_bounds_hold_the_observed_share_at_the_extremes(total):
     assert wilson_interval(0, total)[0] == 0.0 and wilson_interval(total, total)[1] == 1.0
     low, high = wilson_interval(0, total)
     assert low <= 0.0 <= high  # a bar at 0 % never gets a negative error bar
+
+
+def test_report_scores_the_text_not_the_correct_flags(tmp_path, caplog):
+    """Issue 31, item 4: every `correct` set to true gave 100 %; the report scores each answer's text against the
+    gold answers of questions/eval.parquet."""
+    import logging
+
+    rows = _predictions_folder(tmp_path)
+    path = tmp_path / "eval" / "a" / "predictions.parquet"
+    wrong = [{**r, "text": " (b)"} for r in rows[:3]] + rows[3:]  # three wrong answers, still marked right
+    write_table(to_table(wrong, PREDICTION_SCHEMA), path)
+    with caplog.at_level(logging.WARNING, logger="scotd"):
+        report = write_report(tmp_path, [EvalRun(run="a", kind="scotd", model="m", dir="a")])
+    assert (report["rows"][0]["correct"], report["rows"][0]["total"]) == (1, 4)
+    assert f"{path}: 3 of 4 answers were marked otherwise than their text scores" in caplog.text
+
+
+def test_report_refuses_predictions_another_run_wrote(tmp_path):
+    """Issue 31, item 4: another run's predictions.parquet copied over eval/<run>/ was reported as this run's."""
+    from scotd.report import ReportError
+    from scotd.schema import PREDICTIONS_FINGERPRINT, PREDICTIONS_RUN
+
+    rows = _predictions_folder(tmp_path)
+    path = tmp_path / "eval" / "a" / "predictions.parquet"
+    table = to_table(rows, PREDICTION_SCHEMA)
+    write_table(table.replace_schema_metadata({PREDICTIONS_RUN: "a", PREDICTIONS_FINGERPRINT: "0123"}), path)
+    runs = [EvalRun(run="a", kind="scotd", model="m", dir="a")]
+    assert write_report(tmp_path, runs, fingerprints={"a": "0123"})["rows"][0]["correct"] == 4
+    write_table(table.replace_schema_metadata({PREDICTIONS_RUN: "b", PREDICTIONS_FINGERPRINT: "4567"}), path)
+    with pytest.raises(ReportError, match=rf"{path}: written by another run \(the run 'b' of other settings"):
+        write_report(tmp_path, runs, fingerprints={"a": "0123"})
+
+
+def test_report_refuses_a_cut_question_file(tmp_path):
+    """Issue 31, item 4: questions/eval.parquet cut to fewer rows gave "0 / 5" beside another run's full count."""
+    from scotd.report import ReportError
+    from scotd.schema import QUESTION_SCHEMA
+
+    _predictions_folder(tmp_path)
+    questions = tmp_path / "questions" / "eval.parquet"
+    write_table(pq.read_table(questions, schema=QUESTION_SCHEMA).slice(0, 2), questions)
+    with pytest.raises(ReportError, match="answers 4 questions, the evaluation split has 2"):
+        write_report(tmp_path, [EvalRun(run="a", kind="scotd", model="m", dir="a")])
+    questions.write_bytes(b"PAR1xxxx")
+    with pytest.raises(ReportError, match=rf"{questions}: not a readable question file"):
+        write_report(tmp_path, [EvalRun(run="a", kind="scotd", model="m", dir="a")])

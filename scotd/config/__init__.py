@@ -2,7 +2,8 @@
 checked by ``load_config`` (``load``)."""
 
 from scotd.config.load import (apply_override, check_students, describe, dump_config, from_dict, greedy_run_names,
-                               load_config, to_dict, with_eval_tasks)
+                               load_config, to_dict)
+from scotd.config.added import with_eval_tasks
 from scotd.config.sections import (ConfigError, CorpusConfig, EngineConfig, EvalConfig, ExperimentConfig,
                                    LoraSettings, OutputConfig, ResourcesConfig, StudentConfig, TaskConfig,
                                    TeacherConfig, TrackingConfig)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
+from scotd.config.names import check_run_folders
 from scotd.config.sections import ConfigError, ExperimentConfig
 
 
@@ -166,37 +167,6 @@ def check_engine_kwargs(kwargs: dict[str, Any], key: str) -> None:
                           "EngineArgs fields")
 
 
-def check_run_folders(cfg: ExperimentConfig) -> None:
-    """Two evaluation runs never share a folder (``runs.run_dir_name`` folds every character other than letters,
-    digits, '.', '_' and '-' into '_'): a student named ``teacher_sc_2`` beside ``eval.self_consistency: 2``, or two
-    untrained models ``/x/m:x`` and ``/x/m_x``, would read each other's answers. Nor does a run's folder hold the
-    judge's pair separator ``__vs__``."""
-    from scotd.runs import eval_runs, run_dir_name
-
-    owners: dict[str, str] = {}
-    for run in eval_runs(cfg):
-        folder = run.dir or run_dir_name(run.run)
-        if "__vs__" in folder:
-            raise ConfigError(f"{run_key(cfg, run.run)}: {run.run!r} contains '__vs__', which separates the two runs "
-                              "of a judge pair folder; rename it")
-        if folder in owners and owners[folder] != run.run:
-            key = run_key(cfg, run.run) if run_key(cfg, run.run) != "eval" else run_key(cfg, owners[folder])
-            raise ConfigError(f"{key}: the evaluation runs {owners[folder]!r} and {run.run!r} would share the folder "
-                              f"eval/{folder}; rename one of them")
-        owners[folder] = run.run
-
-
-def run_key(cfg: ExperimentConfig, run: str) -> str:
-    """The config key that names an evaluation run: a student's name, or the student model of an untrained run."""
-    base = run.split(" ", 1)[0]
-    for i, s in enumerate(cfg.students):
-        if base == s.name:
-            return f"students.{i}.name"
-        if base == f"untrained:{s.model}":
-            return f"students.{i}.model"
-    return "eval"
-
-
 def greedy_run_names(cfg: ExperimentConfig) -> list[str]:
     """The greedy evaluation runs a config asks for (``pipeline.eval_runs`` adds ``<student>@best`` / ``@last``
     rows once training has chosen checkpoints)."""
@@ -236,38 +206,6 @@ def size_for_cpu(raw: dict, overrides: list[str] | tuple[str, ...], native_bf16:
         applied.append(f"{key}={value}")
     raw["cpu_sized"] = True
     return applied
-
-
-def with_eval_tasks(cfg: ExperimentConfig, specs: list[str]) -> ExperimentConfig:
-    """``cfg`` with evaluation-only tasks added, each given as ``name=X,format=F,eval=PATH[,max_eval=N,...]``
-    (``scotd eval``): a task of new questions that no student trains on, reported as its own task."""
-    from scotd.config.sections import TaskConfig
-
-    tasks = list(cfg.tasks)
-    for n, spec in enumerate(specs):
-        where = f"--task {spec!r}"
-        raw: dict[str, Any] = {}
-        for item in spec.split(","):
-            key, sep, text = item.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"{where}: expected key=value pairs separated by commas, e.g. "
-                                  "name=held-out,format=jsonl,eval=/data/held-out.jsonl")
-            try:
-                raw[key.strip()] = yaml.safe_load(text) if text else ""
-            except yaml.YAMLError:
-                raw[key.strip()] = text
-        try:
-            task = from_dict(TaskConfig, raw)
-        except ConfigError as err:
-            raise ConfigError(f"{where}: {err}") from None
-        if task.train or task.max_train or task.max_dev:
-            raise ConfigError(f"{where}: an added task is evaluated only; give no train, max_train or max_dev")
-        if not task.eval:
-            raise ConfigError(f"{where}: eval: give the questions to evaluate on (a path, URI or gen: source)")
-        if any(t.name == task.name for t in tasks):
-            raise ConfigError(f"{where}: name: {task.name!r} is already a task of this experiment")
-        tasks.append(task)
-    return dataclasses.replace(cfg, tasks=tuple(tasks))
 
 
 def apply_override(raw: dict, item: str) -> None:

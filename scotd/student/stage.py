@@ -3,7 +3,6 @@ selector) and the Ray Train job that fine-tunes it (``scotd.student.train``)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -59,9 +58,7 @@ def train_run_name(exp: Experiment, name: str) -> str:
     """Ray Train's run of a student: its name and a digest of every value its training depends on
     (``provenance.units``). Ray Train resumes a run from its latest checkpoint, so a student retrained with other
     settings (its folder removed, or ``--restart students``) must never find the old run's checkpoints."""
-    values = provenance.units(exp.cfg, exp.dir)[f"student {name}"][1]
-    digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return f"{name}-{digest}"
+    return f"{name}-{provenance.fingerprint(provenance.units(exp.cfg, exp.dir)[f'student {name}'][1])[:12]}"
 
 
 def student_rows(exp: Experiment, s) -> tuple[Path, dict]:
