@@ -20,8 +20,7 @@ from scotd.config import CorpusConfig
 from scotd.tracking import numbers
 from scotd.prompts import letter, training_pair
 from scotd.diversity import diversity, rationale_key
-from scotd.schema import (CORPUS_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA, check_parquet_folder, read_table, to_table,
-                          write_table)
+from scotd.schema import CORPUS_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA, read_parquet_files, to_table, write_table
 
 if TYPE_CHECKING:
     from scotd.experiment import Experiment
@@ -104,9 +103,9 @@ def with_training_text(row: dict) -> dict:
 def build_corpus(samples_dir: Path, cfg: CorpusConfig, out_dir: Path, question_ids: set[str] | None = None) -> dict:
     """Read the teacher's samples (of ``question_ids`` only, when given: the training split of this run, where an
     earlier run may have sampled more), filter, dedup, write corpus.parquet, labels.parquet and summary.json."""
-    check_parquet_folder(samples_dir, SAMPLE_SCHEMA, "remove it and rerun the teacher stage (scotd run CONFIG): "
-                         "the teacher samples its questions again")
-    samples = with_answer_keys(read_table(samples_dir, SAMPLE_SCHEMA).to_pylist())
+    samples = with_answer_keys(read_parquet_files(samples_dir, SAMPLE_SCHEMA, "remove it and rerun the teacher "
+                                                  "stage (scotd run CONFIG): the teacher samples its questions again")
+                               .to_pylist())
     if question_ids is not None:
         other = len({r["question_id"] for r in samples} - question_ids)
         samples = [r for r in samples if r["question_id"] in question_ids]

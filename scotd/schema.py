@@ -159,3 +159,22 @@ def check_parquet_folder(folder: str | Path, schema: pa.Schema, fix: str) -> lis
         if missing:
             raise CorruptFileError(f"{path}: missing columns {missing}; {fix}")
     return paths
+
+
+def read_parquet_files(folder: str | Path, schema: pa.Schema, fix: str, key: str = "question_id") -> pa.Table:
+    """Every Parquet file of ``folder`` read in full, as one table of ``schema``: a file that cannot be read (a
+    damaged page shows only on reading) or that holds a ``key`` another file holds (a block copied or written twice)
+    is a ``CorruptFileError`` naming it, followed by ``fix``."""
+    tables, owner = [], {}
+    for path in check_parquet_folder(folder, schema, fix):
+        try:
+            table = read_table(path, schema)
+        except Exception as err:  # noqa: BLE001 - snappy, thrift, ArrowInvalid: the file is damaged
+            raise CorruptFileError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]}); {fix}") from None
+        for value in set(table.column(key).to_pylist()):
+            if value in owner:
+                raise CorruptFileError(f"{path}: holds {key} {value!r}, which {owner[value]} holds too (a file copied "
+                                       f"or written twice); remove one of them and rerun")
+            owner[value] = path.name
+        tables.append(table)
+    return pa.concat_tables(tables) if tables else schema.empty_table()

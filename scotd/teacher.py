@@ -25,7 +25,7 @@ from scotd.diversity import diversity
 from scotd.fit import too_long
 from scotd.limits import warn_if_cut
 from scotd.prompts import Exemplar, gold_key, mark_cut, parse_answer, stop_strings, teacher_prompt
-from scotd.schema import SAMPLE_SCHEMA, check_parquet_folder, to_table, write_table
+from scotd.schema import SAMPLE_SCHEMA, read_parquet_files, to_table, write_table
 from scotd.scoring import answers_match
 from scotd.tasks import Question
 from scotd.tracking import numbers
@@ -84,11 +84,9 @@ def from_response(row: dict) -> dict:
 
 
 def finished_question_ids(samples_dir: Path) -> set[str]:
-    """Questions already sampled in earlier runs: every id in a block file (blocks hold complete questions only)."""
-    ids: set[str] = set()
-    for path in check_parquet_folder(samples_dir, SAMPLE_SCHEMA, BLOCK_FIX):
-        ids.update(pq.read_table(path, columns=["question_id"]).column("question_id").to_pylist())
-    return ids
+    """Questions already sampled in earlier runs: every id in a block file (blocks hold complete questions only; a
+    damaged block, or two blocks holding one question, is an error naming the file)."""
+    return set(read_parquet_files(samples_dir, SAMPLE_SCHEMA, BLOCK_FIX).column("question_id").to_pylist())
 
 
 def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemplar]], cfg: TeacherConfig,

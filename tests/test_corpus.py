@@ -81,7 +81,14 @@ def test_corpus_uses_the_samples_of_this_runs_training_questions_only(tmp_path):
     assert summary["questions"] == 1 and summary["samples"] == 4
 
 
-@pytest.mark.parametrize("damage", ["truncated", "columns"])
+def overwrite_page(path):
+    """64 bytes overwritten inside the file's data pages: the footer still reads, the data does not."""
+    data = bytearray(path.read_bytes())
+    data[8:72] = bytes(range(64))
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "columns", "page"])
 def test_a_corrupt_teacher_block_is_named_with_the_way_to_resample_it(tmp_path, damage):
     """Issue 19, item 10: the corpus and the teacher's resume both refuse a block they cannot read, naming it."""
     import pyarrow as pa
@@ -94,6 +101,8 @@ def test_a_corrupt_teacher_block_is_named_with_the_way_to_resample_it(tmp_path, 
     write_table(to_table(ROWS[4:], SAMPLE_SCHEMA), bad)
     if damage == "truncated":
         bad.write_bytes(bad.read_bytes()[:-30])
+    elif damage == "page":  # issue 31, item 9: "OSError: Corrupt snappy compressed data." with no file named
+        overwrite_page(bad)
     else:
         pq.write_table(pa.table({"question_id": ["q2"]}), bad)
     for call in (lambda: build_corpus(tmp_path / "samples", CorpusConfig(), tmp_path / "corpus"),
@@ -104,6 +113,22 @@ def test_a_corrupt_teacher_block_is_named_with_the_way_to_resample_it(tmp_path, 
         assert "samples its questions again" in str(err.value)
     bad.unlink()  # what the message says to do: the rest resumes
     assert finished_question_ids(tmp_path / "samples") == {"q1"}
+
+
+def test_a_teacher_block_copied_twice_is_refused_not_counted_twice(tmp_path):
+    """Issue 31, item 5: a copied block was counted twice ("96 of 256 samples kept")."""
+    import shutil
+
+    from scotd.schema import CorruptFileError
+    from scotd.teacher import finished_question_ids
+
+    write_table(to_table(ROWS, SAMPLE_SCHEMA), tmp_path / "samples" / "block-1.parquet")
+    shutil.copy(tmp_path / "samples" / "block-1.parquet", tmp_path / "samples" / "block-2.parquet")
+    for call in (lambda: build_corpus(tmp_path / "samples", CorpusConfig(), tmp_path / "corpus"),
+                 lambda: finished_question_ids(tmp_path / "samples")):
+        with pytest.raises(CorruptFileError, match=r"block-2.parquet: holds question_id 'q\d', which "
+                                                   r"block-1.parquet holds too"):
+            call()
 
 
 @pytest.mark.parametrize("a, b, same", [
