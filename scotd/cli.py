@@ -14,6 +14,7 @@ from scotd.config import ConfigError, describe, load_config
 from scotd.judge import AnnotationError
 from scotd.report import ReportError
 from scotd.schema import CorruptFileError
+from scotd.storage import redact
 from scotd.tasks import TaskDataError
 
 
@@ -114,19 +115,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{resume_command(sys.argv[1:] if argv is None else argv)}", file=sys.stderr)
         return 128 + stop.signum
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
+        print(f"config error: {redact(str(err))}", file=sys.stderr)
         return 2
     except ReportError as err:
-        print(f"report error: {err}", file=sys.stderr)
+        print(f"report error: {redact(str(err))}", file=sys.stderr)
         return 2
     except AnnotationError as err:
-        print(f"judge error: {err}", file=sys.stderr)
+        print(f"judge error: {redact(str(err))}", file=sys.stderr)
         return 2
     except (TaskDataError, MissingAssetError, AssetIntegrityError, CorruptFileError) as err:
         # the data or an asset cannot be had, or is malformed: the message names it and what to do
         if args.command == "run" and args.debug:
             raise
-        print(f"data error: {err}", file=sys.stderr)
+        print(f"data error: {redact(str(err))}", file=sys.stderr)
         return 2
     return 0
 

@@ -26,24 +26,54 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# scheme://user[:password]@host...: the userinfo part of a URI, where pyarrow accepts S3 keys. A password may hold
-# "/" (most AWS secret keys do), so "user:" before the first "/" starts userinfo that runs to the next "@"; without
-# a ":" it ends at the first "/" (so "s3://bucket/a@b" is a path, not a user).
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#@:]*:[^@]*|[^/?#]*)@")
+# A URI anywhere in a text: scheme:// and what follows up to a space, a quote or a bracket.
+_URI = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^\s'\"\[\]{},]+)")
 
 
 def is_uri(location: str) -> bool:
     return "://" in location
 
 
-def redact(location: str) -> str:
-    """``location`` with the userinfo of a URI replaced by ``***`` (safe to print)."""
-    return _USERINFO.sub(r"\1***@", location)
+def _userinfo(rest: str) -> int:
+    """Where the userinfo of a URI's part after ``scheme://`` ends (the ``@``), or -1 when it has none. pyarrow
+    accepts S3 keys there, and a secret may hold "/", "+" or "@" unescaped, so userinfo with a ":" runs to the last
+    "@"; without a ":" it is the text before an "@" that comes before the first "/" ("s3://bucket/a@b" is a path)."""
+    at = rest.rfind("@")
+    if at < 0:
+        return -1
+    head = rest[:at]
+    return at if ":" in head.split("/", 1)[0] or "/" not in head else -1
+
+
+def has_credentials(text: str) -> bool:
+    """Whether ``text`` holds a URI that carries a user or a secret (``s3://KEY:SECRET@bucket``)."""
+    return any(_userinfo(m.group(2)) >= 0 for m in _URI.finditer(text))
+
+
+def redact(text: str) -> str:
+    """``text`` with the userinfo of every URI in it replaced by ``***`` (safe to print, log or save)."""
+    def hide(m: re.Match) -> str:
+        at = _userinfo(m.group(2))
+        return m.group(0) if at < 0 else f"{m.group(1)}***{m.group(2)[at:]}"
+
+    return _URI.sub(hide, text)
+
+
+def redacted(value: Any) -> Any:
+    """``value`` with every string in it ``redact``-ed, through dicts, lists and tuples."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redacted(k): redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redacted(v) for v in value)
+    return value
 
 
 def reject_credentials(cfg: Any, prefix: str = "") -> None:
-    """Raise ``ConfigError`` naming the dotted key of the first config string that is a URI carrying credentials
-    (``s3://KEY:SECRET@bucket/...``). Called before the config is saved or any location is logged."""
+    """Raise ``ConfigError`` naming the dotted key of the first config string, at any depth (dicts such as
+    ``teacher.engine_kwargs`` included), that holds a URI carrying credentials (``s3://KEY:SECRET@bucket/...``).
+    Called before the config is saved or any location is logged."""
     from scotd.config import ConfigError
 
     if dataclasses.is_dataclass(cfg):
@@ -52,7 +82,10 @@ def reject_credentials(cfg: Any, prefix: str = "") -> None:
     elif isinstance(cfg, (tuple, list)):
         for i, value in enumerate(cfg):
             reject_credentials(value, f"{prefix}.{i}")
-    elif isinstance(cfg, str) and _USERINFO.match(cfg):
+    elif isinstance(cfg, dict):
+        for key, value in cfg.items():
+            reject_credentials(value, f"{prefix}.{key}")
+    elif isinstance(cfg, str) and has_credentials(cfg):
         raise ConfigError(f"{prefix}: {redact(cfg)}: a URI must not carry credentials (user:secret@); give them "
                           "through the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                           "GOOGLE_APPLICATION_CREDENTIALS) or the nodes' instance role / service account")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scotd.config import ExperimentConfig, to_dict
+from scotd.storage import redact
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def flat_params(cfg: ExperimentConfig) -> dict[str, str]:
             for i, v in enumerate(value):
                 walk(f"{prefix}.{i}", v)
         else:
-            out[prefix] = str(value)[:6000]
+            out[prefix] = redact(str(value))[:6000]  # the config passed reject_credentials: never a secret here
 
     walk("", to_dict(cfg))
     return out
@@ -198,7 +199,7 @@ def student_logger(tracking: StudentTracking | None, name: str, rank: int, setti
     if tracking is None or rank != 0:
         return None
     settings = settings or {}
-    params = {k: str(v)[:6000] for k, v in settings.items()}
+    params = {k: redact(str(v))[:6000] for k, v in settings.items()}
     if tracking.backend == "wandb":
         from ray.air.integrations.wandb import setup_wandb
 

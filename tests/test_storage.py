@@ -114,10 +114,12 @@ def _uri_experiment(tmp_path, students: str = "[{name: s}, {name: t}]", extra: s
 
     rows = [{"id": f"t{i}", "question": f"Question {i}?", "choices": ["a", "b"], "answer": i % 2} for i in range(4)]
     tmp_path.mkdir(parents=True, exist_ok=True)
-    data = tmp_path / "d.jsonl"
+    data, held = tmp_path / "d.jsonl", tmp_path / "e.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held.write_text("".join(json.dumps({**r, "id": f"e{i}", "question": f"Held {i}?"}) + "\n"
+                            for i, r in enumerate(rows)))
     (tmp_path / "exp.yaml").write_text(
-        f"tasks: [{{name: g, format: jsonl, train: {data}, eval: {data}}}]\nstudents: {students}\n"
+        f"tasks: [{{name: g, format: jsonl, train: {data}, eval: {held}}}]\nstudents: {students}\n"
         f"eval: {{teacher: false, untrained: false{extra}}}\n"
         f"output: {{dir: 'file://{tmp_path / 'bucket' / 'exp'}', cache_dir: {tmp_path / 'cache'}}}\n")
     exp = Experiment(load_config(tmp_path / "exp.yaml"))
@@ -231,7 +233,12 @@ def test_credentials_in_a_uri_are_refused_before_anything_is_written(tmp_path, c
 
 @pytest.mark.parametrize(("location", "shown"), [
     (f"s3://AKIAEXAMPLE:{SLASHED}@bucket/x", "s3://***@bucket/x"),
-    (f"s3://AKIAEXAMPLE:{SLASHED}@bucket/v@2/x", "s3://***@bucket/v@2/x"),
+    # a secret may hold "@" too (issue 31), so userinfo with a ":" runs to the last "@": an "@" later in the path
+    # hides the bucket as well (more hidden, never less)
+    (f"s3://AKIAEXAMPLE:{SLASHED}@bucket/v@2/x", "s3://***@2/x"),
+    ("s3://AKIAEXAMPLE:wJalr/XUtn@K7MDENG@bucket/x", "s3://***@bucket/x"),
+    ("tasks.0.train=[s3://AKIA:secret@bucket/x.jsonl", "tasks.0.train=[s3://***@bucket/x.jsonl"),
+    ("a message: s3://KEY:SECRET@bucket/x and gs://k:s@b/y", "a message: s3://***@bucket/x and gs://***@b/y"),
     ("s3://user@bucket/x", "s3://***@bucket/x"),
     ("s3://bucket/runs@2/x", "s3://bucket/runs@2/x"),  # an "@" in the path is no userinfo
     ("gs://bucket/a:b@c", "gs://bucket/a:b@c"),
@@ -244,3 +251,22 @@ def test_redact_hides_every_form_of_userinfo(location, shown):
 def test_mirror_refuses_credentials_itself(tmp_path):
     with pytest.raises(ValueError, match=r"output\.dir: s3://\*\*\*@bucket/x: a URI must not carry credentials"):
         Mirror(f"s3://AKIAEXAMPLE:{SECRET}@bucket/x", tmp_path)
+
+
+@pytest.mark.parametrize("override", [
+    pytest.param(f"tasks.0.train=[s3://AKIAEXAMPLE:{SECRET}@bucket/x.jsonl", id="bad-yaml"),
+    pytest.param(f"tasks.0.max_train=s3://AKIAEXAMPLE:{SECRET}@bucket/x", id="wrong-type"),
+    pytest.param(f"tasks.0.format=s3://AKIAEXAMPLE:{SECRET}@bucket/x", id="not-a-choice"),
+    pytest.param(f"output.dir.sub=s3://AKIAEXAMPLE:{SECRET}@bucket/x", id="not-a-section"),
+    pytest.param(f"teacher.engine_kwargs={{speculative_config: {{model: 's3://AKIAEXAMPLE:{SECRET}@b/draft'}}}}",
+                 id="inside-a-dict"),
+])
+def test_no_error_or_dump_shows_a_secret(override, capsys):
+    """Issue 31, items 6-7: secrets were echoed in the errors of bad overrides and dumped from inside dicts."""
+    from scotd.cli import main
+    from tests.conftest import REPO
+
+    for command in ("config", "run"):
+        assert main([command, str(REPO / "configs" / "tiny.yaml"), override]) == 2
+        out, err = capsys.readouterr()
+        assert SECRET not in out + err and "***@" in err and err.startswith("config error: "), err
