@@ -121,7 +121,7 @@ def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES, *, restart: str
     ``restart`` first removes the outputs of that stage and every later one, so they are built again."""
     unknown = [s for s in stages if s not in STAGE_FUNCTIONS]
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
+        raise ConfigError(f"--stages: unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
     if restart and restart not in STAGES:
         raise ConfigError(f"--restart {restart}: not a stage; stages: {', '.join(STAGES)}")
     exp = Experiment(cfg)

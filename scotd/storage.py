@@ -162,11 +162,13 @@ class Mirror:
         if self.uri:
             import pyarrow.fs as pafs
 
+            from scotd.config import ConfigError
+
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
             except Exception as err:  # pyarrow raises ArrowInvalid / OSError with its own words
-                raise ValueError(f"output.dir: {redact(location)!r}: not a filesystem pyarrow can open: "
-                                 f"{redact(str(err))}") from None
+                raise ConfigError(f"output.dir: {redact(location)!r}: not a filesystem pyarrow can open: "
+                                  f"{redact(str(err))}") from None
 
     def check_writable(self) -> None:
         """Write and remove a probe file at the URI, so that a location the job cannot write fails before any work

@@ -95,3 +95,22 @@ def test_inputs_and_output_are_checked_before_ray_starts(tmp_path, override, mes
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2 and message in output, output[-3000:]
     assert "Ray workers' logs" not in output and "Traceback" not in output and "=== stage teacher" not in output
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--stages", "teachr"], "config error: --stages: unknown stage(s) ['teachr']"),
+    (["output.dir=foo://bar/x"], "config error: output.dir: 'foo://bar/x': not a filesystem pyarrow can open"),
+    (["tasks.0.train=", "tasks.0.max_dev=4"], "data error: tasks.csqa.max_dev: an evaluation-only task has no "
+                                               "training questions"),
+    (["tasks.0.train=offline:foo"], "data error: tasks.csqa.train: 'offline:foo': expected offline:<dataset>:"),
+    (["tasks.0.train={data}"], "data error: {data}: a folder, not a data file of format commonsenseqa"),
+])
+def test_faults_before_any_work_are_one_line_errors(tmp_path, shared_data, capsys, overrides, message):
+    """Issue 31, item 10: each of these ended in a traceback with exit 1."""
+    csqa = shared_data / "commonsenseqa"
+    args = [a.format(data=shared_data) for a in overrides]
+    code = main(["run", TINY, "--stages", "tasks", f"output.dir={tmp_path / 'exp'}",
+                 f"tasks.0.train={csqa / 'train_rand_split.jsonl'}", f"tasks.0.eval={csqa / 'dev_rand_split.jsonl'}",
+                 *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message.format(data=shared_data) in err and "Traceback" not in err, err

@@ -324,6 +324,8 @@ def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool
         records = list(iter_tsv_records(path) if fmt == "imdb" else iter_json_records(path))
     except FileNotFoundError:
         raise SourceUnavailableError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise TaskDataError(f"{path}: a folder, not a data file of format {fmt}") from None
     for line, obj in records:
         try:
             if isinstance(obj, RowError):

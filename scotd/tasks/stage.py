@@ -40,7 +40,7 @@ def load_task_split(task: TaskConfig, split: str, cache_dir: Path) -> tuple[Load
     key = "eval" if split == "eval" else "train"
     sources = [s for s in task_sources(task, split) if s]
     if not sources:
-        raise ValueError(f"tasks.{task.name}.{key}: no {split} data configured")
+        raise TaskDataError(f"tasks.{task.name}.{key}: no {split} data configured")
     reasons = []
     for source in sources:
         try:
@@ -66,14 +66,14 @@ def read_source(task: TaskConfig, split: str, source: str, cache_dir: Path) -> L
         parts = source.split(":")
         key, wanted = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
         if wanted not in SPLITS:
-            raise ValueError(f"tasks.{task.name}.{split}: {source!r}: expected offline:<dataset>:<{'|'.join(SPLITS)}>")
+            raise TaskDataError(f"tasks.{task.name}.{split}: {source!r}: expected offline:<dataset>:<{'|'.join(SPLITS)}>")
         wanted = "dev" if split == "dev" else wanted
         result = load_questions(ensure_dataset(key, cache_dir), "jsonl", task.name, skip_bad_rows=task.skip_bad_rows)
         return replace(result, questions=[q for q in result.questions if hash_split(q.id) == wanted])
     if source.startswith(symbolic.PREFIX):
         wanted = task.max_eval if split == "eval" else (task.max_train or 0) + task.max_dev
         if not wanted:
-            raise ValueError(f"tasks.{task.name}.max_{'eval' if split == 'eval' else 'train'}: a generated task "
+            raise TaskDataError(f"tasks.{task.name}.max_{'eval' if split == 'eval' else 'train'}: a generated task "
                              f"({source}) needs a count")
         generated = symbolic.generate(source, task.name, wanted)
         return LoadResult(generated, 0, [], {q.id: f"{source} #{i}" for i, q in enumerate(generated)})
@@ -97,7 +97,7 @@ def stage_tasks(exp: Experiment) -> dict:
         kept = [q for q in train if normalize_text(q.text) not in shots]
         removed = len(train) - len(kept)
         if task.max_dev and not task.train:
-            raise ValueError(f"tasks.{task.name}.max_dev: an evaluation-only task has no training questions to "
+            raise TaskDataError(f"tasks.{task.name}.max_dev: an evaluation-only task has no training questions to "
                              "carve a dev split from")
         if task.max_dev and source.startswith("offline:"):
             held = read_source(task, "dev", source, exp.cache)
