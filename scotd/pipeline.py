@@ -43,8 +43,7 @@ STAGE_FUNCTIONS = {
 # What each stage writes, relative to the experiment folder (pushed to output.dir when it is a URI).
 STAGE_OUTPUTS = {"tasks": ("questions",), "teacher": ("teacher", "models"), "corpus": ("corpus",),
                  "students": ("students", "models"), "eval": ("eval", "judge"),
-                 "report": ("report.json", "report.md", "report.png", "report-n-curve.png", "report-selectors.png",
-                            "report-methods.png")}
+                 "report": provenance.REPORT_FILES}
 
 
 def stage_functions(stage: str) -> list[Callable[[Experiment], object]]:

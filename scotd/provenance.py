@@ -37,6 +37,11 @@ RESTART_FOLDERS = {"tasks": ("questions",), "teacher": ("teacher",), "corpus": (
                    "students": ("students", "ray_train"), "eval": ("eval", "judge"), "report": ()}
 
 
+# The files the report stage writes into the experiment folder.
+REPORT_FILES = ("report.json", "report.md", "report.png", "report-n-curve.png", "report-selectors.png",
+                "report-methods.png")
+
+
 class StaleWorkError(ConfigError):
     """Finished work in the experiment folder was built from other config values than this run's."""
 
@@ -238,9 +243,10 @@ def restart(exp_dir: Path, stage: str) -> list[str]:
                 shutil.rmtree(exp_dir / folder)
                 removed.append(folder)
     forget(exp_dir, order[order.index(stage):])
-    for report in sorted(exp_dir.glob("report*")):
-        report.unlink()
-        removed.append(report.name)
+    for name in REPORT_FILES:  # the report stage's own files only: a user's report-notes.txt stays
+        if (exp_dir / name).is_file():
+            (exp_dir / name).unlink()
+            removed.append(name)
     recorded = _read(exp_dir)
     if recorded:
         kept = {k: v for k, v in recorded.items() if order.index(stage_of(k)) < order.index(stage)}

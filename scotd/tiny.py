@@ -51,9 +51,14 @@ def build_model(tokenizer, seed: int):
     return LlamaForCausalLM(config)
 
 
+FIT_TOKENS = 1024  # longer format texts are cut for fitting: their prompts exceed any tiny preset's engine
+
+
 def fit_format(model, tokenizer, texts: list[str], steps: int = 60, batch_size: int = 16, lr: float = 3e-3,
                seed: int = 0) -> list[float]:
-    """A few AdamW steps on random batches of ``texts``; returns the loss curve."""
+    """A few AdamW steps on random batches of ``texts``, each cut to ``FIT_TOKENS`` (a question of 50,000
+    characters among them must not take the machine's memory: the teacher stage's length check leaves it out
+    later); returns the loss curve."""
     import random
 
     import torch
@@ -63,7 +68,8 @@ def fit_format(model, tokenizer, texts: list[str], steps: int = 60, batch_size: 
     losses = []
     model.train()
     for _ in range(steps):
-        enc = tokenizer(rng.sample(texts, min(batch_size, len(texts))), padding=True, return_tensors="pt")
+        enc = tokenizer(rng.sample(texts, min(batch_size, len(texts))), padding=True, truncation=True,
+                        max_length=FIT_TOKENS, return_tensors="pt")
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
         loss = model(**enc, labels=labels).loss
         loss.backward()

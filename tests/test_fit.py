@@ -72,3 +72,24 @@ def test_the_teacher_stage_refuses_before_an_engine_starts(experiment, ray_clust
     assert f"data error: {data}:2: question long-2 (task g) makes a teacher prompt of " in err
     assert "Traceback" not in err
     assert not (config.parent / "out" / "teacher" / "samples").exists()
+
+
+def test_a_huge_question_does_not_take_the_tiny_teachers_fit_out_of_memory(tmp_path):
+    """Issue 31, item 8: a 50,000-character question among the first training questions OOM-killed the tiny preset
+    while its teacher was fitted to the format (24 GB); the fit cuts each text, in a process of its own here."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from scotd.tiny import ensure_tiny_model\n"
+        "texts = [f'Q: what is {i} + 2?\\nA: {i + 2}' for i in range(300)] + ['Q: ' + 'word ' * 10000 + '?\\nA: x']\n"
+        f"ensure_tiny_model('teacher', Path({str(tmp_path / 'tiny')!r}), texts, texts)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) < 4000  # MB at peak
+    assert (tmp_path / "tiny" / "scotd_tiny.json").exists()

@@ -99,8 +99,10 @@ def test_changed_questions_count_only_when_the_tasks_stage_is_not_rerun(finished
 def test_restart_removes_the_stage_and_later_ones_and_their_records(finished):
     cfg, folder = finished
     (folder / "report.md").write_text("old")
+    (folder / "report-notes.txt").write_text("a user's own file")  # issue 31: not scotd's, so it stays
     removed = provenance.restart(folder, "students")
     assert set(removed) == {"students", "eval", "report.md"} | ({"ray_train"} & set(removed))
+    assert (folder / "report-notes.txt").read_text() == "a user's own file"
     assert (folder / "teacher" / "samples").is_dir() and not (folder / "students").exists()
     recorded = json.loads((folder / provenance.FILE).read_text())
     assert set(recorded) == {"questions", "teacher"}
