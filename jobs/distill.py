@@ -1,7 +1,7 @@
 """Whole SCoTD pipeline as a Ray job: tasks -> teacher sampling -> corpus -> students -> evaluation -> report.
 
 Submit to a running cluster (the driver runs on the head node and only orchestrates; the head's RAY_ADDRESS is
-picked up, so no cluster is started here). The tiny preset on a Ray head on this machine (started from the
+picked up, so no cluster is started here). The tiny preset on a local Ray head (started from the
 activated venv, ``ray start --head``, so that the entrypoint's ``python`` is the venv's), from the repo root::
 
     RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --runtime-env jobs/runtime_env.yaml \\

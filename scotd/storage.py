@@ -1,7 +1,7 @@
 """Experiment folders on any pyarrow filesystem: a local path, or a URI (``s3://``, ``gs://``, ``file://``, ...).
 
 With a URI as ``output.dir`` the job works in a local copy (``<cache_dir>/experiments/<name>-<hash>``) and mirrors
-it to the URI: everything already there is pulled before the first stage (so a rerun, on this machine or another,
+it to the URI: everything already there is pulled before the first stage (so a rerun, on the same machine or another,
 resumes), each teacher block is pushed as soon as it is written, and each stage's files are pushed when the stage
 ends. Ray Train writes its checkpoints straight to ``<URI>/ray_train``, and training workers read their rows from
 the URI, so no node needs the driver's disk; vLLM engines on other nodes copy a model folder from the URI to their

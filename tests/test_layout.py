@@ -62,3 +62,20 @@ def test_docstrings_and_help_say_what_the_code_does_not_what_a_run_measured():
                for n, line in enumerate(path.read_text().splitlines(), 1)
                if re.search(r"\b[Mm]easured\b|STACK-NOTES|\.\./shared/docs", line)]
     assert diaries == []
+
+
+def test_docs_date_results_by_day_and_cpu_class_not_by_the_order_of_the_work():
+    """Results are dated by their date and CPU class; no file speaks of the sessions that made them or of the
+    machines the project was developed on (issue 32)."""
+    import re
+
+    ordinal = (r"first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|eleventh|twelfth|thirteenth|"
+               r"fourteenth|fifteenth|sixteenth")
+    pattern = re.compile(rf"\b(?:{ordinal})[- ]session\b|\bthis session\b|\bthese machines\b|\bon this machine\b"
+                         r"|\bproject's machines\b", re.IGNORECASE)
+    files = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "benchmarks").glob("*.md"),
+             *(REPO / "configs").rglob("*.yaml"), *(REPO / "scotd").rglob("*.py"), *(REPO / "jobs").glob("*.py"),
+             *(REPO / "cluster").glob("*")]
+    found = [f"{path.relative_to(REPO)}:{n}" for path in files if path.is_file()
+             for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
+    assert found == []

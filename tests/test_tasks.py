@@ -49,7 +49,7 @@ def test_strategyqa_yes_no(shared_data):
 
 
 def test_quarel_official_format(tmp_path):
-    # Written here: QuaRel's own files are not available on this machine.
+    # Rows in QuaRel's layout written by the test: its files are not among the shared benchmark files.
     rows = [{"id": "QuaRel_V1_Fr_0001", "answer_index": 1, "question":
              "A puck slides farther on ice than on carpet because the _____ has less friction. (A) carpet (B) ice"},
             {"id": "QuaRel_V1_Fr_0002", "answer_index": 0, "question": "Which is hotter? (A) the stove (B) the fridge"}]

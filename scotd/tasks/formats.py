@@ -8,7 +8,6 @@ row faults into ``TaskDataError("file:line: fault")`` or, with ``skip_bad_rows``
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import re
@@ -18,7 +17,8 @@ from typing import Any, Callable, Iterator
 
 from scotd.scoring import normalize_answer, normalize_number
 from scotd.storage import is_uri, read_bytes
-from scotd.tasks.question import LoadResult, Question, RowError, SourceUnavailableError, TaskDataError
+from scotd.tasks.question import (LoadResult, Question, RowError, SourceUnavailableError, TaskDataError,
+                                  content_id)
 
 log = logging.getLogger(__name__)
 
@@ -355,19 +355,6 @@ def load_questions(path: str | Path, fmt: str, task: str, *, skip_bad_rows: bool
         raise TaskDataError(f"{path}: no questions" + (f" ({len(skipped)} malformed rows skipped)" if skipped else
                                                          " (the file is empty)"))
     return LoadResult(questions, len(skipped), skipped[:20], where)
-
-
-def content_id(q: Question, task: str, taken: set[str]) -> str:
-    """The id of a row without one: ``<task>-`` and a digest of the question, its choices and its answer, so the
-    same question has the same id in every file (a train file and an eval file that share questions show it, and
-    evaluation leaves them out) and no two files' questions collide by their names or lines. The same question again
-    in one file gets ``-2``, ``-3``, ... (pure but for ``taken``, the ids so far)."""
-    digest = hashlib.sha256(json.dumps([q.text, list(q.choices), q.answer_index, q.answer],
-                                       ensure_ascii=False).encode()).hexdigest()[:16]
-    base, n = f"{task}-{digest}", 1
-    while (f"{base}-{n}" if n > 1 else base) in taken:
-        n += 1
-    return f"{base}-{n}" if n > 1 else base
 
 
 def load_hf_questions(spec: str, task: str, *, skip_bad_rows: bool = False, fmt: str = "hf") -> LoadResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 
 
@@ -71,3 +72,16 @@ def carve_dev(train: list[Question], count: int) -> tuple[list[Question], list[Q
     ranked = sorted(train, key=lambda q: hashlib.sha256(q.id.encode()).digest())
     dev_ids = {q.id for q in ranked[:count]}
     return [q for q in train if q.id not in dev_ids], [q for q in train if q.id in dev_ids]
+
+
+def content_id(q: Question, task: str, taken: set[str]) -> str:
+    """The id of a row without one: ``<task>-`` and a digest of the question, its choices and its answer, so the
+    same question has the same id in every file (a train file and an eval file that share questions show it, and
+    evaluation leaves them out) and no two files' questions collide by their names or lines. The same question again
+    in one file gets ``-2``, ``-3``, ... (pure but for ``taken``, the ids so far)."""
+    digest = hashlib.sha256(json.dumps([q.text, list(q.choices), q.answer_index, q.answer],
+                                       ensure_ascii=False).encode()).hexdigest()[:16]
+    base, n = f"{task}-{digest}", 1
+    while (f"{base}-{n}" if n > 1 else base) in taken:
+        n += 1
+    return f"{base}-{n}" if n > 1 else base
