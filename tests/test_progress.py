@@ -65,6 +65,9 @@ def test_window_rate_uses_the_last_minute_once_20_s_are_there():
     assert window_rate(seen[:3], 40.0) is None  # nothing new in 30 s: no rate yet
     assert window_rate(seen[:4], 70.0) == pytest.approx(1300 / 60)  # the last minute, stall included
     assert window_rate(seen, 100.0) == pytest.approx(2600 / 60)
+    # from the first decode steps on: 256 sequences with two tokens each
+    assert window_rate(seen[:4], 70.0, decoding_from=512) is None
+    assert window_rate(seen, 100.0, decoding_from=512) == pytest.approx(1300 / 30)
 
 
 def test_reporter_logs_tokens_rate_and_time_left_from_the_board(ray_cluster, caplog):

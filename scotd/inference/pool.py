@@ -94,9 +94,11 @@ def generate_rows(requests: list[dict], spec: EngineSpec, sampling: Sampling, en
                        progress=name)
         seen: set = set()
         sequences = sum(int(r.get("n", 1)) for r in requests)
+        replicas = replica_range(engine)
+        min_replicas = replicas if isinstance(replicas, int) else replicas[0]
         with Reporter(board, label=label, sequences=sequences, total=len({r[key] for r in requests}),
                       expected_tokens=expected_tokens or sampling.max_new_tokens / 2, unit="questions",
-                      done=lambda: len(seen)):
+                      done=lambda: len(seen), in_flight=engine_capacity(spec) * max(min_replicas, 1)):
             yield from stream_batches(out, total=len({r[key] for r in requests}), label=label, key=key, seen=seen)
     finally:
         ray.kill(board)

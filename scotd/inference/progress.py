@@ -99,10 +99,11 @@ class Reporter:
     done so far (``done()``)."""
 
     def __init__(self, board, *, label: str, sequences: int, expected_tokens: float, total: int, unit: str,
-                 done, every_s: float = 30.0, poll_s: float = POST_EVERY_S, min_window_s: float = MIN_WINDOW_S):
+                 done, every_s: float = 30.0, poll_s: float = POST_EVERY_S, min_window_s: float = MIN_WINDOW_S,
+                 in_flight: int = 1):
         self.board, self.label, self.sequences, self.expected = board, label, sequences, expected_tokens
         self.total, self.unit, self.done, self.every_s = total, unit, done, every_s
-        self.poll_s, self.min_window_s = poll_s, min_window_s
+        self.poll_s, self.min_window_s, self.in_flight = poll_s, min_window_s, in_flight
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scotd-progress", daemon=True)
 
@@ -128,7 +129,8 @@ class Reporter:
             now = time.time()
             running = {k: e for k, e in engines.items() if e.get("first_step_at") is not None}
             seen.append((now, sum(e["seq_steps"] for e in running.values())))
-            rate = window_rate(seen, now, self.min_window_s)
+            # every sequence in flight has its first token and one more: the engine decodes at its pace
+            rate = window_rate(seen, now, self.min_window_s, decoding_from=2 * min(self.sequences, self.in_flight))
             if rate is None or (logged and time.monotonic() - last_line < self.every_s):
                 continue
             guess = estimate(running, sequences=self.sequences, expected_tokens=self.expected, now=now, rate=rate)
@@ -141,11 +143,13 @@ class Reporter:
                      duration(guess["seconds_left"]), time.monotonic() - started)
 
 
-def window_rate(seen: list[tuple[float, int]], now: float, min_window_s: float = MIN_WINDOW_S) -> float | None:
+def window_rate(seen: list[tuple[float, int]], now: float, min_window_s: float = MIN_WINDOW_S,
+                decoding_from: int = 1) -> float | None:
     """Tokens per second over the last ``WINDOW_S`` seconds of ``seen`` (wall clock, tokens so far), from the first
-    read with tokens on; None until that spans ``min_window_s`` (pure). A recent window, not the average since the
-    first step: the first steps fill the prompts of every sequence at once and generate one token each."""
-    started = [(t, n) for t, n in seen if n > 0]
+    read with ``decoding_from`` tokens on; None until that spans ``min_window_s`` (pure). A recent window from the
+    first decode steps on, not the average since the first step: the first steps fill the prompts of every sequence
+    and give each one token, and the first step over all of them takes longest; neither is the pace after."""
+    started = [(t, n) for t, n in seen if n >= max(decoding_from, 1)]
     if not started:
         return None
     recent = [(t, n) for t, n in started if now - t <= WINDOW_S] or started[-1:]
