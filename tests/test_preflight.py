@@ -57,6 +57,13 @@ def test_the_line_names_class_dtypes_and_expected_time(tmp_path):
     amx = summary_line(cfg, sums(), "amx")
     assert amx.startswith("machine: CPU AMX (native bf16); engines bfloat16, students bf16 autocast; expected ~")
     assert "for this config (rates of make demo on a 2-core AMX CPU, 2026-12-06)" in amx
+    sized = load_config(DEMO, [f"output.cache_dir={tmp_path}"])  # the job's own sizes where it runs
+    avx2 = summary_line(sized, sums(), "avx2")
+    assert avx2.startswith("machine: CPU AVX2 without native bf16; engines float32, students float32; expected ~")
+    minutes = int(avx2.split("expected ~")[1].split(" ")[0])
+    # the AVX2 demo from a fresh clone took 29 min 19 s after set-up (2026-12-07); the sizes of a CPU with native
+    # bf16 would take over twice that there
+    assert 25 <= minutes <= 34 or not sized.cpu_sized
     plain = summary_line(cfg, sums(), "avx512")
     assert plain == ("machine: CPU AVX-512 without bf16; engines float32, students float32; no rates known for "
                      "this class of CPU: no expected time")
