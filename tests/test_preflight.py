@@ -52,18 +52,21 @@ def test_expected_time_grows_with_the_work_and_is_unknown_without_sizes(tmp_path
     assert expected_seconds(unsized, class_rates()["amx"], sums()) is None
 
 
-def test_the_line_names_class_dtypes_and_expected_time(tmp_path):
+def test_the_line_names_class_dtypes_and_expected_time(tmp_path, monkeypatch):
+    import scotd.inference.spec as spec
+
     cfg = load_config(DEMO, [f"output.cache_dir={tmp_path}"], check_training=False)
     amx = summary_line(cfg, sums(), "amx")
     assert amx.startswith("machine: CPU AMX (native bf16); engines bfloat16, students bf16 autocast; expected ~")
     assert "for this config (rates of make demo on a 2-core AMX CPU, 2026-12-06)" in amx
-    sized = load_config(DEMO, [f"output.cache_dir={tmp_path}"])  # the job's own sizes where it runs
+    monkeypatch.setattr(spec, "cpu_has_bf16", lambda: False)
+    sized = load_config(DEMO, [f"output.cache_dir={tmp_path}"])  # the demo's sizes for a CPU without native bf16
     avx2 = summary_line(sized, sums(), "avx2")
     assert avx2.startswith("machine: CPU AVX2 without native bf16; engines float32, students float32; expected ~")
     minutes = int(avx2.split("expected ~")[1].split(" ")[0])
     # the AVX2 demo from a fresh clone took 29 min 19 s after set-up (2026-12-07); the sizes of a CPU with native
     # bf16 would take over twice that there
-    assert 25 <= minutes <= 34 or not sized.cpu_sized
+    assert sized.cpu_sized and 25 <= minutes <= 34
     plain = summary_line(cfg, sums(), "avx512")
     assert plain == ("machine: CPU AVX-512 without bf16; engines float32, students float32; no rates known for "
                      "this class of CPU: no expected time")
