@@ -127,8 +127,8 @@ def evaluate_run(run: EvalRun, questions: list[Question], prompt_fn: Callable[[Q
         log.info("eval %s: already done, skipping", name)
         return json.loads((run_dir / "metrics.json").read_text())
     answers_dir = run_dir / "answers"
-    earlier = {qid: found for qid, found in earlier_predictions(run_dir, samples).items()
-               if qid not in answered(answers_dir)}
+    kept = answered(answers_dir)
+    earlier = {qid: found for qid, found in earlier_predictions(run_dir, samples).items() if qid not in kept}
     if earlier:  # kept as an answers file first: from here on the run is redone from its answers alone
         write_table(to_table(({"question_id": qid, "sample_index": i, "text": t, "finish_reason": f}
                               for qid, found in sorted(earlier.items()) for i, t, f in found), ANSWER_SCHEMA),
