@@ -11,7 +11,7 @@ from scotd import limits
 from scotd.config import ExperimentConfig, TaskConfig, dump_config
 from scotd.fit import prompt_tokens
 from scotd.prompts import Exemplar, load_exemplars, render_answer, student_prompt, teacher_prompt
-from scotd.schema import QUESTION_SCHEMA, read_table
+from scotd.schema import QUESTION_SCHEMA, CorruptFileError, read_table
 from scotd.tasks import DEFAULT_EXEMPLARS, Question
 from scotd.tracking import Tracker
 
@@ -39,7 +39,14 @@ class Experiment:
         return {t.name: self.exemplars(t) for t in self.cfg.tasks}
 
     def questions(self, split: str) -> list[Question]:
-        table = read_table(self.dir / "questions" / f"{split}.parquet", QUESTION_SCHEMA)
+        """The questions of ``split`` the tasks stage wrote (a file that cannot be read is a ``CorruptFileError``
+        naming it)."""
+        path = self.dir / "questions" / f"{split}.parquet"
+        try:
+            table = read_table(path, QUESTION_SCHEMA)
+        except Exception as err:  # noqa: BLE001 - ArrowInvalid, OSError, a missing column: not what the stage wrote
+            raise CorruptFileError(f"{path}: not a readable question file ({str(err).splitlines()[0]}); rerun the "
+                                   "tasks stage (scotd run CONFIG --stages tasks,...)") from None
         return [Question(r["question_id"], r["task"], r["question"], tuple(r["choices"]), r["answer_index"],
                          r["answer"])
                 for r in table.to_pylist()]

@@ -396,5 +396,13 @@ def combine(out_dir: Path, experiments: list[tuple[Path, list[EvalRun]]]) -> dic
     are compared with rows of their own experiment; the method x task table gathers runs of the same name."""
     names = [folder.name for folder, _ in experiments]
     if len(set(names)) != len(names):
-        raise ValueError(f"experiment folders need distinct names to label their runs, got {names}")
+        raise ReportError(f"experiment folders need distinct names to label their runs, got {names}: copy or link one "
+                          "under another name")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".scotd-write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ReportError(f"--out {out_dir}: cannot write there ({err.strerror or err})") from None
     return write_report(out_dir, [run.in_experiment(folder) for folder, runs in experiments for run in runs])

@@ -105,10 +105,49 @@ def test_two_experiments_on_one_task_keep_a_line_each(tmp_path):
     first = experiment(tmp_path, "csqa", {"teacher": 9, "scotd": 6, "label-only": 5})
     (tmp_path / "again").mkdir()
     second = experiment(tmp_path / "again", "csqa", {"teacher": 7, "scotd": 3, "label-only": 5})
-    with pytest.raises(ValueError, match="distinct names"):
-        main(["report", str(first), str(second), "--out", str(tmp_path / "out")])
+    assert main(["report", str(first), str(second), "--out", str(tmp_path / "out")]) == 2  # one line, no traceback
     second = second.rename(tmp_path / "csqa-2")
     assert main(["report", str(first), str(second), "--out", str(tmp_path / "out")]) == 0
     lines = json.loads((tmp_path / "out" / "report.json").read_text())["method_by_task"]
     assert [(x["run"], x["by_task"]) for x in lines if x["method"] == "SCoTD"] == [
         ("csqa/scotd", {"csqa": 0.6}), ("csqa-2/scotd", {"csqa": 0.3})]
+
+
+def test_combined_reports_of_same_named_folders_or_to_a_read_only_place_are_one_line_errors(tmp_path, capsys):
+    """Issue 31, item 10: `scotd report a/x b/x --out o` and an --out that cannot be written ended in tracebacks."""
+    import os
+
+    from scotd.cli import main
+
+    for parent in ("a", "b"):
+        (tmp_path / parent / "x").mkdir(parents=True)
+        (tmp_path / parent / "x" / "config.yaml").write_text(
+            "tasks: [{name: t, format: jsonl, train: x.jsonl, eval: y.jsonl}]\nstudents: [{name: s}]\n")
+    assert main(["report", str(tmp_path / "a" / "x"), str(tmp_path / "b" / "x"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "report error: experiment folders need distinct names" in err and "Traceback" not in err
+    (tmp_path / "locked").mkdir()
+    os.chmod(tmp_path / "locked", 0o500)
+    try:
+        if os.access(tmp_path / "locked", os.W_OK):
+            return  # running as a user who writes anywhere: nothing to refuse
+        assert main(["report", str(tmp_path / "a" / "x"), str(tmp_path / "locked"), "--out",
+                     str(tmp_path / "locked" / "o")]) == 2
+        assert f"report error: --out {tmp_path / 'locked' / 'o'}: cannot write there" in capsys.readouterr().err
+    finally:
+        os.chmod(tmp_path / "locked", 0o700)
+
+
+def test_a_damaged_question_file_is_named(tmp_path):
+    """Issue 31, item 10: a 7-byte questions/eval.parquet ended in ArrowInvalid."""
+    from scotd.config import load_config
+    from scotd.experiment import Experiment
+    from scotd.schema import CorruptFileError
+    from tests.conftest import REPO
+
+    exp = Experiment(load_config(REPO / "configs" / "tiny.yaml", [f"output.dir={tmp_path}"]))
+    (tmp_path / "questions").mkdir()
+    (tmp_path / "questions" / "eval.parquet").write_bytes(b"PAR1xyz")
+    with pytest.raises(CorruptFileError, match=r"questions/eval.parquet: not a readable question file .*rerun the "
+                                               r"tasks stage"):
+        exp.questions("eval")
