@@ -142,3 +142,71 @@ def test_parse_answer_never_raises_and_returns_a_valid_letter_or_a_reason(text, 
     assert (parsed.index is None) != (parsed.reason is None)
     assert parsed.index is None or 0 <= parsed.index < num_choices
     assert parsed.reason in (None, "empty_output", "no_answer_phrase", "unknown_letter")
+
+
+NAME_PARTS = st.sampled_from(["a", "b", "scotd", "teacher", "untrained", "_", "-", ".", "sc", "_sc_", "2", "__vs__",
+                              "x_", "_best", "@", ":"])
+NAMES = st.lists(NAME_PARTS, min_size=1, max_size=4).map("".join)
+MODELS = st.sampled_from(["/x/m:x", "/x/m_x", "/x/m x", "tiny:student", "org/m", "org_m", "offline:smollm2-135m-instruct"])
+
+
+@SETTINGS
+@given(students=st.lists(st.tuples(NAMES, MODELS), min_size=1, max_size=3), k=st.sampled_from([1, 2, 3]),
+       shots=st.sampled_from([0, 2]))
+def test_run_folders_are_distinct_or_the_config_is_refused(students, k, shots):
+    """Issue 31: evaluation runs map to folders injectively; a config where two would share one is refused."""
+    from scotd.runs import eval_runs, run_dir_name
+
+    overrides = [f"students=[{', '.join(f'{{name: {json.dumps(n)}, model: {json.dumps(m)}}}' for n, m in students)}]",
+                 f"eval.self_consistency={k}", f"eval.untrained_shots={shots}", "eval.judge_pairs=[]"]
+    try:
+        cfg = load_config(REPO / "configs" / "tiny.yaml", overrides)
+    except ConfigError:
+        return
+    folders = [r.dir or run_dir_name(r.run) for r in eval_runs(cfg)]
+    assert len(folders) == len(set(folders)) and not any("__vs__" in f for f in folders)
+
+
+@SETTINGS
+@given(damage=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["text", "correct", "question_id", "drop", "twice",
+                                                                       "parse_error"])), max_size=4))
+def test_damaged_predictions_give_the_right_scores_or_one_report_error(damage):
+    """Issue 31: whatever is done to a predictions file, the report scores the answers' text against the gold answers,
+    or refuses the file naming it; never another exception, never a count the text does not give."""
+    from scotd.prompts import score_answer
+    from scotd.report import ReportError, write_report
+    from scotd.runs import EvalRun
+    from scotd.schema import PREDICTION_SCHEMA, QUESTION_SCHEMA, to_table, write_table
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        questions = [Question(f"q{i}", "t", "?", ("x", "y"), i % 2) for i in range(6)]
+        write_table(to_table([{"question_id": q.id, "task": "t", "question": "?", "choices": ["x", "y"],
+                               "answer_index": q.answer_index, "answer": None} for q in questions], QUESTION_SCHEMA),
+                    root / "questions" / "eval.parquet")
+        rows = [score_answer("a", q, " (a)") for q in questions]
+        for index, kind in damage:
+            if not rows:
+                break
+            i = index % len(rows)
+            if kind == "text":
+                rows[i] = {**rows[i], "text": " (b)" if rows[i]["text"] == " (a)" else " (a)"}
+            elif kind == "correct":
+                rows[i] = {**rows[i], "correct": not rows[i]["correct"]}
+            elif kind == "question_id":
+                rows[i] = {**rows[i], "question_id": "q99"}
+            elif kind == "drop":
+                rows.pop(i)
+            elif kind == "twice":
+                rows.append(dict(rows[i]))
+            else:
+                rows[i] = {**rows[i], "parse_error": "cut_at_limit"}
+        write_table(to_table(rows, PREDICTION_SCHEMA), root / "eval" / "a" / "predictions.parquet")
+        try:
+            report = write_report(root, [EvalRun(run="a", kind="scotd", model="m", dir="a")])
+        except ReportError as err:
+            assert str(err).startswith(str(root / "eval" / "a" / "predictions.parquet"))
+            return
+        by_id = {q.id: q for q in questions}
+        right = sum(score_answer("a", by_id[r["question_id"]], r["text"])["correct"] for r in rows)
+        assert report["rows"][0]["correct"] == right and report["rows"][0]["total"] == 6
