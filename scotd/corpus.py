@@ -89,6 +89,10 @@ def summarize(samples: list[dict], kept: list[dict], num_after_filter: int, filt
         "questions_with_kept_rationale": len(kept_questions),
         "share_questions_with_kept_rationale": len(kept_questions) / len(questions) if questions else 0.0,
         "mean_kept_per_question": len(kept) / len(kept_questions) if kept_questions else 0.0,
+        "samples_per_question": len(samples) / len(questions) if questions else 0.0,
+        # what the teacher spent per rationale a student can learn from (kept, duplicates dropped)
+        "generated_tokens": sum(r["num_tokens"] for r in samples),
+        "tokens_per_kept_rationale": sum(r["num_tokens"] for r in samples) / len(kept) if kept else 0.0,
         "diversity": diversity(kept if filtered is None else filtered),
     }
 

@@ -28,7 +28,7 @@ FILE = "provenance.json"
 # Per-question teacher samples depend on the prompt (a task's format and exemplars) and the sampling settings.
 TASK_PROMPT_KEYS = ("format", "exemplars", "num_exemplars")
 TEACHER_KEYS = ("model", "num_samples", "temperature", "top_p", "max_new_tokens", "stop", "seed", "dtype",
-                "chat_template", "greedy_rationales")
+                "chat_template", "greedy_rationales", "samples_per_round", "stop_when_repeated", "stop_at_distinct")
 # Student keys that do not change what is learned.
 STUDENT_SKIP = ("name", "cpus_per_worker", "dev_batch_size")
 
@@ -156,6 +156,9 @@ LATER_STUDENT_DEFAULTS = {"chat_template": False, "lora": None, "each_epoch": "q
                           "max_tokens": None, "patience": None}
 
 
+LATER_TEACHER_DEFAULTS = {"samples_per_round": None, "stop_when_repeated": False, "stop_at_distinct": None}
+
+
 # A task's keys that only decide its evaluation questions.
 EVALUATION_SIDE = ("eval", "max_eval")
 
@@ -181,6 +184,8 @@ def differences(old: dict[str, Any], new: dict[str, Any], unit: str = "") -> lis
         leaf = k.rsplit(".", 1)[-1]
         if k not in old and k.startswith("students[") and leaf in LATER_STUDENT_DEFAULTS:
             return LATER_STUDENT_DEFAULTS[leaf]
+        if k not in old and k.startswith("teacher.") and leaf in LATER_TEACHER_DEFAULTS:
+            return LATER_TEACHER_DEFAULTS[leaf]
         return old.get(k, absent)
 
     def counts(k: str) -> bool:

@@ -130,6 +130,12 @@ def render_markdown(report: dict) -> str:
     corpus = report.get("corpus")
     if corpus:
         lines += ["", "## Corpus", "", corpus_line(corpus)]
+        teacher_s = report.get("stage_seconds", {}).get("teacher")
+        if corpus.get("tokens_per_kept_rationale") and corpus.get("kept"):
+            lines.append("")
+            lines.append(f"The teacher's cost per kept rationale: {corpus['tokens_per_kept_rationale']:.0f} generated "
+                         "tokens" + (f", {teacher_s / corpus['kept']:.2f} s of the teacher stage" if teacher_s else "")
+                         + f" ({corpus['samples_per_question']:.2f} samples per question).")
     stages = report.get("stage_seconds")
     if stages:
         lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|"]

@@ -114,14 +114,16 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
     engines = EngineStats()
     if pending:
         requests = [to_request(q, exemplars[q.task], cfg, n) for q in pending]
+        rounds = cfg.samples_per_round if cfg.samples_per_round and cfg.samples_per_round < n else 0
         sampling = Sampling(temperature=cfg.temperature if temperature is None else temperature, top_p=cfg.top_p,
-                            max_new_tokens=cfg.max_new_tokens)
+                            max_new_tokens=cfg.max_new_tokens, per_round=rounds,
+                            stop_when_repeated=cfg.stop_when_repeated, stop_at_distinct=cfg.stop_at_distinct or 0)
         counters = throughput_counters()
         by_question: dict[str, list[dict]] = {}
         complete: list[dict] = []
         for batch in generate_rows(requests, engine_spec(cfg, model_path, cache_dir, cfg.seed), sampling, cfg,
                                    num_cpus=resources.engine_cpus, run="teacher", label="teacher",
-                                   concurrent_batches=cfg.concurrent_batches, samples_per_request=n,
+                                   concurrent_batches=cfg.concurrent_batches, samples_per_request=rounds or n,
                                    expected_tokens=expected_tokens):
             for i in range(len(batch["question_id"])):
                 row = {k: batch[k][i] for k in batch}
@@ -135,16 +137,17 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
                     counters["correct_samples"].inc(tags={"run": "teacher"})
                 if rows[-1]["parse_error"] is not None:
                     counters["parse_failures"].inc(tags={"run": "teacher"})
-                if len(rows) == n:
+                if len(rows) == int(row["question_samples"]):  # every sample of the question, all rounds
                     complete.extend(by_question.pop(str(row["question_id"])))
             engines.add(batch)
-            if len(complete) >= block_questions * n:
+            if len({r["question_id"] for r in complete}) >= block_questions:
                 _written(_write_block(samples_dir, complete), on_block)
                 complete = []
         if complete:
             _written(_write_block(samples_dir, complete), on_block)
         if by_question:
-            raise RuntimeError(f"teacher: {len(by_question)} questions came back with fewer than {n} samples")
+            raise RuntimeError(f"teacher: {len(by_question)} questions came back with fewer samples than the engine "
+                               "reported for them")
     ended, ended_at = time.monotonic(), time.time()
     wall_s = ended - started
     summary = summarize_samples(samples_dir, wall_s=wall_s, **totals, num_sampled_now=len(pending))

@@ -73,3 +73,39 @@ def test_sigkilled_sampling_run_resumes_without_redoing_or_duplicating(ray_clust
     train = pq.read_table(out / "questions" / "train.parquet").column("question_id").to_pylist()
     assert set(samples["question_id"].to_pylist()) == set(train)
     assert all(sorted(i for q, i in keys if q == qid) == list(range(N)) for qid in train[:10])
+
+
+def test_sampling_in_rounds_stops_questions_early_and_resumes_exactly_once(ray_cluster, shared_data, tmp_path):
+    """teacher.samples_per_round with stop_when_repeated: questions take 2 to N samples; a SIGKILL part-way and a
+    rerun leave every question's samples whole (0..k-1) and sampled once."""
+    out = tmp_path / "exp"
+    samples_dir = out / "teacher" / "samples"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address}
+    command = [*teacher_command(out, shared_data), "teacher.samples_per_round=2", "teacher.stop_when_repeated=true",
+               "teacher.temperature=0.3"]  # a cool tiny teacher repeats itself often
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while not list(samples_dir.glob("*.parquet")):
+            assert first.poll() is None, f"sampling run exited early: {(tmp_path / 'first.log').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "no block written in 10 minutes"
+            time.sleep(0.1)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        log.close()
+    before = blocks(samples_dir)
+    rerun = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    after = blocks(samples_dir)
+    assert {name: after[name] for name in before} == before, "blocks finished before the kill were rewritten"
+    samples = pq.read_table(samples_dir, schema=SAMPLE_SCHEMA).to_pylist()
+    by_question: dict[str, list[int]] = {}
+    for r in samples:
+        by_question.setdefault(r["question_id"], []).append(r["sample_index"])
+    assert len(by_question) == QUESTIONS
+    counts = [len(v) for v in by_question.values()]
+    assert all(sorted(v) == list(range(len(v))) for v in by_question.values())  # whole, each sample once
+    assert all(c in (2, 4) for c in counts)  # rounds of 2 up to N = 4
+    assert counts.count(2) > 0, "no question stopped after its first round"

@@ -91,6 +91,15 @@ def check_students(cfg: ExperimentConfig) -> ExperimentConfig:
     if cfg.teacher.max_replicas is not None and cfg.teacher.max_replicas < cfg.teacher.num_replicas:
         raise ConfigError(f"teacher.max_replicas: {cfg.teacher.max_replicas} is below teacher.num_replicas = "
                           f"{cfg.teacher.num_replicas}")
+    t = cfg.teacher
+    if t.samples_per_round is not None and not 1 <= t.samples_per_round <= t.num_samples:
+        raise ConfigError(f"teacher.samples_per_round: {t.samples_per_round} must be 1 to teacher.num_samples "
+                          f"({t.num_samples}), or null (all at once)")
+    if (t.stop_when_repeated or t.stop_at_distinct) and t.samples_per_round is None:
+        raise ConfigError("teacher.stop_when_repeated / stop_at_distinct: a question can only stop between rounds; "
+                          "set teacher.samples_per_round")
+    if t.stop_at_distinct is not None and t.stop_at_distinct < 1:
+        raise ConfigError(f"teacher.stop_at_distinct: {t.stop_at_distinct} must be at least 1, or null (off)")
     if not cfg.output.dir.strip():
         raise ConfigError("output.dir: empty; give the experiment folder (a path or a URI)")
     seen: set[str] = set()

@@ -128,6 +128,19 @@ class TeacherConfig(EngineConfig):
         False, "Also write one greedy rationale per training question (teacher/greedy): the greedy-CoT baseline's "
         "corpus (students with selector: greedy)."
     )
+    samples_per_round: int | None = opt(
+        None, "Sample in rounds of this many per question, up to num_samples (which becomes a cap), so that a "
+        "question can stop early (stop_when_repeated, stop_at_distinct); the rounds run inside one engine call, so "
+        "a block still holds finished questions only. None: all num_samples at once."
+    )
+    stop_when_repeated: bool = opt(
+        False, "With samples_per_round: a question stops after a round in which a sample repeats one of its "
+        "earlier samples (whitespace and number formatting folded): more samples would mostly repeat too."
+    )
+    stop_at_distinct: int | None = opt(
+        None, "With samples_per_round: a question stops once it has this many distinct rationales that reach the "
+        "gold answer (any answer where the split has no labels)."
+    )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ times they tell an engine that waits for work (``EngineStats``).
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import logging
 import threading
 import time
@@ -23,6 +25,7 @@ import numpy as np
 from scotd.inference.loop import EngineLoop
 from scotd.inference.metrics import throughput_counters
 from scotd.inference.progress import post_account
+from scotd.inference.rounds import keep_sampling
 from scotd.inference.spec import EngineSpec, Sampling, build_llm, sampling_params
 from scotd.prompts import in_chat
 from scotd.storage import fetch_folder, is_uri
@@ -75,15 +78,21 @@ class VLLMGenerator:
 
     async def _call(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         call_started_at = time.time()
-        params = [sampling_params(self.sampling, n, seed, stop)
-                  for n, seed, stop in zip(batch["n"], batch["seed"], batch["stop"])]
         prompts = [self._prompt(str(p)) for p in batch["prompt"]]
-        outputs = await self._generate(prompts, params)
+        if self.sampling.per_round:
+            completions, prompt_tokens = await self._rounds(batch, prompts)
+        else:
+            params = [sampling_params(self.sampling, n, seed, stop)
+                      for n, seed, stop in zip(batch["n"], batch["seed"], batch["stop"])]
+            outputs = await self._generate(prompts, params)
+            completions = [list(out.outputs) for out in outputs]
+            prompt_tokens = [len(out.prompt_token_ids or ()) for out in outputs]
         keep = [k for k in batch if k not in ("prompt", "seed", "n", "stop")]
         rows: dict[str, list] = {k: [] for k in keep}
-        rows.update(sample_index=[], text=[], num_tokens=[], logprob_sum=[], finish_reason=[], num_prompt_tokens=[])
-        for i, out in enumerate(outputs):
-            for j, comp in enumerate(out.outputs):
+        rows.update(sample_index=[], text=[], num_tokens=[], logprob_sum=[], finish_reason=[], num_prompt_tokens=[],
+                    question_samples=[])
+        for i, comps in enumerate(completions):
+            for j, comp in enumerate(comps):
                 for k in keep:
                     rows[k].append(batch[k][i])
                 rows["sample_index"].append(j)
@@ -91,7 +100,8 @@ class VLLMGenerator:
                 rows["num_tokens"].append(len(comp.token_ids))
                 rows["logprob_sum"].append(comp.cumulative_logprob)
                 rows["finish_reason"].append(comp.finish_reason)
-                rows["num_prompt_tokens"].append(len(out.prompt_token_ids or ()))
+                rows["num_prompt_tokens"].append(prompt_tokens[i])
+                rows["question_samples"].append(len(comps))  # the request's samples, all rounds: it is whole
         # When this call started: the caller measures its steady rate from the first call's start, which leaves
         # the engine start-up out (as for a bare engine) and keeps every overhead between calls in.
         rows["call_started_at"] = [call_started_at] * len(rows["text"])
@@ -106,5 +116,33 @@ class VLLMGenerator:
             self._reported_busy_s = busy_s
         self.counters["rationales"].inc(len(rows["text"]), tags=self.tags)
         self.counters["generated_tokens"].inc(sum(rows["num_tokens"]), tags=self.tags)
-        self.counters["prompt_tokens"].inc(sum(len(o.prompt_token_ids or ()) for o in outputs), tags=self.tags)
+        self.counters["prompt_tokens"].inc(sum(prompt_tokens), tags=self.tags)
         return rows
+
+    async def _rounds(self, batch: dict[str, np.ndarray], prompts: list[str]) -> tuple[list[list], list[int]]:
+        """Every request's samples drawn ``per_round`` at a time, up to its ``n``, each round with its own seed,
+        until ``rounds.keep_sampling`` says stop; the requests still open share each round's engine steps."""
+        s = self.sampling
+        have: list[list] = [[] for _ in prompts]
+        prompt_tokens = [0] * len(prompts)
+        num_choices = ([len(json.loads(str(c))) for c in batch["choices"]] if "choices" in batch
+                       else [0] * len(prompts))
+        gold = [str(g) or None for g in batch["gold_answer"]] if "gold_answer" in batch else [None] * len(prompts)
+        open_ = list(range(len(prompts)))
+        for round_ in itertools.count():
+            if not open_:
+                break
+            counts = [min(s.per_round, int(batch["n"][i]) - len(have[i])) for i in open_]
+            params = [sampling_params(s, k, int(batch["seed"][i]) + 7919 * round_, batch["stop"][i])
+                      for i, k in zip(open_, counts)]
+            outputs = await self._generate([prompts[i] for i in open_], params)
+            still = []
+            for i, k, out in zip(open_, counts, outputs):
+                have[i].extend(out.outputs)
+                prompt_tokens[i] = prompt_tokens[i] or len(out.prompt_token_ids or ())
+                if keep_sampling([c.text for c in have[i]], k, int(batch["n"][i]), num_choices=num_choices[i],
+                                 gold=gold[i], stop_when_repeated=s.stop_when_repeated,
+                                 stop_at_distinct=s.stop_at_distinct):
+                    still.append(i)
+            open_ = still
+        return have, prompt_tokens

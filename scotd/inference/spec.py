@@ -47,6 +47,11 @@ class Sampling:
     max_new_tokens: int = 128
     logprobs: bool = True
     repetition_penalty: float = 1.0
+    # Rounds (teacher.samples_per_round; 0: all of a request's n at once) and when a request stops between them
+    # (``inference.rounds``): a repeated sample, or enough distinct rationales that reach the row's gold answer.
+    per_round: int = 0
+    stop_when_repeated: bool = False
+    stop_at_distinct: int = 0
 
 
 def engine_spec(engine: EngineConfig, model_path: str, cache_dir: str = OutputConfig.cache_dir,
