@@ -24,11 +24,13 @@ def experiment(tmp_path):
     rows = [{"id": "short-1", "question": "Which is a colour?", "choices": ["red", "dog"], "answer": 0},
             {"id": "long-2", "question": "Why? " + "because of the weather " * 400, "choices": ["a", "b"], "answer": 1},
             {"id": "short-3", "question": "Which is an animal?", "choices": ["red", "dog"], "answer": 1}]
-    data = tmp_path / "data.jsonl"
+    data, held = tmp_path / "data.jsonl", tmp_path / "held.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held.write_text(json.dumps({"id": "held-1", "question": "Which is a fruit?", "choices": ["pear", "dog"],
+                                "answer": 0}) + "\n")
     model = ensure_tiny_model("student", tmp_path / "tok", [r["question"] + " " + " ".join(r["choices"]) for r in rows], [])
     config = tmp_path / "exp.yaml"
-    config.write_text(f"tasks: [{{name: g, format: jsonl, train: {data}, eval: {data}, num_exemplars: 1}}]\n"
+    config.write_text(f"tasks: [{{name: g, format: jsonl, train: {data}, eval: {held}, num_exemplars: 1}}]\n"
                       f"teacher: {{model: {model}, max_model_len: 1024, num_samples: 1}}\n"
                       f"students: [{{name: s, model: {model}}}]\n"
                       f"output: {{dir: {tmp_path / 'out'}, cache_dir: {tmp_path / 'cache'}}}\n")

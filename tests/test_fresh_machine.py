@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from scotd.config import load_config
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -56,7 +57,10 @@ def test_demo_questions_are_generated_here(fresh_run):
     _, out, output, _ = fresh_run
     summary = json.loads((out / "questions" / "summary.json").read_text())
     assert summary["sum"]["sources"] == {"train": "gen:sum:train:2-4", "eval": "gen:sum:eval:2-4"}
-    assert [(s["train"], s["dev"], s["eval"]) for s in summary.values()] == [(2, 40, 450), (0, 0, 150)]
+    cfg = load_config(out / "config.yaml", check_training=False)  # sized for this machine's CPU class
+    assert [(s["train"], s["dev"], s["eval"]) for s in summary.values()] == [(2, 40, cfg.tasks[0].max_eval),
+                                                                               (0, 0, cfg.tasks[1].max_eval)]
+    assert (cfg.tasks[0].max_eval, cfg.tasks[1].max_eval) == ((225, 75) if cfg.cpu_sized else (450, 150))
     assert "task sum, train split: 42 questions from gen:sum:train:2-4" in output
 
 

@@ -85,7 +85,7 @@ def test_two_tasks_sharing_question_ids_are_refused(tmp_path):
     first = write_rows(tmp_path / "a.jsonl", 4)
     second = write_rows(tmp_path / "b.jsonl", 4)  # the same ids q0..q3, other files
     path = tmp_path / "exp.yaml"
-    path.write_text(f"tasks: [{{name: a, format: jsonl, train: {first}, eval: {first}}}, "
+    path.write_text(f"tasks: [{{name: a, format: jsonl, train: {first}, eval: {first}, max_train: 2}}, "
                     f"{{name: b, format: jsonl, eval: {second}}}]\nstudents: [{{name: s}}]\n"
                     f"output: {{dir: {tmp_path / 'out'}}}\n")
     with pytest.raises(TaskDataError, match=r"tasks\.b: question id 'q\d' is also a question of task a"):

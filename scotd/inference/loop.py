@@ -42,8 +42,9 @@ class StepAccount:
             self.steps += 1
         for out in outputs:
             if getattr(out, "finished", False):
-                self.finished_sequences += len(out.outputs)
-                self.finished_tokens += sum(len(c.token_ids) for c in out.outputs)
+                completions = getattr(out, "outputs", ())  # a request's samples (none in a stand-in output)
+                self.finished_sequences += len(completions)
+                self.finished_tokens += sum(len(c.token_ids) for c in completions)
         return outputs
 
     def progress(self) -> dict:
