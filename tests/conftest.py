@@ -96,3 +96,21 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float) -> None
                 return
         time.sleep(1)
     raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+
+
+def signal_once_written(command: list[str], env: dict, folder: Path, sig: int, log_path: Path) -> tuple[int, str]:
+    """Run ``command`` in a process group of its own until a Parquet file appears in ``folder``, then send ``sig`` to
+    the whole group (as ``timeout``, a scheduler or a lost node do); returns its exit code and its output."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.monotonic() + 600
+        try:
+            while not list(folder.glob("*.parquet")):
+                assert proc.poll() is None, f"{command[3:5]} exited early: {log_path.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"no file in {folder} in 10 minutes"
+                time.sleep(0.05)
+        finally:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=120)
+    return proc.returncode, log_path.read_text()

@@ -11,13 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
 
 from scotd.schema import ANSWER_SCHEMA
-from tests.conftest import REPO
+from tests.conftest import REPO, signal_once_written
 
 pytestmark = pytest.mark.slow
 
@@ -42,18 +41,8 @@ def test_sigterm_during_evaluation_then_rerun_answers_each_question_once(ray_clu
     answers = out / "eval" / "teacher" / "answers"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address}
     command = eval_command(out, shared_data)
-    first = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
-    deadline = time.monotonic() + 600
-    try:
-        while not list(answers.glob("*.parquet")):
-            assert first.poll() is None, f"evaluation exited early: {first.communicate()[1][-3000:]}"
-            assert time.monotonic() < deadline, "no answers file written in 10 minutes"
-            time.sleep(0.05)
-    finally:
-        os.killpg(first.pid, signal.SIGTERM)  # the whole group, as `timeout` does
-    stdout, stderr = first.communicate(timeout=120)
-    assert first.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    code, stderr = signal_once_written(command, env, answers, signal.SIGTERM, tmp_path / "first.log")
+    assert code == 128 + signal.SIGTERM, stderr[-3000:]  # the job's output: its log lines (stderr) only
     lines = stderr.strip().splitlines()
     assert lines[-1].startswith("scotd: stopped by SIGTERM in stage eval; finished work is kept. Resume with: "
                                 "scotd run "), stderr[-3000:]

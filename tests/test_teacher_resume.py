@@ -9,13 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
 
 from scotd.schema import SAMPLE_SCHEMA
-from tests.conftest import REPO
+from tests.conftest import REPO, signal_once_written
 
 pytestmark = pytest.mark.slow
 
@@ -39,19 +38,7 @@ def test_sigkilled_sampling_run_resumes_without_redoing_or_duplicating(ray_clust
     out = tmp_path / "exp"
     samples_dir = out / "teacher" / "samples"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address}
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(teacher_command(out, shared_data), env=env, cwd=REPO, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 600
-    try:
-        while not list(samples_dir.glob("*.parquet")):
-            assert first.poll() is None, f"sampling run exited early: {(tmp_path / 'first.log').read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "no block written in 10 minutes"
-            time.sleep(0.1)
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-        log.close()
+    signal_once_written(teacher_command(out, shared_data), env, samples_dir, signal.SIGKILL, tmp_path / "first.log")
     before = blocks(samples_dir)
     done = set(pq.read_table(samples_dir, columns=["question_id"]).column("question_id").to_pylist())
     assert 0 < len(done) < QUESTIONS, f"kill was not part-way: {len(done)} of {QUESTIONS} questions finished"
@@ -83,18 +70,7 @@ def test_sampling_in_rounds_stops_questions_early_and_resumes_exactly_once(ray_c
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address}
     command = [*teacher_command(out, shared_data), "teacher.samples_per_round=2", "teacher.stop_when_repeated=true",
                "teacher.temperature=0.3"]  # a cool tiny teacher repeats itself often
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 600
-    try:
-        while not list(samples_dir.glob("*.parquet")):
-            assert first.poll() is None, f"sampling run exited early: {(tmp_path / 'first.log').read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "no block written in 10 minutes"
-            time.sleep(0.1)
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-        log.close()
+    signal_once_written(command, env, samples_dir, signal.SIGKILL, tmp_path / "first.log")
     before = blocks(samples_dir)
     rerun = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
