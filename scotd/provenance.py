@@ -28,7 +28,8 @@ FILE = "provenance.json"
 # Per-question teacher samples depend on the prompt (a task's format and exemplars) and the sampling settings.
 TASK_PROMPT_KEYS = ("format", "exemplars", "num_exemplars")
 TEACHER_KEYS = ("model", "num_samples", "temperature", "top_p", "max_new_tokens", "stop", "seed", "dtype",
-                "chat_template", "greedy_rationales", "samples_per_round", "stop_when_repeated", "stop_at_distinct")
+                "chat_template", "greedy_rationales", "samples_per_round", "stop_when_repeated", "stop_at_distinct",
+                "sample_budget")
 # Student keys that do not change what is learned.
 STUDENT_SKIP = ("name", "cpus_per_worker", "dev_batch_size")
 
@@ -156,7 +157,8 @@ LATER_STUDENT_DEFAULTS = {"chat_template": False, "lora": None, "each_epoch": "q
                           "max_tokens": None, "patience": None}
 
 
-LATER_TEACHER_DEFAULTS = {"samples_per_round": None, "stop_when_repeated": False, "stop_at_distinct": None}
+LATER_TEACHER_DEFAULTS = {"samples_per_round": None, "stop_when_repeated": False, "stop_at_distinct": None,
+                          "sample_budget": None}
 
 
 # A task's keys that only decide its evaluation questions.

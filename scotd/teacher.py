@@ -107,51 +107,38 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
     samples_dir.mkdir(parents=True, exist_ok=True)
     done = finished_question_ids(samples_dir)
     pending = [q for q in questions if q.id not in done]
-    log.info("teacher: %d questions, %d already sampled, %d to sample (n=%d)", len(questions), len(done),
-             len(pending), n)
+    budget = cfg.sample_budget if num_samples is None else None  # the greedy rationales: one per question
+    log.info("teacher: %d questions, %d already sampled, %d to sample (n=%d%s)", len(questions), len(done),
+             len(pending), n, f", up to {budget} samples in all" if budget else "")
     started = time.monotonic()
     totals = {"samples": 0, "generated_tokens": 0, "prompt_tokens": 0}
     engines = EngineStats()
-    if pending:
-        requests = [to_request(q, exemplars[q.task], cfg, n) for q in pending]
-        rounds = cfg.samples_per_round if cfg.samples_per_round and cfg.samples_per_round < n else 0
-        sampling = Sampling(temperature=cfg.temperature if temperature is None else temperature, top_p=cfg.top_p,
-                            max_new_tokens=cfg.max_new_tokens, per_round=rounds,
-                            stop_when_repeated=cfg.stop_when_repeated, stop_at_distinct=cfg.stop_at_distinct or 0)
-        counters = throughput_counters()
-        by_question: dict[str, list[dict]] = {}
-        complete: list[dict] = []
-        for batch in generate_rows(requests, engine_spec(cfg, model_path, cache_dir, cfg.seed), sampling, cfg,
-                                   num_cpus=resources.engine_cpus, run="teacher", label="teacher",
-                                   concurrent_batches=cfg.concurrent_batches, samples_per_request=rounds or n,
-                                   expected_tokens=expected_tokens):
-            for i in range(len(batch["question_id"])):
-                row = {k: batch[k][i] for k in batch}
-                totals["samples"] += 1
-                totals["generated_tokens"] += int(row["num_tokens"])
-                if int(row["sample_index"]) == 0:
-                    totals["prompt_tokens"] += int(row["num_prompt_tokens"])
-                rows = by_question.setdefault(str(row["question_id"]), [])
-                rows.append(from_response(row))
-                if rows[-1]["correct"]:
-                    counters["correct_samples"].inc(tags={"run": "teacher"})
-                if rows[-1]["parse_error"] is not None:
-                    counters["parse_failures"].inc(tags={"run": "teacher"})
-                if len(rows) == int(row["question_samples"]):  # every sample of the question, all rounds
-                    complete.extend(by_question.pop(str(row["question_id"])))
-            engines.add(batch)
-            if len({r["question_id"] for r in complete}) >= block_questions:
-                _written(_write_block(samples_dir, complete), on_block)
-                complete = []
-        if complete:
-            _written(_write_block(samples_dir, complete), on_block)
-        if by_question:
-            raise RuntimeError(f"teacher: {len(by_question)} questions came back with fewer samples than the engine "
-                               "reported for them")
+    rounds = cfg.samples_per_round if cfg.samples_per_round and cfg.samples_per_round < n else 0
+    sampling = Sampling(temperature=cfg.temperature if temperature is None else temperature, top_p=cfg.top_p,
+                        max_new_tokens=cfg.max_new_tokens, per_round=rounds,
+                        stop_when_repeated=cfg.stop_when_repeated, stop_at_distinct=cfg.stop_at_distinct or 0)
+    spec = engine_spec(cfg, model_path, cache_dir, cfg.seed)
+    sampled_now = 0
+    while pending:
+        if budget is None:
+            wave = pending
+        else:
+            used, finished = samples_in(samples_dir), len(finished_question_ids(samples_dir))
+            wave = budget_wave(pending, used, budget, n, used / finished if finished and rounds else None)
+        if not wave:
+            log.info("teacher: the sample budget (%d) is spent; %d training questions left unsampled", budget,
+                     len(pending))
+            break
+        requests = [to_request(q, exemplars[q.task], cfg, n) for q in wave]
+        _sample(requests, spec, sampling, cfg, resources, samples_dir, block_questions, on_block, totals, engines,
+                samples_per_request=rounds or n, expected_tokens=expected_tokens)
+        sampled_now += len(wave)
+        pending = pending[len(wave):]
     ended, ended_at = time.monotonic(), time.time()
     wall_s = ended - started
-    summary = summarize_samples(samples_dir, wall_s=wall_s, **totals, num_sampled_now=len(pending))
-    if pending and ended_at > engines.first_call_at:
+    summary = summarize_samples(samples_dir, wall_s=wall_s, **totals, num_sampled_now=sampled_now)
+    summary["questions_left_unsampled"] = len(pending)
+    if sampled_now and ended_at > engines.first_call_at:
         # From the first engine call's start to the end: engine start-up excluded, all stage overheads included.
         summary["steady_generated_tokens_per_s"] = totals["generated_tokens"] / (ended_at - engines.first_call_at)
         summary.update(engines.summary())
@@ -163,6 +150,56 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
     warn_if_cut("teacher", cut, summary["samples"], "teacher.max_new_tokens", cfg.max_new_tokens)
     warn_if_repeated(summary["diversity"], n)
     return summary
+
+
+def samples_in(samples_dir: Path) -> int:
+    """Samples the teacher's blocks hold (each block: whole questions)."""
+    return sum(pq.read_metadata(path).num_rows for path in samples_dir.glob("*.parquet"))
+
+
+def budget_wave(pending: list[Question], used: int, budget: int, n: int, mean: float | None = None) -> list[Question]:
+    """The next questions to sample under ``budget`` samples in all, ``used`` spent (pure): as many as the rest
+    buys at ``n`` samples each, or at ``mean`` each (what questions took so far, where rounds stop some early);
+    none once it buys less than one question. Each wave is one pass of the engines, so a budget takes a few."""
+    left = budget - used
+    per_question = max(mean or n, 1.0)
+    count = int(left // per_question)
+    return pending[:count] if count >= 1 else []
+
+
+def _sample(requests: list[dict], spec, sampling: Sampling, cfg: TeacherConfig, resources: ResourcesConfig,
+            samples_dir: Path, block_questions: int, on_block, totals: dict, engines: EngineStats, *,
+            samples_per_request: int, expected_tokens: float | None) -> None:
+    """One pass of the engines over ``requests``: rows parsed into samples, written in blocks of whole questions."""
+    counters = throughput_counters()
+    by_question: dict[str, list[dict]] = {}
+    complete: list[dict] = []
+    for batch in generate_rows(requests, spec, sampling, cfg, num_cpus=resources.engine_cpus, run="teacher",
+                               label="teacher", concurrent_batches=cfg.concurrent_batches,
+                               samples_per_request=samples_per_request, expected_tokens=expected_tokens):
+        for i in range(len(batch["question_id"])):
+            row = {k: batch[k][i] for k in batch}
+            totals["samples"] += 1
+            totals["generated_tokens"] += int(row["num_tokens"])
+            if int(row["sample_index"]) == 0:
+                totals["prompt_tokens"] += int(row["num_prompt_tokens"])
+            rows = by_question.setdefault(str(row["question_id"]), [])
+            rows.append(from_response(row))
+            if rows[-1]["correct"]:
+                counters["correct_samples"].inc(tags={"run": "teacher"})
+            if rows[-1]["parse_error"] is not None:
+                counters["parse_failures"].inc(tags={"run": "teacher"})
+            if len(rows) == int(row["question_samples"]):  # every sample of the question, all rounds
+                complete.extend(by_question.pop(str(row["question_id"])))
+        engines.add(batch)
+        if len({r["question_id"] for r in complete}) >= block_questions:
+            _written(_write_block(samples_dir, complete), on_block)
+            complete = []
+    if complete:
+        _written(_write_block(samples_dir, complete), on_block)
+    if by_question:
+        raise RuntimeError(f"teacher: {len(by_question)} questions came back with fewer samples than the engine "
+                           "reported for them")
 
 
 def warn_if_repeated(found: dict, n: int, share: float = 0.5) -> None:

@@ -45,3 +45,18 @@ def test_rounds_need_a_size_and_fit_the_cap():
         load_config(tiny, ["teacher.samples_per_round=5"])
     with pytest.raises(ConfigError, match="set teacher.samples_per_round"):
         load_config(tiny, ["teacher.stop_at_distinct=2"])
+
+
+def test_a_budget_wave_buys_what_is_left_at_the_cap_then_at_the_mean():
+    from scotd.teacher import budget_wave
+
+    pool = list(range(100))
+    assert budget_wave(pool, used=0, budget=24, n=4) == pool[:6]  # first: at the cap, never over the budget
+    assert budget_wave(pool, used=15, budget=24, n=4, mean=2.5) == pool[:3]  # then: what questions took so far
+    assert budget_wave(pool, used=23, budget=24, n=4, mean=2.5) == []  # less than a question left
+    assert budget_wave(pool[:2], used=0, budget=24, n=4) == pool[:2]
+
+
+def test_a_budget_below_one_question_is_refused():
+    with pytest.raises(ConfigError, match="teacher.sample_budget: 3 buys not one question"):
+        load_config(REPO / "configs" / "tiny.yaml", ["teacher.sample_budget=3"])

@@ -85,3 +85,25 @@ def test_sampling_in_rounds_stops_questions_early_and_resumes_exactly_once(ray_c
     assert all(sorted(v) == list(range(len(v))) for v in by_question.values())  # whole, each sample once
     assert all(c in (2, 4) for c in counts)  # rounds of 2 up to N = 4
     assert counts.count(2) > 0, "no question stopped after its first round"
+
+
+def test_a_sample_budget_spends_what_rounds_save_on_more_questions(ray_cluster, shared_data, tmp_path):
+    """teacher.sample_budget with rounds that stop early: more questions than budget / num_samples are sampled, the
+    budget is kept to within a question, and the corpus and the labels hold the sampled questions only."""
+    out = tmp_path / "exp"
+    budget = 32
+    done = subprocess.run([*teacher_command(out, shared_data), "--stages", "tasks,teacher,corpus",
+                           "teacher.samples_per_round=2", "teacher.stop_when_repeated=true", "teacher.temperature=0.3",
+                           f"teacher.sample_budget={budget}"],
+                          env={**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address}, cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    samples = pq.read_table(out / "teacher" / "samples", schema=SAMPLE_SCHEMA).to_pylist()
+    sampled = {r["question_id"] for r in samples}
+    assert budget // N < len(sampled) < QUESTIONS and len(samples) <= budget + N
+    summary = json.loads((out / "teacher" / "sampling_summary.json").read_text())
+    assert summary["questions_left_unsampled"] == QUESTIONS - len(sampled)
+    assert "the sample budget (32) is spent" in done.stderr
+    labels = set(pq.read_table(out / "corpus" / "labels.parquet").column("question_id").to_pylist())
+    kept = set(pq.read_table(out / "corpus" / "corpus.parquet").column("question_id").to_pylist())
+    assert labels == sampled and kept <= sampled

@@ -98,6 +98,9 @@ def check_students(cfg: ExperimentConfig) -> ExperimentConfig:
     if (t.stop_when_repeated or t.stop_at_distinct) and t.samples_per_round is None:
         raise ConfigError("teacher.stop_when_repeated / stop_at_distinct: a question can only stop between rounds; "
                           "set teacher.samples_per_round")
+    if t.sample_budget is not None and t.sample_budget < t.num_samples:
+        raise ConfigError(f"teacher.sample_budget: {t.sample_budget} buys not one question of teacher.num_samples "
+                          f"({t.num_samples}) samples")
     if t.stop_at_distinct is not None and t.stop_at_distinct < 1:
         raise ConfigError(f"teacher.stop_at_distinct: {t.stop_at_distinct} must be at least 1, or null (off)")
     if not cfg.output.dir.strip():

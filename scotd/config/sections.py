@@ -137,6 +137,12 @@ class TeacherConfig(EngineConfig):
         False, "With samples_per_round: a question stops after a round in which a sample repeats one of its "
         "earlier samples (whitespace and number formatting folded): more samples would mostly repeat too."
     )
+    sample_budget: int | None = opt(
+        None, "Samples the teacher draws in all: the training questions are sampled in order until it is spent, so "
+        "the samples that rounds save (samples_per_round with a stop rule) go to more questions of the training "
+        "split (set tasks[].max_train to the pool to draw from). Each further pass restarts the engines. Students "
+        "train on the questions sampled. None: every training question."
+    )
     stop_at_distinct: int | None = opt(
         None, "With samples_per_round: a question stops once it has this many distinct rationales that reach the "
         "gold answer (any answer where the split has no labels)."
