@@ -141,3 +141,17 @@ def test_other_output_goes_to_the_file_and_scotd_lines_to_the_terminal(tmp_path)
     kept = (tmp_path / "driver.log").read_text()
     for text in ("core_worker.cc:1: native line", "native stdout", "(raylet) WARNING", "Token authentication"):
         assert text in kept
+
+
+def test_with_every_sequence_running_at_once_the_longest_sets_the_time_left():
+    """256 sequences at once, 35 tokens expected each, 12 steps done at a step every 6 s: the tokens left at today's
+    rate (the rate falls as sequences finish) would say 2 minutes; the longest sequence needs ~40 more steps."""
+    engines = {"e": {**account(0.0, 2832), "steps": 12}}
+    by_tokens = estimate(engines, sequences=256, expected_tokens=35, now=220.0, rate=42.7)
+    by_steps = estimate(engines, sequences=256, expected_tokens=35, now=220.0, rate=42.7, step_rate=1 / 6,
+                        in_flight=256, max_tokens=88)
+    assert by_tokens["seconds_left"] == pytest.approx((256 * 35 - 2832) / 42.7)
+    assert by_steps["seconds_left"] == pytest.approx((1.5 * 35 - 12) * 6)
+    queued = estimate(engines, sequences=1024, expected_tokens=35, now=220.0, rate=42.7, step_rate=1 / 6,
+                      in_flight=256, max_tokens=88)  # batches wait their turn: the tokens bound the time
+    assert queued["seconds_left"] == pytest.approx((1024 * 35 - 2832) / 42.7)

@@ -49,7 +49,7 @@ class StepAccount:
 
     def progress(self) -> dict:
         """What the engine posts to a ``ProgressBoard``."""
-        return {"first_step_at": self.first_step_at, "seq_steps": self.seq_steps,
+        return {"first_step_at": self.first_step_at, "seq_steps": self.seq_steps, "steps": self.steps,
                 "finished_sequences": self.finished_sequences, "finished_tokens": self.finished_tokens}
 
 

@@ -98,7 +98,8 @@ def generate_rows(requests: list[dict], spec: EngineSpec, sampling: Sampling, en
         min_replicas = replicas if isinstance(replicas, int) else replicas[0]
         with Reporter(board, label=label, sequences=sequences, total=len({r[key] for r in requests}),
                       expected_tokens=expected_tokens or sampling.max_new_tokens / 2, unit="questions",
-                      done=lambda: len(seen), in_flight=engine_capacity(spec) * max(min_replicas, 1)):
+                      done=lambda: len(seen), in_flight=engine_capacity(spec) * max(min_replicas, 1),
+                      max_tokens=sampling.max_new_tokens):
             yield from stream_batches(out, total=len({r[key] for r in requests}), label=label, key=key, seen=seen)
     finally:
         ray.kill(board)

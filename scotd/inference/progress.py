@@ -71,12 +71,18 @@ def post_account(name: str, engine_id: str, account_fn, stop: threading.Event) -
 
 
 def estimate(engines: dict[str, dict], *, sequences: int, expected_tokens: float, now: float,
-             rate: float | None = None) -> dict | None:
+             rate: float | None = None, step_rate: float | None = None, in_flight: int | None = None,
+             max_tokens: int | None = None) -> dict | None:
     """Tokens so far, tokens per second and seconds left over ``engines``' accounts (pure); None before any step.
 
-    Each account: ``first_step_at`` (wall clock), ``seq_steps`` (tokens so far), ``finished_sequences`` and
-    ``finished_tokens`` (of the sequences that ended). ``rate``: tokens per second over a recent window (the
-    ``Reporter``'s); by default each engine's average since its first step."""
+    Each account: ``first_step_at`` (wall clock), ``seq_steps`` (tokens so far), ``steps``, ``finished_sequences``
+    and ``finished_tokens`` (of the sequences that ended). ``rate``: tokens per second over a recent window (the
+    ``Reporter``'s); by default each engine's average since its first step.
+
+    Where every sequence runs at once (``sequences`` <= ``in_flight``), the stage ends with its longest sequence, not
+    when the tokens run out at today's rate: the rate falls as sequences finish. So with ``step_rate`` (engine steps
+    per second) the time left is at least the steps the longest sequence still needs, taken as 1.5 times the
+    expected length (at most ``max_tokens``)."""
     running = [e for e in engines.values() if e.get("first_step_at") is not None]
     if not running:
         return None
@@ -90,8 +96,12 @@ def estimate(engines: dict[str, dict], *, sequences: int, expected_tokens: float
     if finished < sequences:  # the mean so far is a floor of the final mean while sequences still run
         per_sequence = max(per_sequence, 1.1 * tokens / sequences)
     total = max(sequences * per_sequence, tokens + (sequences - finished))  # at least a token for each one left
-    return {"tokens": tokens, "tokens_per_s": rate, "expected_tokens": total,
-            "seconds_left": (total - tokens) / rate if rate > 0 else float("inf")}
+    left = (total - tokens) / rate if rate > 0 else float("inf")
+    if step_rate and in_flight and sequences <= in_flight and finished < sequences:
+        longest = min(1.5 * per_sequence, max_tokens or float("inf"))
+        steps = max(e.get("steps", 0) for e in running)
+        left = max(left, max(longest - steps, 0) / step_rate)
+    return {"tokens": tokens, "tokens_per_s": rate, "expected_tokens": total, "seconds_left": left}
 
 
 class Reporter:
@@ -100,10 +110,10 @@ class Reporter:
 
     def __init__(self, board, *, label: str, sequences: int, expected_tokens: float, total: int, unit: str,
                  done, every_s: float = 30.0, poll_s: float = POST_EVERY_S, min_window_s: float = MIN_WINDOW_S,
-                 in_flight: int = 1):
+                 in_flight: int = 1, max_tokens: int | None = None):
         self.board, self.label, self.sequences, self.expected = board, label, sequences, expected_tokens
         self.total, self.unit, self.done, self.every_s = total, unit, done, every_s
-        self.poll_s, self.min_window_s, self.in_flight = poll_s, min_window_s, in_flight
+        self.poll_s, self.min_window_s, self.in_flight, self.max_tokens = poll_s, min_window_s, in_flight, max_tokens
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scotd-progress", daemon=True)
 
@@ -121,6 +131,7 @@ class Reporter:
         started = time.monotonic()
         logged, last_line = False, 0.0
         seen: list[tuple[float, int]] = []  # (wall clock, tokens so far) of every read
+        steps: list[tuple[float, int]] = []  # (wall clock, engine steps so far)
         while not self._stop.wait(self.poll_s):
             try:
                 engines = ray.get(self.board.read.remote(), timeout=10)
@@ -129,11 +140,16 @@ class Reporter:
             now = time.time()
             running = {k: e for k, e in engines.items() if e.get("first_step_at") is not None}
             seen.append((now, sum(e["seq_steps"] for e in running.values())))
+            steps.append((now, max((e.get("steps", 0) for e in running.values()), default=0)))
             # every sequence in flight has its first token and one more: the engine decodes at its pace
-            rate = window_rate(seen, now, self.min_window_s, decoding_from=2 * min(self.sequences, self.in_flight))
+            start = 2 * min(self.sequences, self.in_flight)
+            rate = window_rate(seen, now, self.min_window_s, decoding_from=start)
             if rate is None or (logged and time.monotonic() - last_line < self.every_s):
                 continue
-            guess = estimate(running, sequences=self.sequences, expected_tokens=self.expected, now=now, rate=rate)
+            decoding = [(t, n) for (t, n), (_, tokens) in zip(steps, seen) if tokens >= start]
+            step_rate = window_rate(decoding, now, self.min_window_s)
+            guess = estimate(running, sequences=self.sequences, expected_tokens=self.expected, now=now, rate=rate,
+                             step_rate=step_rate, in_flight=self.in_flight, max_tokens=self.max_tokens)
             if guess is None or self._stop.is_set():
                 continue
             last_line = time.monotonic()
