@@ -112,5 +112,5 @@ def signal_once_written(command: list[str], env: dict, folder: Path, sig: int, l
                 time.sleep(0.05)
         finally:
             os.killpg(proc.pid, sig)
-            proc.wait(timeout=120)
+            proc.wait(timeout=300)  # a job that was told to stop winds its Ray cluster down first
     return proc.returncode, log_path.read_text()
