@@ -87,14 +87,14 @@ def generate_rows(requests: list[dict], spec: EngineSpec, sampling: Sampling, en
     if not requests:
         return
     board, name = start_board()
+    replicas = replica_range(engine)
     try:
-        out = generate(ray.data.from_items(requests), spec, sampling, replicas=replica_range(engine),
+        out = generate(ray.data.from_items(requests), spec, sampling, replicas=replicas,
                        batch_size=engine.batch_size, num_cpus=num_cpus, run=run, resource=engine.resource,
                        concurrent_batches=concurrent_batches, samples_per_request=samples_per_request,
                        progress=name)
         seen: set = set()
         sequences = sum(int(r.get("n", 1)) for r in requests)
-        replicas = replica_range(engine)
         min_replicas = replicas if isinstance(replicas, int) else replicas[0]
         with Reporter(board, label=label, sequences=sequences, total=len({r[key] for r in requests}),
                       expected_tokens=expected_tokens or sampling.max_new_tokens / 2, unit="questions",
