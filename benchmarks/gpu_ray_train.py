@@ -90,7 +90,8 @@ def main() -> None:
     import torch
 
     from scotd.config import StudentConfig
-    from scotd.student.train import STUDENT_META, StudentJob, train_students
+    from scotd.layout import STUDENT_META
+    from scotd.student.train import StudentJob, train_students
 
     gpu = torch.cuda.is_available()
     work = Path(args.work)

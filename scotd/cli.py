@@ -8,26 +8,27 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from scotd import console
+from scotd import console, layout
 from scotd.assets import AssetIntegrityError, MissingAssetError
 from scotd.config import ConfigError, describe, load_config
 from scotd.judge import AnnotationError
 from scotd.report import ReportError
 from scotd.schema import CorruptFileError
+from scotd.stages import NAMES
 from scotd.storage import redact
 from scotd.tasks import TaskDataError
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scotd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment: scotd run CONFIG [key.sub=value ...]")
     run.add_argument("config", type=Path)
     run.add_argument("overrides", nargs="*", help="config overrides, e.g. teacher.num_samples=4")
-    run.add_argument("--stages", default="", help="comma-separated subset of: tasks,teacher,corpus,students,eval,report")
+    run.add_argument("--stages", default="", help=f"comma-separated subset of: {','.join(NAMES)}")
     run.add_argument("--debug", action="store_true", help="show the traceback of a data error too")
     run.add_argument("--restart", metavar="STAGE", help="first remove the outputs of STAGE and of every later stage "
-                     "(tasks, teacher, corpus, students, eval, report), so they are built again from this config")
+                     f"({', '.join(NAMES)}), so they are built again from this config")
     rep = sub.add_parser("report", help="rebuild report.json/report.md of a finished experiment folder, or combine "
                          "several folders into one report: scotd report DIR [DIR ...] --out OUT")
     rep.add_argument("experiment_dirs", type=Path, nargs="+", metavar="experiment_dir")
@@ -49,66 +50,104 @@ def main(argv: list[str] | None = None) -> int:
     cfg = sub.add_parser("config", help="print every config key with its default and meaning")
     cfg.add_argument("config", type=Path, nargs="?", help="also validate this YAML and print it resolved")
     cfg.add_argument("overrides", nargs="*")
+    return parser
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
     # Overrides may also follow options (`scotd run CONFIG --stages teacher key=value`).
     args, extra = parser.parse_known_args(argv)
     if extra:
         if args.command in ("report", "judge") or any(item.startswith("-") or "=" not in item for item in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    if args.command == "report" and args.out is None and len(args.experiment_dirs) > 1:
+        parser.error("several experiment folders are combined into one report: give --out OUT")
+    return args
+
+
+def run_command(args: argparse.Namespace) -> None:
+    """scotd run CONFIG [overrides] [--stages ...] [--restart STAGE]: prints the report and where the artifacts are."""
+    from scotd import pipeline
+
+    config = load_config(args.config, args.overrides)
+    stages = tuple(s for s in args.stages.split(",") if s) or NAMES
+    exp = pipeline.run(config, stages, restart=args.restart, config_path=str(args.config))
+    report = layout.report(exp.dir)
+    if report.exists() and "report" in stages:
+        print(report.read_text())
+    print(f"artifacts: {exp.mirror.uri} (local copy: {exp.dir})" if exp.mirror.uri else f"artifacts: {exp.dir}")
+
+
+def eval_command(args: argparse.Namespace) -> None:
+    """scotd eval DIR --task ...: a finished experiment evaluated on evaluation-only tasks, and its report again."""
+    from scotd import pipeline
+
+    exp = pipeline.run(finished_config(args.experiment_dir, args.task), ("tasks", "eval", "report"),
+                       config_path=str(layout.config(args.experiment_dir)))
+    print(layout.report(exp.dir).read_text())
+
+
+def report_command(args: argparse.Namespace) -> None:
+    """scotd report DIR: the report of a finished folder rebuilt; with --out, several folders in one report."""
+    from scotd import pipeline
+
+    if args.out is None:
+        folder = args.experiment_dirs[0]
+        config = load_config(layout.config(folder), check_training=False)
+        # the folder given, even when moved or copied since the run, or downloaded from its URI
+        config = replace(config, output=replace(config.output, dir=str(folder)))
+        exp = pipeline.run(config, ("report",))
+        print(layout.report(exp.dir).read_text())
+        return
+    from scotd.report import combine
+    from scotd.runs import eval_runs
+
+    combine(args.out, [(folder, eval_runs(load_config(layout.config(folder), check_training=False), folder))
+                       for folder in args.experiment_dirs])
+    print(layout.report(args.out).read_text())
+
+
+def judge_command(args: argparse.Namespace) -> None:
+    """scotd judge score PAIR_FOLDER FILLED: people's verdicts tallied like the judge's."""
+    from scotd.judge import people_summary
+
+    summary = people_summary(args.pair_folder, args.filled)
+    print(f"{summary['a']} vs {summary['b']}: {summary['pairs']} pairs, {summary['a']} better in "
+          f"{summary['wins_a']}, {summary['b']} better in {summary['wins_b']}, {summary['ties']} ties, "
+          f"{summary['unparsed']} without a verdict; sign test p = {summary['p_value']:.3g}")
+    print(f"written: {layout.pair_file(args.pair_folder, 'people_summary.json')}")
+
+
+def config_command(args: argparse.Namespace) -> None:
+    """scotd config [CONFIG]: every key described, or the given config checked and printed resolved."""
+    if not args.config:
+        print("\n".join(describe()))
+        return
+    from scotd.config import dump_config
+    from scotd.storage import reject_credentials
+
+    config = load_config(args.config, args.overrides)
+    reject_credentials(config)  # the resolved config is printed: never with a secret in it
+    print(dump_config(config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     console.setup()
     if args.command in ("run", "eval"):
         console.stop_on_signals()
-
-    from scotd import pipeline
-
     try:
         if args.command == "run":
-            config = load_config(args.config, args.overrides)
-            stages = tuple(s for s in args.stages.split(",") if s) or pipeline.STAGES
-            exp = pipeline.run(config, stages, restart=args.restart, config_path=str(args.config))
-            report = exp.dir / "report.md"
-            if report.exists() and "report" in stages:
-                print(report.read_text())
-            print(f"artifacts: {exp.mirror.uri} (local copy: {exp.dir})" if exp.mirror.uri else f"artifacts: {exp.dir}")
+            run_command(args)
         elif args.command == "eval":
-            exp = pipeline.run(finished_config(args.experiment_dir, args.task), ("tasks", "eval", "report"),
-                               config_path=str(args.experiment_dir / "config.yaml"))
-            print((exp.dir / "report.md").read_text())
-        elif args.command == "report" and args.out is None:
-            if len(args.experiment_dirs) > 1:
-                parser.error("several experiment folders are combined into one report: give --out OUT")
-            folder = args.experiment_dirs[0]
-            config = load_config(folder / "config.yaml", check_training=False)
-            # the folder given, even when moved or copied since the run, or downloaded from its URI
-            config = replace(config, output=replace(config.output, dir=str(folder)))
-            exp = pipeline.run(config, ("report",))
-            print((exp.dir / "report.md").read_text())
+            eval_command(args)
         elif args.command == "report":
-            from scotd.report import combine
-
-            from scotd.runs import eval_runs
-
-            combine(args.out, [(folder, eval_runs(load_config(folder / "config.yaml", check_training=False), folder))
-                               for folder in args.experiment_dirs])
-            print((args.out / "report.md").read_text())
+            report_command(args)
         elif args.command == "judge":
-            from scotd.judge import people_summary
-
-            summary = people_summary(args.pair_folder, args.filled)
-            print(f"{summary['a']} vs {summary['b']}: {summary['pairs']} pairs, {summary['a']} better in "
-                  f"{summary['wins_a']}, {summary['b']} better in {summary['wins_b']}, {summary['ties']} ties, "
-                  f"{summary['unparsed']} without a verdict; sign test p = {summary['p_value']:.3g}")
-            print(f"written: {args.pair_folder / 'people_summary.json'}")
+            judge_command(args)
         else:
-            if args.config:
-                from scotd.config import dump_config
-                from scotd.storage import reject_credentials
-
-                config = load_config(args.config, args.overrides)
-                reject_credentials(config)  # the resolved config is printed: never with a secret in it
-                print(dump_config(config))
-            else:
-                print("\n".join(describe()))
+            config_command(args)
     except console.Interrupted as stop:
         where = f"in stage {stop.stage}" if stop.stage else "before the first stage"
         print(f"scotd: stopped by {stop.signal_name} {where}; finished work is kept. Resume with: "
@@ -137,9 +176,9 @@ def finished_config(folder: Path, tasks: list[str]):
     itself (even when moved or copied since the run)."""
     from scotd.config import with_eval_tasks
 
-    if not (folder / "config.yaml").exists():
+    if not layout.config(folder).exists():
         raise ConfigError(f"{folder}: no config.yaml: not an experiment folder (give the output.dir of a run)")
-    config = with_eval_tasks(load_config(folder / "config.yaml", check_training=False), tasks)
+    config = with_eval_tasks(load_config(layout.config(folder), check_training=False), tasks)
     return replace(config, output=replace(config.output, dir=str(folder)))
 
 

@@ -15,12 +15,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scotd.cards import CARD, dataset_card
+from scotd import layout
+from scotd.cards import dataset_card
 from scotd.config import CorpusConfig
 from scotd.tracking import numbers
 from scotd.prompts import letter, training_pair
 from scotd.diversity import diversity, rationale_key
-from scotd.schema import CORPUS_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA, read_parquet_files, to_table, write_table
+from scotd.schema import (CORPUS_SCHEMA, QUESTION_SCHEMA, SAMPLE_SCHEMA, read_parquet_files, to_table, write_table,
+                          write_text)
 
 if TYPE_CHECKING:
     from scotd.experiment import Experiment
@@ -123,7 +125,7 @@ def build_corpus(samples_dir: Path, cfg: CorpusConfig, out_dir: Path, question_i
         raise RuntimeError(f"corpus: no rationale survived the {cfg.setting} filter out of {len(samples)} samples "
                            f"in {samples_dir}; check the teacher (sample accuracy, parse failures)")
     write_table(to_table((with_training_text({k: r[k] for k in CORPUS_SCHEMA.names if k in r}) for r in kept),
-                         CORPUS_SCHEMA), out_dir / "corpus.parquet")
+                         CORPUS_SCHEMA), layout.corpus(out_dir))
 
     first = {}
     for r in samples:
@@ -134,11 +136,11 @@ def build_corpus(samples_dir: Path, cfg: CorpusConfig, out_dir: Path, question_i
                    "choices": first[qid]["choices"],
                    "answer_index": ord(label) - ord("a") if first[qid]["choices"] else None,
                    "answer": None if first[qid]["choices"] else label} for qid, label in sorted(labels.items())]
-    write_table(to_table(label_rows, QUESTION_SCHEMA), out_dir / "labels.parquet")
+    write_table(to_table(label_rows, QUESTION_SCHEMA), layout.labels(out_dir))
 
     summary = {"setting": cfg.setting, **summarize(samples, kept, num_after_filter, filtered),
                "labelled_questions": len(labels)}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(layout.summary(out_dir), json.dumps(summary, indent=2))
     log.info("corpus: %d of %d samples kept (%d questions with >=1, %.2f distinct rationales each), per-sample "
              "teacher accuracy %.1f%%", summary["kept"], summary["samples"], summary["questions_with_kept_rationale"],
              summary["diversity"]["distinct_per_question"], 100 * summary["sample_accuracy"])
@@ -149,15 +151,15 @@ def stage_corpus(exp: Experiment) -> dict:
     """The corpus of this run's training questions in the experiment's setting, in each other setting a student
     asks for, and of the greedy rationales when the teacher wrote them."""
     train = {q.id for q in exp.questions("train")}
-    summary = build_corpus(exp.dir / "teacher" / "samples", exp.cfg.corpus, exp.dir / "corpus", train)
+    samples = layout.samples(layout.teacher_dir(exp.dir))
+    summary = build_corpus(samples, exp.cfg.corpus, layout.corpus_dir(exp.dir), train)
     for setting in sorted({s.setting for s in exp.cfg.students} - {"", exp.cfg.corpus.setting}):
-        summary[setting] = build_corpus(exp.dir / "teacher" / "samples", replace(exp.cfg.corpus, setting=setting),
-                                        exp.dir / "corpus" / setting, train)
-    greedy = exp.dir / "teacher" / "greedy" / "samples"
+        summary[setting] = build_corpus(samples, replace(exp.cfg.corpus, setting=setting),
+                                        layout.corpus_dir(exp.dir, setting), train)
+    greedy = layout.samples(layout.teacher_dir(exp.dir, greedy=True))
     if greedy.exists():
-        summary["greedy"] = build_corpus(greedy, exp.cfg.corpus, exp.dir / "corpus" / "greedy", train)
-    for folder, of in [("corpus", summary)] + [(f"corpus/{k}", v) for k, v in summary.items() if isinstance(v, dict)
-                                                and "kept" in v]:
-        (exp.dir / folder / CARD).write_text(dataset_card(exp.cfg, of))
+        summary["greedy"] = build_corpus(greedy, exp.cfg.corpus, layout.corpus_dir(exp.dir, "greedy"), train)
+    for setting, of in [(None, summary)] + [(k, v) for k, v in summary.items() if isinstance(v, dict) and "kept" in v]:
+        layout.card(layout.corpus_dir(exp.dir, setting)).write_text(dataset_card(exp.cfg, of))
     exp.tracker.log_metrics(numbers(summary, "corpus"))
     return summary

@@ -21,6 +21,16 @@ log = logging.getLogger(__name__)
 _warned = False
 
 
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX). Without them vLLM's CPU build
+    falls back to a slow bf16 path: float32 ran matrix products ~5x faster on an AVX2-only 2-core machine."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def normal_priority(nice: int = 0) -> int:
     """Set every thread of this process to ``nice`` (threads created later inherit it from their creator).
     Returns how many threads were changed."""

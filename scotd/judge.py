@@ -22,10 +22,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from scotd import layout
 from scotd.inference import EngineSpec, Sampling, engine_spec, generate_rows
 from scotd.prompts import parse_answer, render_question
 from scotd.runs import EvalRun, eval_runs, run_dir_name
-from scotd.schema import PREDICTION_SCHEMA, read_table, write_table
+from scotd.schema import PREDICTION_SCHEMA, read_table, write_table, write_text
 from scotd.scoring import mcnemar_p
 from scotd.tasks import Question
 
@@ -128,8 +129,8 @@ def read_annotations(folder: Path, annotated: Path) -> dict:
     """``tally_annotations`` of a filled-in copy of ``folder``'s annotate.jsonl (``folder``: a judge/<a>__vs__<b>
     folder), with the same keys as the judge's summary.json."""
     folder = Path(folder)
-    summary = _read_jsonl(folder / "summary.json", whole=True)[0]
-    rows, key = _read_jsonl(annotated), _read_jsonl(folder / "key.jsonl")
+    summary = _read_jsonl(layout.summary(folder), whole=True)[0]
+    rows, key = _read_jsonl(annotated), _read_jsonl(layout.pair_file(folder, "key.jsonl"))
     try:
         return tally_annotations(rows, key, summary["a"], summary["b"])
     except ValueError as err:
@@ -139,7 +140,7 @@ def read_annotations(folder: Path, annotated: Path) -> dict:
 def people_summary(folder: Path, annotated: Path) -> dict:
     """``read_annotations``, also written to ``folder/people_summary.json`` (beside the judge's summary.json)."""
     summary = {**read_annotations(folder, annotated), "annotations": str(annotated)}
-    (Path(folder) / "people_summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(layout.pair_file(Path(folder), "people_summary.json"), json.dumps(summary, indent=2))
     return summary
 
 
@@ -164,36 +165,28 @@ def _read_jsonl(path: Path, whole: bool = False) -> list[dict]:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Write through a temporary sibling and rename: a killed write never leaves a short file a rerun trusts."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    tmp.replace(path)
+    """Written atomically: a killed write never leaves a short file a rerun trusts."""
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _write_blind(folder: Path, pairs: list[dict], by_id: dict[str, Question]) -> None:
     """The annotators' file and its key (``blind_pairs``); the key last, as it marks the export done."""
     annotate, key = blind_pairs(pairs, by_id)
-    _write_jsonl(folder / "annotate.jsonl", annotate)
-    _write_jsonl(folder / "key.jsonl", key)
-
-
-def pair_dir_name(a: str, b: str) -> str:
-    return f"{run_dir_name(a)}__vs__{run_dir_name(b)}"
+    _write_jsonl(layout.pair_file(folder, "annotate.jsonl"), annotate)
+    _write_jsonl(layout.pair_file(folder, "key.jsonl"), key)
 
 
 def judge_runs(questions: list[Question], a: str, b: str, preds_a: list[dict], preds_b: list[dict], spec: EngineSpec,
-               engine: EngineConfig, *, out_dir: Path, num_cpus: float, seed: int = 0,
+               engine: EngineConfig, *, judge_dir: Path, num_cpus: float, seed: int = 0,
                max_new_tokens: int = 8) -> dict:
     """Judge every pair through the batched engine path (greedy) on ``engine``'s pool and write the pair folder;
     reruns reuse it."""
     import pyarrow as pa
 
-    folder = out_dir / pair_dir_name(a, b)
+    folder = layout.pair_dir(judge_dir, run_dir_name(a), run_dir_name(b))
     by_id = {q.id: q for q in questions}
-    if (folder / "summary.json").exists():
-        return json.loads((folder / "summary.json").read_text())
+    if layout.summary(folder).exists():
+        return json.loads(layout.summary(folder).read_text())
     pairs = make_pairs(by_id, a, b, preds_a, preds_b, seed)
     requests = [{"prompt": judge_prompt(by_id[p["question_id"]], p["first"], p["second"]), "seed": 0, "n": 1,
                  "stop": json.dumps(["\n"]), "question_id": p["question_id"]} for p in pairs]
@@ -204,18 +197,16 @@ def judge_runs(questions: list[Question], a: str, b: str, preds_a: list[dict], p
         verdicts.update({str(q): str(t) for q, t in zip(batch["question_id"], batch["text"])})
     parsed = [parse_verdict(verdicts.get(p["question_id"])) for p in pairs]
     folder.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(folder / "pairs.jsonl", pairs)
+    _write_jsonl(layout.pair_file(folder, "pairs.jsonl"), pairs)
     _write_blind(folder, pairs, by_id)
     # text is null where the engine returned nothing for a pair (counted as unparsed), "" where it answered nothing
     write_table(pa.table({"question_id": [p["question_id"] for p in pairs],
                           "text": pa.array([verdicts.get(p["question_id"]) for p in pairs], pa.string()),
                           "verdict": parsed,
                           "winner": [p["key"].get(v) if v in ("1", "2") else v for p, v in zip(pairs, parsed)]}),
-                folder / "verdicts.parquet")
+                layout.pair_file(folder, "verdicts.parquet"))
     summary = {**tally(pairs, parsed, a, b), "judge": spec.model, "seed": seed}
-    tmp = folder / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(folder / "summary.json")  # last: marks the pair judged
+    write_text(layout.summary(folder), json.dumps(summary, indent=2))  # last: marks the pair judged
     log.info("judge %s vs %s: %s", a, b, summary)
     return summary
 
@@ -233,13 +224,13 @@ def stage_judge(exp: Experiment) -> list[dict]:
             raise ValueError(f"eval.judge_pairs.{i}: expected two evaluation runs of {sorted(by_run)}, got "
                              f"{list(pair)}")
     engine = cfg.engine("judge")
-    spec = engine_spec(engine, exp.engine_model(exp.resolve_model(engine.model)), cfg.output.cache_dir,
+    spec = engine_spec(engine, exp.engine_model(exp.model_path(engine.model)), cfg.output.cache_dir,
                        cfg.teacher.seed)
     questions = exp.questions("eval")
 
     def preds(run: str) -> list[dict]:
-        return read_table(exp.dir / "eval" / by_run[run].dir / "predictions.parquet", PREDICTION_SCHEMA).to_pylist()
+        return read_table(layout.predictions(layout.run_dir(exp.dir, by_run[run].dir)), PREDICTION_SCHEMA).to_pylist()
 
-    return [judge_runs(questions, a, b, preds(a), preds(b), spec, engine, out_dir=exp.dir / "judge",
+    return [judge_runs(questions, a, b, preds(a), preds(b), spec, engine, judge_dir=layout.judge_dir(exp.dir),
                        num_cpus=cfg.resources.engine_cpus, seed=cfg.teacher.seed)
             for a, b in cfg.eval.judge_pairs]

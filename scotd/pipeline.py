@@ -1,14 +1,13 @@
-"""The whole job: tasks -> teacher -> corpus -> students -> eval -> report, on one Ray cluster.
+"""The whole job on one Ray cluster: the stages of the table in ``scotd.stages``, in order.
 
-This module only orders the stages; each stage's logic lives in its own module (the table ``STAGE_FUNCTIONS``).
-Stages hand off only through files in the experiment folder (see ``scotd.schema``), so any stage can be rerun on
-existing artifacts and a rerun of the whole job skips finished work (teacher blocks, trained students, finished
+This module only runs them; each stage's logic lives in its own
+module. Stages hand off only through files in the experiment folder (``scotd.layout``), so any stage can be rerun
+on existing artifacts and a rerun of the whole job skips finished work (teacher blocks, trained students, finished
 evaluation runs).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -16,42 +15,15 @@ import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable
 
-from scotd import limits, provenance, tracking
+from scotd import layout, provenance, tracking
 from scotd.config import ConfigError, ExperimentConfig
 from scotd.console import Interrupted
 from scotd.experiment import Experiment
 from scotd.schema import write_text
+from scotd.stages import BY_NAME, NAMES, from_on
 
 log = logging.getLogger(__name__)
-
-STAGES = ("tasks", "teacher", "corpus", "students", "eval", "report")
-RAY_STAGES = ("teacher", "students", "eval")  # the local Ray cluster starts with the first of these that runs
-
-# Each stage's functions, in order, as "module:function" (imported when the stage runs, so that `import scotd`
-# and the stages that do not run stay light).
-STAGE_FUNCTIONS = {
-    "tasks": ("scotd.tasks.stage:stage_tasks",),
-    "teacher": ("scotd.teacher:stage_teacher",),
-    "corpus": ("scotd.corpus:stage_corpus",),
-    "students": ("scotd.student.stage:stage_students",),
-    "eval": ("scotd.evaluate:stage_eval", "scotd.judge:stage_judge"),
-    "report": ("scotd.report:stage_report",),
-}
-
-# What each stage writes, relative to the experiment folder (pushed to output.dir when it is a URI).
-STAGE_OUTPUTS = {"tasks": ("questions",), "teacher": ("teacher", "models"), "corpus": ("corpus",),
-                 "students": ("students", "models"), "eval": ("eval", "judge"),
-                 "report": provenance.REPORT_FILES}
-
-
-def stage_functions(stage: str) -> list[Callable[[Experiment], object]]:
-    functions = []
-    for ref in STAGE_FUNCTIONS[stage]:
-        module, _, name = ref.partition(":")
-        functions.append(getattr(importlib.import_module(module), name))
-    return functions
 
 
 @contextmanager
@@ -105,26 +77,26 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def forget_timings(path: Path, stages: tuple[str, ...]) -> None:
+def forget_timings(path: Path, stages: list[str]) -> None:
     """Drop the wall times of ``stages`` (their outputs were removed: they are timed afresh)."""
     timings = _read_json(path)
     if timings and any(stage in timings for stage in stages):
-        path.write_text(json.dumps({k: v for k, v in timings.items() if k not in stages}, indent=2))
+        write_text(path, json.dumps({k: v for k, v in timings.items() if k not in stages}, indent=2))
 
 
-def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES, *, restart: str | None = None,
+def run(cfg: ExperimentConfig, stages: tuple[str, ...] = NAMES, *, restart: str | None = None,
         config_path: str = "CONFIG") -> Experiment:
     """Run ``stages`` in order; writes the resolved config and per-stage wall times into the experiment folder.
 
     A rerun reuses finished work only when it was built from this config's values (``scotd.provenance``);
     ``restart`` first removes the outputs of that stage and every later one, so they are built again."""
-    unknown = [s for s in stages if s not in STAGE_FUNCTIONS]
+    unknown = [s for s in stages if s not in BY_NAME]
     if unknown:
-        raise ConfigError(f"--stages: unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
-    if restart and restart not in STAGES:
-        raise ConfigError(f"--restart {restart}: not a stage; stages: {', '.join(STAGES)}")
+        raise ConfigError(f"--stages: unknown stage(s) {unknown}; stages: {', '.join(NAMES)}")
+    if restart and restart not in BY_NAME:
+        raise ConfigError(f"--restart {restart}: not a stage; stages: {', '.join(NAMES)}")
     exp = Experiment(cfg)
-    if any(stage in RAY_STAGES for stage in stages):
+    if any(BY_NAME[stage].ray for stage in stages):
         from scotd.preflight import summary_line
         from scotd.prompts import render_answer
 
@@ -141,14 +113,14 @@ def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES, *, restart: str
         exp.mirror.pull()  # a rerun from a fresh machine resumes from what output.dir already holds
         if restart:
             removed = provenance.restart(exp.dir, restart)
-            forget_timings(exp.dir / "timings.json", STAGES[STAGES.index(restart):])
+            forget_timings(layout.timings(exp.dir), [stage.name for stage in from_on(restart)])
             exp.mirror.delete(*removed)
             log.info("restart from stage %s: removed %s", restart, ", ".join(removed) or "nothing (none there)")
         provenance.check(exp.dir, cfg, stages, config_path)
         exp.write_config()
     except OSError as err:
         raise ConfigError(f"output.dir: {exp.dir}: cannot write there: {err.strerror or err}") from None
-    timings_path = exp.dir / "timings.json"
+    timings_path = layout.timings(exp.dir)
     timings = _read_json(timings_path) or {}
     exp.tracker.start(stages)
     failed = True
@@ -156,14 +128,14 @@ def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES, *, restart: str
         with ExitStack() as cluster:
             have_cluster = False
             for stage in stages:
-                if stage in RAY_STAGES and not have_cluster:
+                if BY_NAME[stage].ray and not have_cluster:
                     cluster.enter_context(ray_cluster(cfg))  # after the stages that need no cluster checked the data
                     have_cluster = True
                 log.info("=== stage %s ===", stage)
                 started = time.monotonic()
                 try:
-                    for function in stage_functions(stage):
-                        function(exp)
+                    for step in BY_NAME[stage].steps:
+                        step(exp)
                 except Interrupted as stop:
                     stop.stage = stage
                     raise
@@ -173,8 +145,8 @@ def run(cfg: ExperimentConfig, stages: tuple[str, ...] = STAGES, *, restart: str
                     timings[stage] = round(timings.get(stage, 0.0) + time.monotonic() - started, 1)
                     write_text(timings_path, json.dumps(timings, indent=2))
                 exp.tracker.log_metrics({f"stage_seconds.{stage}": timings[stage]})
-                exp.mirror.push(*STAGE_OUTPUTS[stage], "config.yaml", "timings.json", provenance.FILE, limits.FILE,
-                                tracking.FOLDER)
+                exp.mirror.push(*BY_NAME[stage].outputs, layout.CONFIG, layout.TIMINGS, layout.PROVENANCE,
+                                layout.LIMITS, tracking.FOLDER)
         failed = False
     finally:
         exp.tracker.end(failed)

@@ -16,14 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from scotd import layout
 from scotd.config import ConfigError, ExperimentConfig
 from scotd.limits import forget
-
-FILE = "provenance.json"
+from scotd.schema import write_text
 
 # Per-question teacher samples depend on the prompt (a task's format and exemplars) and the sampling settings.
 TASK_PROMPT_KEYS = ("format", "exemplars", "num_exemplars")
@@ -32,15 +32,6 @@ TEACHER_KEYS = ("model", "num_samples", "temperature", "top_p", "max_new_tokens"
                 "sample_budget")
 # Student keys that do not change what is learned.
 STUDENT_SKIP = ("name", "cpus_per_worker", "dev_batch_size")
-
-# Stages in order, and the folders --restart removes for each (the stage's own and every later stage's).
-RESTART_FOLDERS = {"tasks": ("questions",), "teacher": ("teacher",), "corpus": ("corpus",),
-                   "students": ("students", "ray_train"), "eval": ("eval", "judge"), "report": ()}
-
-
-# The files the report stage writes into the experiment folder.
-REPORT_FILES = ("report.json", "report.md", "report.png", "report-n-curve.png", "report-selectors.png",
-                "report-methods.png")
 
 
 class StaleWorkError(ConfigError):
@@ -54,8 +45,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def units(cfg: ExperimentConfig, exp_dir: Path | None = None) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Every unit of work this config makes: name -> (its folder in the experiment, {key: value} it depends on).
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: its name (``questions``, ``teacher``, ``student <name>``, ``eval <run>``), its folder
+    relative to the experiment folder, and the config values it depends on."""
+
+    name: str
+    folder: Path
+    values: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.values)
+
+
+def units(cfg: ExperimentConfig, exp_dir: Path | None = None) -> dict[str, Unit]:
+    """Every unit of work this config makes, by name.
 
     Keys name a task or student by its name (``tasks[csqa].max_train``) so that reordering or adding entries
     changes nothing; ``display_key`` turns them into the config's dotted keys for messages.
@@ -79,14 +84,16 @@ def units(cfg: ExperimentConfig, exp_dir: Path | None = None) -> dict[str, tuple
     teacher = {**trained(prompts), **{f"teacher.{k}": _plain(getattr(cfg.teacher, k)) for k in TEACHER_KEYS},
                **engine_kwargs}
     corpus = {**trained(questions), **teacher, **{f"corpus.{k}": v for k, v in asdict(cfg.corpus).items()}}
-    found = {"questions": ("questions", questions), "teacher": ("teacher/samples", teacher)}
+    here = Path()  # units name their folders relative to the experiment folder
+    found = {"questions": Unit("questions", layout.questions_dir(here), questions),
+             "teacher": Unit("teacher", layout.samples(layout.teacher_dir(here)), teacher)}
     student_values = {}
     for s in cfg.students:
         values = {**corpus, **trained(shots), "eval.max_new_tokens": cfg.eval.max_new_tokens,  # dev answers pick
                   **{f"students[{s.name}].{f.name}": _plain(getattr(s, f.name)) for f in fields(s)  # the epoch
                      if f.name not in STUDENT_SKIP}}
         student_values[s.name] = values
-        found[f"student {s.name}"] = (f"students/{s.name}", values)
+        found[f"student {s.name}"] = Unit(f"student {s.name}", layout.student_dir(here, s.name), values)
     for r in eval_runs(cfg, exp_dir):
         if r.student:
             model = {**student_values[r.student], **shots}
@@ -99,7 +106,7 @@ def units(cfg: ExperimentConfig, exp_dir: Path | None = None) -> dict[str, tuple
                   "eval.repetition_penalty": cfg.eval.repetition_penalty}
         if r.samples > 1:
             values["eval.self_consistency_temperature"] = cfg.eval.self_consistency_temperature
-        found[f"eval {r.run}"] = (f"eval/{r.dir}", values)
+        found[f"eval {r.run}"] = Unit(f"eval {r.run}", layout.run_dir(here, r.dir), values)
     return found
 
 
@@ -120,7 +127,7 @@ def display_key(cfg: ExperimentConfig, key: str) -> str:
 
 
 def _read(exp_dir: Path) -> dict[str, dict[str, Any]]:
-    path = exp_dir / FILE
+    path = layout.provenance(exp_dir)
     if not path.exists():
         return {}
     try:
@@ -142,13 +149,11 @@ def recorded_fingerprint(exp_dir: Path, name: str) -> str | None:
     return None if values is None else fingerprint(values)
 
 
-def record(exp_dir: Path, cfg: ExperimentConfig, *names: str) -> None:
-    """Note that the units ``names`` are being built from this config (called when their work starts)."""
-    current = units(cfg, exp_dir)
+def record(exp_dir: Path, unit: Unit) -> None:
+    """Note that ``unit`` is being built from its values (called when its work starts)."""
     recorded = _read(exp_dir)
-    for name in names:
-        recorded[name] = current[name][1]
-    (exp_dir / FILE).write_text(json.dumps(recorded, indent=1, sort_keys=True))
+    recorded[unit.name] = unit.values
+    write_text(layout.provenance(exp_dir), json.dumps(recorded, indent=1, sort_keys=True))
 
 
 # Student settings added after records were first written, with the value that reproduces the older behaviour: a
@@ -212,18 +217,19 @@ def check(exp_dir: Path, cfg: ExperimentConfig, stages: tuple[str, ...], config_
     if not recorded:
         return
     stale = []
-    for name, (folder, values) in units(cfg, exp_dir).items():
-        if name not in recorded or not (exp_dir / folder).exists():
+    for name, unit in units(cfg, exp_dir).items():
+        if name not in recorded or not (exp_dir / unit.folder).exists():
             continue  # new work, or work whose folder was removed: built afresh from this config
         if name == "questions" and "tasks" in stages:
             continue
-        changed = differences(recorded[name], values, name)
+        changed = differences(recorded[name], unit.values, name)
         if changed:
-            stale.append((name, folder, changed))
+            stale.append((name, unit.folder, changed))
     if not stale:
         return
-    order = list(RESTART_FOLDERS)
-    first = min((stage_of(name) for name, _, _ in stale), key=order.index)
+    from scotd.stages import NAMES, from_on
+
+    first = min((stage_of(name) for name, _, _ in stale), key=NAMES.index)
     lines = [f"{exp_dir} holds work built from other settings than this config's:"]
     for name, folder, changed in stale[:8]:
         shown = ", ".join(f"{display_key(cfg, k)} was {json.dumps(a)}, now {json.dumps(b)}" for k, a, b in changed[:4])
@@ -231,7 +237,7 @@ def check(exp_dir: Path, cfg: ExperimentConfig, stages: tuple[str, ...], config_
         lines.append(f"  {name} ({folder}): {shown}{more}")
     if len(stale) > 8:
         lines.append(f"  and {len(stale) - 8} more")
-    removed = [f + "/" for stage in order[order.index(first):] for f in RESTART_FOLDERS[stage]]
+    removed = [path + "/" for stage in from_on(first) for path in stage.removes if path not in layout.REPORT_FILES]
     lines.append(f"Redo it: scotd run {config_path} ... --restart {first} (removes {', '.join(removed)} and the "
                  "report), or give another output.dir.")
     raise StaleWorkError("\n".join(lines))
@@ -240,22 +246,24 @@ def check(exp_dir: Path, cfg: ExperimentConfig, stages: tuple[str, ...], config_
 def restart(exp_dir: Path, stage: str) -> list[str]:
     """Remove the outputs of ``stage`` and of every later stage, and their records; returns the paths removed
     (relative to the experiment folder)."""
-    order = list(RESTART_FOLDERS)
-    if stage not in order:
-        raise ConfigError(f"--restart {stage}: not a stage; stages: {', '.join(order)}")
+    from scotd.stages import NAMES, from_on
+
+    if stage not in NAMES:
+        raise ConfigError(f"--restart {stage}: not a stage; stages: {', '.join(NAMES)}")
     removed = []
-    for later in order[order.index(stage):]:
-        for folder in RESTART_FOLDERS[later]:
-            if (exp_dir / folder).exists():
-                shutil.rmtree(exp_dir / folder)
-                removed.append(folder)
-    forget(exp_dir, order[order.index(stage):])
-    for name in REPORT_FILES:  # the report stage's own files only: a user's report-notes.txt stays
-        if (exp_dir / name).is_file():
-            (exp_dir / name).unlink()
+    for later in from_on(stage):
+        for name in later.removes:  # the stages' own outputs only: a user's report-notes.txt stays
+            path = exp_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.is_file():
+                path.unlink()
+            else:
+                continue
             removed.append(name)
+    forget(exp_dir, [key for later in from_on(stage) for key in later.sizes])
     recorded = _read(exp_dir)
     if recorded:
-        kept = {k: v for k, v in recorded.items() if order.index(stage_of(k)) < order.index(stage)}
-        (exp_dir / FILE).write_text(json.dumps(kept, indent=1, sort_keys=True))
+        kept = {k: v for k, v in recorded.items() if NAMES.index(stage_of(k)) < NAMES.index(stage)}
+        write_text(layout.provenance(exp_dir), json.dumps(kept, indent=1, sort_keys=True))
     return removed

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 
-from scotd import provenance
+from scotd import layout, provenance
 from scotd.cards import write_model_cards
 from scotd.report_inputs import ReportError, eval_questions, read_predictions
 from scotd.report_markdown import render_markdown
 from scotd.runs import EvalRun, eval_runs
+from scotd.schema import write_text
 from scotd.scoring import answers_match, bootstrap_interval, mcnemar_p, metrics_of, paired_bootstrap, wilson_interval
 
 if TYPE_CHECKING:
@@ -68,10 +69,10 @@ def build_report(exp_dir: Path, runs: list[EvalRun], fingerprints: dict[str, str
         root = Path(spec.get("experiment_dir", exp_dir))
         if root not in expected:
             expected[root] = eval_questions(root)
-        path = root / "eval" / spec["dir"] / "predictions.parquet"
+        run_dir = layout.run_dir(root, spec["dir"])
+        path = layout.predictions(run_dir)
         preds = read_predictions(path, expected[root], (fingerprints or {}).get(spec["dir"]))
-        settings = json.loads((path.parent / "metrics.json").read_text()) if (path.parent / "metrics.json").exists() \
-            else {}
+        settings = json.loads(layout.metrics(run_dir).read_text()) if layout.metrics(run_dir).exists() else {}
         correct_by_run[spec["run"]] = {p["question_id"]: bool(p["correct"]) for p in preds}
         m = metrics_of(preds)
         low, high = wilson_interval(m["correct"], m["total"])
@@ -115,7 +116,7 @@ def build_report(exp_dir: Path, runs: list[EvalRun], fingerprints: dict[str, str
 def experiment_files(root: Path) -> dict:
     """The corpus summary and stage wall times of one experiment folder, where present."""
     out = {}
-    for key, path in (("corpus", root / "corpus" / "summary.json"), ("stage_seconds", root / "timings.json")):
+    for key, path in (("corpus", layout.summary(layout.corpus_dir(root))), ("stage_seconds", layout.timings(root))):
         if path.exists():
             out[key] = json.loads(path.read_text())
     return out
@@ -125,9 +126,9 @@ def judge_results(exp_dir: Path, root: Path, experiment: str | None) -> list[dic
     """The judge summaries of one experiment folder, each naming its verdicts file; in a combined report the runs
     carry their experiment's name, as in the main table."""
     out = []
-    for path in sorted((root / "judge").glob("*/summary.json")):
-        summary = {**json.loads(path.read_text()), "verdicts": os.path.relpath(path.with_name("verdicts.parquet"),
-                                                                                exp_dir)}
+    for path in layout.pair_summaries(root):
+        verdicts = layout.pair_file(path.parent, "verdicts.parquet")
+        summary = {**json.loads(path.read_text()), "verdicts": os.path.relpath(verdicts, exp_dir)}
         if experiment is not None:
             summary.update(a=f"{experiment}/{summary['a']}", b=f"{experiment}/{summary['b']}")
         out.append(summary)
@@ -140,17 +141,17 @@ def kept_per_question(root: Path, spec: dict) -> float | None:
     student's setting. None for label-only students and when the files are missing."""
     if spec.get("kind") != "scotd":
         return None
-    meta = root / "students" / spec["student"] / "model" / "scotd_student.json"
+    meta = layout.student_meta(layout.student_model(layout.student_dir(root, spec["student"])))
     selection = json.loads(meta.read_text()).get("selection", {}) if meta.exists() else {}
     if "per_question" in selection:
         return selection["per_question"]
     if spec.get("selector", "all") != "all":
         return None
-    main = root / "corpus" / "summary.json"
+    main = layout.summary(layout.corpus_dir(root))
     summary = json.loads(main.read_text()) if main.exists() else {}
     setting = spec.get("setting") or summary.get("setting")
     if summary.get("setting") != setting:
-        other = root / "corpus" / str(setting) / "summary.json"
+        other = layout.summary(layout.corpus_dir(root, str(setting)))
         summary = json.loads(other.read_text()) if other.exists() else {}
     return summary.get("mean_kept_per_question")
 
@@ -262,7 +263,7 @@ def checkpoint_selection(exp_dir: Path, rows: list[dict]) -> list[dict]:
     for r in rows:
         if r.get("extra") or "student" not in r:
             continue
-        path = Path(r.get("experiment_dir", exp_dir)) / "students" / r["student"] / "checkpoints.json"
+        path = layout.checkpoints(layout.student_dir(Path(r.get("experiment_dir", exp_dir)), r["student"]))
         chosen = json.loads(path.read_text()) if path.exists() else {}
         accuracy = {r["checkpoint"]: r["accuracy"]}
         accuracy.update({x["checkpoint"]: x["accuracy"] for x in rows
@@ -281,7 +282,7 @@ def stage_report(exp: Experiment) -> dict:
     started = time.monotonic()
     runs = eval_runs(exp.cfg, exp.dir)
     fingerprints = {run.dir: found for run in runs
-                    if (found := provenance.recorded_fingerprint(exp.dir, f"eval {run.run}"))}
+                    if (found := provenance.recorded_fingerprint(exp.dir, f"eval {run.run}"))}  # as recorded
     report = write_report(exp.dir, runs, own_seconds=lambda: time.monotonic() - started, fingerprints=fingerprints)
     cards = write_model_cards(exp.dir, exp.cfg, report["rows"] + report["extra_rows"])
     exp.tracker.log_metrics({f"eval.{r['dir']}.{key}": value for r in report["rows"] + report["extra_rows"]
@@ -300,24 +301,26 @@ def write_report(exp_dir: Path, runs: list[EvalRun], own_seconds=None, fingerpri
 
     exp_dir.mkdir(parents=True, exist_ok=True)
     report = build_report(exp_dir, runs, fingerprints)
+    plots = layout.REPORT_PLOTS
     if report["rows"]:
-        plot_accuracy(report, exp_dir / "report.png")
-        report["chart"] = "report.png"
+        plot_accuracy(report, layout.report(exp_dir, plots["accuracy"]))
+        report["chart"] = plots["accuracy"]
     study = report["studies"]
     if study["methods"]:
-        plot_study(study["methods"], "method", exp_dir / "report-methods.png",
+        plot_study(study["methods"], "method", layout.report(exp_dir, plots["methods"]),
                    "accuracy by method and student model", series="model")
-        report["chart_methods"] = "report-methods.png"
+        report["chart_methods"] = plots["methods"]
     if study["n_curve"]:
-        plot_study(study["n_curve"], "n", exp_dir / "report-n-curve.png", "accuracy against N")
-        report["chart_n_curve"] = "report-n-curve.png"
+        plot_study(study["n_curve"], "n", layout.report(exp_dir, plots["n_curve"]), "accuracy against N")
+        report["chart_n_curve"] = plots["n_curve"]
     if study["selectors"]:
-        plot_study(study["selectors"], "selector", exp_dir / "report-selectors.png", "accuracy by corpus selector")
-        report["chart_selectors"] = "report-selectors.png"
+        plot_study(study["selectors"], "selector", layout.report(exp_dir, plots["selectors"]),
+                   "accuracy by corpus selector")
+        report["chart_selectors"] = plots["selectors"]
     if own_seconds is not None and "stage_seconds" in report:
         report["stage_seconds"]["report"] = round(own_seconds(), 1)
-    (exp_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (exp_dir / "report.md").write_text(render_markdown(report))
+    write_text(layout.report(exp_dir, layout.REPORT_JSON), json.dumps(report, indent=2))
+    write_text(layout.report(exp_dir), render_markdown(report))
     return report
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from scotd import layout
 from scotd.prompts import score_answer
 from scotd.tasks import Question
 
@@ -70,7 +71,7 @@ def eval_questions(root: Path) -> dict[str, Question] | None:
     (a ``ReportError`` names it when it cannot be read)."""
     from scotd.schema import QUESTION_SCHEMA, read_table
 
-    path = root / "questions" / "eval.parquet"
+    path = layout.questions(root, "eval")
     if not path.is_file():
         return None
     try:

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 def render_markdown(report: dict) -> str:
+    """report.md: each section of ``SECTIONS`` in turn (a section with nothing to show adds no lines)."""
+    return "\n".join(line for section in SECTIONS for line in section(report)) + "\n"
+
+
+def _main_table(report: dict) -> list[str]:
+    """The title and the main table: each run's accuracy with its intervals."""
     lines = [f"# scotd report: {report['experiment']}", "",
              "Greedy accuracy on the evaluation split; 95 % intervals: Wilson score and percentile bootstrap "
              "(2,000 resamples of the questions).", "",
@@ -15,6 +21,12 @@ def render_markdown(report: dict) -> str:
                      f"{100 * low:.1f}-{100 * high:.1f} | {100 * b_low:.1f}-{100 * b_high:.1f} | "
                      f"{r['correct']} / {r['total']} | {failures_cell(r)} |")
     lines += budget_lines(report["rows"])
+    return lines
+
+
+def _free_form(report: dict) -> list[str]:
+    """Strict and flexible scores of free-form answers."""
+    lines: list[str] = []
     free = [r for r in report["rows"] if "free_form" in r]
     if free:
         lines += ["", "Free-form answers: strict reads the number after the answer phrase (the accuracy above); "
@@ -22,6 +34,12 @@ def render_markdown(report: dict) -> str:
                   "| run | free-form questions | strict | flexible |", "|---|---|---|---|"]
         lines += [f"| {r['run']} | {r['free_form']['questions']} | {100 * r['free_form']['strict']:.1f} % | "
                   f"{100 * r['free_form']['flexible']:.1f} % |" for r in free]
+    return lines
+
+
+def _by_task(report: dict) -> list[str]:
+    """Accuracy per task, and of each method per task, where there are several tasks."""
+    lines: list[str] = []
     tasks = sorted({t for r in report["rows"] for t in r["by_task"]})
     if len(tasks) > 1:
         lines += ["", "## By task", "", "Accuracy per task (contrast sets and held-out tasks are tasks of their own).", "",
@@ -37,8 +55,20 @@ def render_markdown(report: dict) -> str:
         for x in report["method_by_task"]:
             cells = [f"{100 * x['by_task'][t]:.1f} %" if t in x["by_task"] else "" for t in tasks]
             lines.append(f"| {x['model']} | {x['method']} | {x['run']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _chart(report: dict) -> list[str]:
+    """The accuracy chart."""
+    lines: list[str] = []
     if report.get("chart"):
         lines += ["", f"![accuracy by run]({report['chart']})"]
+    return lines
+
+
+def _differences(report: dict) -> list[str]:
+    """SCoTD rows against the others: paired differences and McNemar's test."""
+    lines: list[str] = []
     differences = report.get("differences")
     if differences:
         lines += ["", "## SCoTD against the other rows", "",
@@ -52,7 +82,13 @@ def render_markdown(report: dict) -> str:
                          f"{100 * b_low:+.1f} to {100 * b_high:+.1f} | {d['only_run_right']} "
                          f"| {d['only_versus_right']} | {d['p_value']:.3f} | "
                          f"{'within noise' if d['within_noise'] else 'significant'} |")
+    return lines
+
+
+def _methods(report: dict) -> list[str]:
+    """Accuracy by method and student model."""
     study = report.get("studies", {})
+    lines: list[str] = []
     if study.get("methods"):
         models = list(dict.fromkeys(x["model"] for x in study["methods"]))
         names = list(dict.fromkeys(x["method"] for x in study["methods"]))
@@ -63,6 +99,13 @@ def render_markdown(report: dict) -> str:
                                           for mo in models) + " |" for m in names]
         if report.get("chart_methods"):
             lines += ["", f"![accuracy by method and student model]({report['chart_methods']})"]
+    return lines
+
+
+def _n_curve(report: dict) -> list[str]:
+    """The N-curve: accuracy against rationales per question."""
+    study = report.get("studies", {})
+    lines: list[str] = []
     if study.get("n_curve"):
         lines += ["", "## Rationales per question (N-curve)", "",
                   "SCoTD students trained on the first N samples of each question (after filtering), compared within "
@@ -71,6 +114,13 @@ def render_markdown(report: dict) -> str:
         lines += [f"| {x['group']} | {x['n']} | {x['run']} | {100 * x['accuracy']:.1f} % |" for x in study["n_curve"]]
         if report.get("chart_n_curve"):
             lines += ["", f"![accuracy against N]({report['chart_n_curve']})"]
+    return lines
+
+
+def _selectors(report: dict) -> list[str]:
+    """Accuracy by corpus selector."""
+    study = report.get("studies", {})
+    lines: list[str] = []
     if study.get("selectors"):
         lines += ["", "## Corpus selectors", "",
                   "Same sampled corpus, different rationales kept per question, compared within one student model and "
@@ -84,6 +134,12 @@ def render_markdown(report: dict) -> str:
                          f"{'' if kept is None else f'{kept:.2f}'} | {x['run']} | {100 * x['accuracy']:.1f} % |")
         if report.get("chart_selectors"):
             lines += ["", f"![accuracy by selector]({report['chart_selectors']})"]
+    return lines
+
+
+def _judge(report: dict) -> list[str]:
+    """The pairwise judge's verdicts."""
+    lines: list[str] = []
     if report.get("judge"):
         lines += ["", "## Rationale quality (pairwise judge)", "",
                   "The judge compared the two runs' rationales for each question both answered with one, shown in a "
@@ -95,6 +151,12 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {j['a']} | {j['b']} | {j['judge']} | {j['pairs']} | {j['wins_a']} | {j['wins_b']} | "
                          f"{j['ties']} | {j['unparsed']} | {j['p_value']:.3f} | "
                          f"{'within noise' if j['within_noise'] else 'significant'} |")
+    return lines
+
+
+def _trained_on(report: dict) -> list[str]:
+    """What each student trained on: sequences, distinct rationales, tokens."""
+    lines: list[str] = []
     selection = [c for c in report.get("checkpoints", []) if c["samples"] == 1]
     trained = [c for c in selection if c.get("seen")]
     if trained:
@@ -109,6 +171,13 @@ def render_markdown(report: dict) -> str:
             count = lambda v: "?" if v is None else f"{v:,}"  # noqa: E731
             lines.append(f"| {c['run']} | {seen['epochs']} | {seen['each_epoch']} | {count(seen['sequences'])} | "
                          f"{count(seen['distinct_rationales'])} | {count(seen['tokens'])} | {seen['ended_by']} |")
+    return lines
+
+
+def _checkpoints(report: dict) -> list[str]:
+    """Dev accuracy per epoch and the checkpoint shown."""
+    selection = [c for c in report.get("checkpoints", []) if c["samples"] == 1]
+    lines: list[str] = []
     if any(c["dev"] for c in selection):
         lines += ["", "## Checkpoint selection", "",
                   "Each student's dev accuracy (greedy, on questions held out of training) after every epoch; the "
@@ -127,6 +196,12 @@ def render_markdown(report: dict) -> str:
                          f"{c['last_epoch']} | {c['shown']} | {cell(best)} | {cell(last)} |")
     else:
         lines += ["", "Students are shown at their last checkpoint (no dev split configured: tasks[].max_dev)."]
+    return lines
+
+
+def _corpus(report: dict) -> list[str]:
+    """The corpus counts and the teacher's cost per kept rationale."""
+    lines: list[str] = []
     corpus = report.get("corpus")
     if corpus:
         lines += ["", "## Corpus", "", corpus_line(corpus)]
@@ -136,6 +211,12 @@ def render_markdown(report: dict) -> str:
             lines.append(f"The teacher's cost per kept rationale: {corpus['tokens_per_kept_rationale']:.0f} generated "
                          "tokens" + (f", {teacher_s / corpus['kept']:.2f} s of the teacher stage" if teacher_s else "")
                          + f" ({corpus['samples_per_question']:.2f} samples per question).")
+    return lines
+
+
+def _timings(report: dict) -> list[str]:
+    """Wall time per stage, and the experiments of a combined report."""
+    lines: list[str] = []
     stages = report.get("stage_seconds")
     if stages:
         lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
@@ -146,13 +227,23 @@ def render_markdown(report: dict) -> str:
             seconds = sum(e.get("stage_seconds", {}).values())
             lines.append(f"| {e['name']} | {e['dir']} | {corpus_line(e['corpus']) if e.get('corpus') else ''} | "
                          f"{f'{seconds:.0f} s' if seconds else ''} |")
+    return lines
+
+
+def _sources(report: dict) -> list[str]:
+    """The file each figure is recomputed from."""
+    lines: list[str] = []
     lines += ["", "## Sources", "",
               "Every accuracy above is recomputed from the predictions file of its run (paths relative to this "
               "report's folder); the judge's counts from its verdicts file.", "",
               "| run | predictions file |", "|---|---|"]
     lines += [f"| {r['run']} | {r['predictions']} |" for r in report["rows"] + report.get("extra_rows", [])]
     lines += [f"| judge: {j['a']} vs {j['b']} | {j['verdicts']} |" for j in report.get("judge", []) if "verdicts" in j]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+SECTIONS = (_main_table, _free_form, _by_task, _chart, _differences, _methods, _n_curve, _selectors, _judge,
+            _trained_on, _checkpoints, _corpus, _timings, _sources)
 
 
 def failures_cell(r: dict) -> str:

@@ -13,9 +13,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from scotd.config import ExperimentConfig
+from scotd import layout
+
+if TYPE_CHECKING:  # a type only: scotd.config checks its run folders with this module
+    from scotd.config import ExperimentConfig
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class EvalRun:
     shots: int = 0  # exemplars before each question (an untrained student prompted few-shot)
     extra: bool = False  # only in the checkpoint-selection table, not a main row
     student: str | None = None
-    model_subdir: str = "model"
+    model_subdir: str = layout.MODEL
     checkpoint: Literal["best", "last"] | None = None
     epoch: int | None = None
     selector: str | None = None
@@ -99,7 +102,7 @@ def eval_runs(cfg: ExperimentConfig, exp_dir: Path | None = None) -> list[EvalRu
     for s in cfg.students:
         student = EvalRun(s.name, s.method, s.model, student=s.name, selector=s.selector, selector_k=s.selector_k,
                           setting=cfg.student_setting(s), num_samples=cfg.teacher.num_samples)
-        path = exp_dir / "students" / s.name / "checkpoints.json" if exp_dir else None
+        path = layout.checkpoints(layout.student_dir(exp_dir, s.name)) if exp_dir else None
         chosen = json.loads(path.read_text()) if path and path.exists() else None
         if not chosen or chosen["best_epoch"] in (None, chosen["last_epoch"]):
             runs.append(dataclasses.replace(student, checkpoint="best" if chosen and chosen["best_epoch"] else "last",
@@ -107,7 +110,7 @@ def eval_runs(cfg: ExperimentConfig, exp_dir: Path | None = None) -> list[EvalRu
             continue
         both = {"last": dataclasses.replace(student, checkpoint="last", epoch=chosen["last_epoch"]),
                 "best": dataclasses.replace(student, checkpoint="best", epoch=chosen["best_epoch"],
-                                            model_subdir="model-best")}
+                                            model_subdir=layout.MODEL_BEST)}
         shown = cfg.eval.checkpoint
         other = "last" if shown == "best" else "best"
         runs.append(dataclasses.replace(both[shown], dir=run_dir_name(f"{s.name}@{shown}")))

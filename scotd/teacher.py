@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -20,12 +19,12 @@ import pyarrow.parquet as pq
 from scotd.config import OutputConfig, ResourcesConfig, TeacherConfig
 from scotd.inference import (EngineStats, Sampling, engine_spec, generate_rows, question_seed,
                              throughput_counters)
-from scotd import provenance
+from scotd import layout, provenance
 from scotd.diversity import diversity
 from scotd.fit import too_long
 from scotd.limits import warn_if_cut
 from scotd.prompts import Exemplar, gold_key, mark_cut, parse_answer, stop_strings, teacher_prompt
-from scotd.schema import SAMPLE_SCHEMA, read_parquet_files, to_table, write_table
+from scotd.schema import SAMPLE_SCHEMA, read_parquet_files, to_table, write_table, write_text
 from scotd.scoring import answers_match
 from scotd.tasks import Question
 from scotd.tracking import numbers
@@ -103,7 +102,7 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
     n = cfg.num_samples if num_samples is None else num_samples
     # One block per engine call by default: with a slow teacher, a crash loses at most the calls in flight.
     block_questions = block_questions or cfg.batch_size
-    samples_dir = out_dir / "samples"
+    samples_dir = layout.samples(out_dir)
     samples_dir.mkdir(parents=True, exist_ok=True)
     done = finished_question_ids(samples_dir)
     pending = [q for q in questions if q.id not in done]
@@ -131,7 +130,7 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
             break
         requests = [to_request(q, exemplars[q.task], cfg, n) for q in wave]
         _sample(requests, spec, sampling, cfg, resources, samples_dir, block_questions, on_block, totals, engines,
-                samples_per_request=rounds or n, expected_tokens=expected_tokens)
+                expected_tokens=expected_tokens)
         sampled_now += len(wave)
         pending = pending[len(wave):]
     ended, ended_at = time.monotonic(), time.time()
@@ -142,7 +141,7 @@ def sample_rationales(questions: list[Question], exemplars: dict[str, list[Exemp
         # From the first engine call's start to the end: engine start-up excluded, all stage overheads included.
         summary["steady_generated_tokens_per_s"] = totals["generated_tokens"] / (ended_at - engines.first_call_at)
         summary.update(engines.summary())
-    (out_dir / "sampling_summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(layout.sampling_summary(out_dir), json.dumps(summary, indent=2))
     cut = summary["cut_at_limit"]
     log.info("teacher: %d samples of %d questions, per-sample accuracy %.1f%%, parse failures %d (%d cut at "
              "teacher.max_new_tokens=%d)", summary["samples"], summary["questions"], 100 * summary["sample_accuracy"],
@@ -169,14 +168,13 @@ def budget_wave(pending: list[Question], used: int, budget: int, n: int, mean: f
 
 def _sample(requests: list[dict], spec, sampling: Sampling, cfg: TeacherConfig, resources: ResourcesConfig,
             samples_dir: Path, block_questions: int, on_block, totals: dict, engines: EngineStats, *,
-            samples_per_request: int, expected_tokens: float | None) -> None:
+            expected_tokens: float | None) -> None:
     """One pass of the engines over ``requests``: rows parsed into samples, written in blocks of whole questions."""
     counters = throughput_counters()
     by_question: dict[str, list[dict]] = {}
     complete: list[dict] = []
     for batch in generate_rows(requests, spec, sampling, cfg, num_cpus=resources.engine_cpus, run="teacher",
-                               label="teacher", concurrent_batches=cfg.concurrent_batches,
-                               samples_per_request=samples_per_request, expected_tokens=expected_tokens):
+                               label="teacher", expected_tokens=expected_tokens):
         for i in range(len(batch["question_id"])):
             row = {k: batch[k][i] for k in batch}
             totals["samples"] += 1
@@ -219,7 +217,7 @@ def warn_if_repeated(found: dict, n: int, share: float = 0.5) -> None:
 
 def _write_block(samples_dir: Path, rows: list[dict]) -> Path:
     rows.sort(key=lambda r: (r["question_id"], r["sample_index"]))
-    path = samples_dir / f"block-{int(time.time())}-{uuid.uuid4().hex[:8]}.parquet"
+    path = layout.new_block(samples_dir, "block")
     write_table(to_table(rows, SAMPLE_SCHEMA), path)
     return path
 
@@ -259,8 +257,8 @@ def stage_teacher(exp: Experiment) -> dict:
     """The teacher's samples of every training question whose prompt fits its engine (and its greedy rationales when
     the config asks), with the token budget sized from the exemplars when unset."""
     cfg = replace(exp.cfg.teacher, max_new_tokens=exp.teacher_tokens())
-    provenance.record(exp.dir, exp.cfg, "teacher")
-    local = exp.resolve_model(cfg.model)
+    provenance.record(exp.dir, provenance.units(exp.cfg, exp.dir)["teacher"])
+    local = exp.model_path(cfg.model)
     model = exp.engine_model(local)
     shots = exp.all_exemplars()
     questions = exp.questions("train")
@@ -270,12 +268,12 @@ def stage_teacher(exp: Experiment) -> dict:
     push = lambda block: exp.mirror.push(str(block.relative_to(exp.dir)))  # noqa: E731 - each block as written
     exemplar_tokens = exp.exemplar_answer_tokens()
     expected = sum(exemplar_tokens) / len(exemplar_tokens) if exemplar_tokens else None
-    summary = sample_rationales(questions, shots, cfg, exp.cfg.resources, model, exp.dir / "teacher", on_block=push,
-                                cache_dir=exp.cfg.output.cache_dir, expected_tokens=expected)
+    summary = sample_rationales(questions, shots, cfg, exp.cfg.resources, model, layout.teacher_dir(exp.dir),
+                                on_block=push, cache_dir=exp.cfg.output.cache_dir, expected_tokens=expected)
     summary["questions_left_out_prompt_too_long"] = len(left_out)
     if cfg.greedy_rationales:
         summary["greedy"] = sample_rationales(questions, shots, cfg, exp.cfg.resources, model,
-                                              exp.dir / "teacher" / "greedy", num_samples=1, temperature=0.0,
+                                              layout.teacher_dir(exp.dir, greedy=True), num_samples=1, temperature=0.0,
                                               on_block=push, cache_dir=exp.cfg.output.cache_dir,
                                               expected_tokens=expected)
     exp.tracker.log_metrics(numbers(summary, "teacher"))

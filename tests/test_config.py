@@ -36,7 +36,7 @@ def test_heldout_configs_train_on_a_mix_and_evaluate_an_original_and_its_contras
 
 def test_heldout_tiny_tasks_stage_keeps_the_heldout_task_out_of_training(tmp_path, shared_data):
     from scotd.experiment import Experiment
-    from scotd.tasks.stage import stage_tasks
+    from scotd.tasks_stage import stage_tasks
     from scotd.schema import QUESTION_SCHEMA, read_table
 
     cfg = load_config(REPO / "configs" / "heldout-tiny.yaml",
@@ -253,9 +253,9 @@ def test_a_key_given_twice_in_the_yaml_is_an_error(tmp_path):
 def test_sizes_for_a_cpu_without_native_bf16_apply_there_before_the_command_line(monkeypatch):
     """configs/demo.yaml's without_native_bf16 values, on either CPU class (the detection is the one stand-in:
     the machine running the tests has one class)."""
-    import scotd.inference.spec as spec
+    import scotd.cpu as cpu
 
-    monkeypatch.setattr(spec, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(cpu, "cpu_has_bf16", lambda: False)
     plain = load_config(REPO / "configs" / "demo.yaml")
     assert plain.cpu_sized and plain.teacher.num_samples == 1 and plain.tasks[0].max_train == 256
     assert (plain.tasks[0].max_eval, plain.tasks[1].max_eval) == (225, 75)
@@ -263,17 +263,17 @@ def test_sizes_for_a_cpu_without_native_bf16_apply_there_before_the_command_line
     assert given.teacher.num_samples == 3 and given.tasks[0].max_train == 256  # the command line wins
     saved = load_config(REPO / "configs" / "demo.yaml", check_training=False)
     assert not saved.cpu_sized and saved.teacher.num_samples == 4  # a finished folder's config is read as saved
-    monkeypatch.setattr(spec, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(cpu, "cpu_has_bf16", lambda: True)
     native = load_config(REPO / "configs" / "demo.yaml")
     assert not native.cpu_sized and native.teacher.num_samples == 4 and native.tasks[0].max_eval == 450
 
 
 def test_a_sized_config_is_not_sized_twice_and_bad_sizes_name_the_section(monkeypatch, tmp_path):
-    import scotd.inference.spec as spec
+    import scotd.cpu as cpu
 
     from scotd.config import dump_config
 
-    monkeypatch.setattr(spec, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(cpu, "cpu_has_bf16", lambda: False)
     saved = tmp_path / "config.yaml"
     saved.write_text(dump_config(load_config(REPO / "configs" / "demo.yaml", ["teacher.num_samples=2"])))
     again = load_config(saved)  # a rerun from the experiment's own config.yaml keeps what it ran with

@@ -10,12 +10,12 @@ from scotd.config import load_config
 from scotd.evaluate import score
 from scotd.experiment import Experiment
 from scotd.runs import eval_runs
-from scotd.tasks.stage import stage_tasks
+from scotd.tasks_stage import stage_tasks
 from scotd.prompts import cut_at_stop, gold_key, stop_strings, student_prompt
 from scotd.report import write_report
 from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
 from scotd.student.model import dev_metrics
-from scotd.student.train import best_key
+from scotd.student.settings import best_key
 from scotd.tasks import Question, carve_dev, load_questions
 
 

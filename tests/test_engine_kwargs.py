@@ -61,10 +61,10 @@ def test_build_llm_passes_them_to_vllm_last(monkeypatch):
 def test_they_count_in_what_the_teacher_samples_were_built_from():
     cfg = load_config(DEMO)
     quantized = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, engine_kwargs={"quantization": "fp8"}))
-    assert "teacher.engine_kwargs" not in provenance.units(cfg)["teacher"][1]  # as records made before the key
-    changed = provenance.differences(provenance.units(cfg)["teacher"][1], provenance.units(quantized)["teacher"][1])
+    assert "teacher.engine_kwargs" not in provenance.units(cfg)["teacher"].values  # as records made before the key
+    changed = provenance.differences(provenance.units(cfg)["teacher"].values, provenance.units(quantized)["teacher"].values)
     assert changed == [("teacher.engine_kwargs", "(absent)", {"quantization": "fp8"})]
-    assert provenance.units(quantized)["eval teacher"][1]["teacher.engine_kwargs"] == {"quantization": "fp8"}
+    assert provenance.units(quantized)["eval teacher"].values["teacher.engine_kwargs"] == {"quantization": "fp8"}
 
 
 def test_a_student_is_evaluated_inside_its_chat_template_only_if_it_trained_in_one():

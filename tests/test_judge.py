@@ -134,16 +134,16 @@ def test_people_verdicts_are_tallied_like_the_judge(tmp_path):
 
 def test_a_judged_pair_is_reused_without_an_engine(tmp_path):
     """A rerun finds the pair folder's summary.json (written last) and returns it: no engine starts (spec=None)."""
-    from scotd.judge import _write_jsonl, judge_runs, pair_dir_name
+    from scotd.judge import _write_jsonl, judge_runs
 
     a, b = "s", "t"
     judged = make_pairs(QUESTIONS, a, b, preds(a, texts_of("x", 5)), preds(b, texts_of("y", 5)), seed=0)
-    folder = tmp_path / pair_dir_name(a, b)
+    folder = tmp_path / "s__vs__t"
     folder.mkdir()
     _write_jsonl(folder / "pairs.jsonl", judged)
     (folder / "summary.json").write_text(json.dumps({"a": a, "b": b, "pairs": 5}))
     summary = judge_runs(list(QUESTIONS.values()), a, b, preds(a, texts_of("p", 8)), preds(b, texts_of("q", 8)),
-                         None, None, out_dir=tmp_path, num_cpus=1)
+                         None, None, judge_dir=tmp_path, num_cpus=1)
     assert summary == {"a": a, "b": b, "pairs": 5}
     assert not list(folder.glob(".*.tmp"))
 

@@ -72,8 +72,14 @@ def experiment(tmp_path, shared_data):
 def test_evaluation_budget_sized_from_the_corpus_is_kept_and_written_into_config_yaml(experiment):
     from scotd import pipeline
 
+    from scotd import prepare
+
     exp, args = experiment
     assert exp.cfg.eval.max_new_tokens is None
+    with pytest.raises(RuntimeError, match="eval.max_new_tokens is unset and not sized yet"):
+        exp.eval_tokens()  # a getter only reads: the stages' preparation sizes the budget
+    assert not (exp.dir / "limits.json").exists()
+    prepare.eval_budget(exp)
     assert exp.eval_tokens() == 140
     assert json.loads((exp.dir / "limits.json").read_text()) == {"eval.max_new_tokens": 140}
     saved = load_config(exp.dir / "config.yaml")
@@ -131,7 +137,7 @@ def test_evaluation_marks_cut_answers_and_left_out_questions(ray_cluster, shared
     spec = engine_spec(engine, str(model))
     with caplog.at_level(logging.INFO, logger="scotd"):
         metrics = evaluate_run(EvalRun("teacher", "teacher", str(model)), questions, lambda q: teacher_prompt(q, shots),
-                               spec, engine, max_new_tokens=3, num_cpus=1, out_dir=tmp_path / "eval",
+                               spec, engine, max_new_tokens=3, num_cpus=1, run_dir=tmp_path / "eval" / "teacher",
                                left_out={questions[0].id})
     rows = pq.read_table(tmp_path / "eval" / "teacher" / "predictions.parquet").to_pylist()
     reasons = {r["question_id"]: r["parse_error"] for r in rows}

@@ -8,7 +8,7 @@ import pytest
 from scotd.config import load_config
 from scotd.experiment import Experiment
 from scotd.runs import eval_runs
-from scotd.tasks.stage import stage_tasks
+from scotd.tasks_stage import stage_tasks
 from scotd.prompts import load_exemplars
 
 
@@ -37,7 +37,7 @@ def test_tasks_stage_removes_exemplar_questions_and_caps(tmp_path):
 
 
 def test_offline_source_needs_a_split(tmp_path):
-    from scotd.tasks.stage import load_task_split
+    from scotd.tasks_stage import load_task_split
 
     cfg = load_config(write_cfg(tmp_path, "offline:bigbench-qasc"))
     with pytest.raises(ValueError, match=r"tasks\.q\.train: 'offline:bigbench-qasc': expected offline:<dataset>"):

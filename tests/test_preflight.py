@@ -53,13 +53,13 @@ def test_expected_time_grows_with_the_work_and_is_unknown_without_sizes(tmp_path
 
 
 def test_the_line_names_class_dtypes_and_expected_time(tmp_path, monkeypatch):
-    import scotd.inference.spec as spec
+    import scotd.cpu as cpu
 
     cfg = load_config(DEMO, [f"output.cache_dir={tmp_path}"], check_training=False)
     amx = summary_line(cfg, sums(), "amx")
     assert amx.startswith("machine: CPU AMX (native bf16); engines bfloat16, students bf16 autocast; expected ~")
     assert "for this config (rates of make demo on a 2-core AMX CPU, 2026-12-06)" in amx
-    monkeypatch.setattr(spec, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(cpu, "cpu_has_bf16", lambda: False)
     sized = load_config(DEMO, [f"output.cache_dir={tmp_path}"])  # the demo's sizes for a CPU without native bf16
     avx2 = summary_line(sized, sums(), "avx2")
     assert avx2.startswith("machine: CPU AVX2 without native bf16; engines float32, students float32; expected ~")

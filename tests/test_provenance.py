@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from scotd import pipeline, provenance
+from scotd import layout, pipeline, provenance, stages
 from scotd.cli import main
 from scotd.config import load_config
 from tests.conftest import REPO
@@ -28,16 +28,16 @@ def finished(tmp_path, shared_data):
                              f"tasks.0.train={csqa / 'train_rand_split.jsonl'}",
                              f"tasks.0.eval={csqa / 'dev_rand_split.jsonl'}"])
     exp = pipeline.run(cfg, ("tasks",))
-    names = [n for n in provenance.units(cfg, exp.dir) if n != "questions"]
-    for name in names:
-        (exp.dir / provenance.units(cfg, exp.dir)[name][0]).mkdir(parents=True)
-    provenance.record(exp.dir, cfg, *names)
+    for name, unit in provenance.units(cfg, exp.dir).items():
+        if name != "questions":
+            (exp.dir / unit.folder).mkdir(parents=True)
+            provenance.record(exp.dir, unit)
     return cfg, exp.dir
 
 
 def test_the_same_config_reuses_everything(finished):
     cfg, folder = finished
-    provenance.check(folder, cfg, pipeline.STAGES)  # no error
+    provenance.check(folder, cfg, stages.NAMES)  # no error
 
 
 @pytest.mark.parametrize("override, unit, key, first", [
@@ -57,7 +57,7 @@ def test_a_changed_setting_is_refused_naming_the_key_and_the_restart(finished, o
     else:
         cfg = replace(cfg, **{section: replace(getattr(cfg, section), **values)})
     with pytest.raises(provenance.StaleWorkError) as err:
-        provenance.check(folder, cfg, pipeline.STAGES, "configs/tiny.yaml")
+        provenance.check(folder, cfg, stages.NAMES, "configs/tiny.yaml")
     message = str(err.value)
     assert f"  {unit}: " in message and key in message, message
     assert f"Redo it: scotd run configs/tiny.yaml ... --restart {first} (removes" in message
@@ -68,7 +68,7 @@ def test_engine_sizes_and_new_students_are_not_changes(finished):
     more = replace(cfg, teacher=replace(cfg.teacher, batch_size=3, cpu_kvcache_gb=2, max_replicas=2),
                    students=(*cfg.students, replace(cfg.students[0], name="scotd-2", epochs=9)),
                    eval=replace(cfg.eval, batch_size=5))
-    provenance.check(folder, more, pipeline.STAGES)
+    provenance.check(folder, more, stages.NAMES)
 
 
 def test_work_whose_folder_is_gone_is_built_again_not_refused(finished):
@@ -91,7 +91,7 @@ def test_changed_questions_count_only_when_the_tasks_stage_is_not_rerun(finished
     for name in ("students", "eval"):
         shutil.rmtree(folder / name)
     fewer = replace(cfg, tasks=(replace(cfg.tasks[0], max_eval=8),))
-    provenance.check(folder, fewer, pipeline.STAGES)
+    provenance.check(folder, fewer, stages.NAMES)
     with pytest.raises(provenance.StaleWorkError, match=r"questions \(questions\): tasks\.0\.max_eval was 32, now 8"):
         provenance.check(folder, fewer, ("eval",))
 
@@ -104,10 +104,10 @@ def test_restart_removes_the_stage_and_later_ones_and_their_records(finished):
     assert set(removed) == {"students", "eval", "report.md"} | ({"ray_train"} & set(removed))
     assert (folder / "report-notes.txt").read_text() == "a user's own file"
     assert (folder / "teacher" / "samples").is_dir() and not (folder / "students").exists()
-    recorded = json.loads((folder / provenance.FILE).read_text())
+    recorded = json.loads(layout.provenance(folder).read_text())
     assert set(recorded) == {"questions", "teacher"}
     provenance.check(folder, replace(cfg, students=(replace(cfg.students[0], epochs=2), *cfg.students[1:])),
-                     pipeline.STAGES)
+                     stages.NAMES)
 
 
 def test_cli_refuses_a_stale_rerun_with_exit_2_before_writing(finished, capsys):

@@ -110,7 +110,7 @@ def _uri_experiment(tmp_path, students: str = "[{name: s}, {name: t}]", extra: s
 
     from scotd.config import load_config
     from scotd.experiment import Experiment
-    from scotd.tasks.stage import stage_tasks
+    from scotd.tasks_stage import stage_tasks
 
     rows = [{"id": f"t{i}", "question": f"Question {i}?", "choices": ["a", "b"], "answer": i % 2} for i in range(4)]
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -132,8 +132,7 @@ def test_eval_and_judge_engines_get_the_students_uri(tmp_path, monkeypatch):
     the experiment (pushed first: it was exported on the driver's node only), never the driver's local copy."""
     import scotd.evaluate
     import scotd.judge
-    from scotd.evaluate import stage_eval
-    from scotd.judge import stage_judge
+    from scotd.stages import BY_NAME
     from scotd.schema import PREDICTION_SCHEMA, to_table, write_table
 
     exp = _uri_experiment(tmp_path, extra=", judge_pairs: [[s, t]]")
@@ -142,12 +141,13 @@ def test_eval_and_judge_engines_get_the_students_uri(tmp_path, monkeypatch):
         (exp.dir / "students" / name / "model" / "config.json").write_text(name)
     (exp.dir / "models" / "judge").mkdir(parents=True)
     (exp.dir / "models" / "judge" / "config.json").write_text("judge")
-    monkeypatch.setattr(type(exp), "resolve_model", lambda self, ref: str(self.dir / "models" / "judge"))
+    monkeypatch.setattr(type(exp), "model_path", lambda self, ref: str(self.dir / "models" / "judge"))
+    monkeypatch.setattr(type(exp), "prepare_model", lambda self, ref: str(self.dir / "models" / "judge"))
     seen = []
 
-    def evaluate_run(run, questions, prompt_fn, spec, engine, *, out_dir, **kwargs):
+    def evaluate_run(run, questions, prompt_fn, spec, engine, *, run_dir, **kwargs):
         seen.append((run.run, spec.model, spec.cache_dir))
-        write_table(to_table([], PREDICTION_SCHEMA), out_dir / run.dir / "predictions.parquet")
+        write_table(to_table([], PREDICTION_SCHEMA), run_dir / "predictions.parquet")
         return {}
 
     def judge_runs(questions, a, b, preds_a, preds_b, spec, engine, **kwargs):
@@ -156,8 +156,8 @@ def test_eval_and_judge_engines_get_the_students_uri(tmp_path, monkeypatch):
 
     monkeypatch.setattr(scotd.evaluate, "evaluate_run", evaluate_run)
     monkeypatch.setattr(scotd.judge, "judge_runs", judge_runs)
-    stage_eval(exp)
-    stage_judge(exp)  # the eval stage's second part
+    for step in BY_NAME["eval"].steps:  # the budget sized, then stage_eval and stage_judge
+        step(exp)
     remote = tmp_path / "bucket" / "exp"
     cache = str(tmp_path / "cache")
     assert seen == [("s", f"file://{remote}/students/s/model", cache), ("t", f"file://{remote}/students/t/model", cache),
@@ -171,13 +171,14 @@ def test_teacher_engines_get_a_model_inside_the_experiment_by_uri(tmp_path, monk
     """A teacher built into the experiment folder (``tiny:teacher``) reaches engines on other nodes as its URI,
     with the configured cache folder, for the sampled and the greedy rationales alike."""
     import scotd.teacher
-    from scotd.teacher import stage_teacher
+    from scotd.stages import BY_NAME
 
     exp = _uri_experiment(tmp_path)
     exp.cfg = replace(exp.cfg, teacher=replace(exp.cfg.teacher, greedy_rationales=True))
     (exp.dir / "models" / "teacher").mkdir(parents=True)
     (exp.dir / "models" / "teacher" / "config.json").write_text("teacher")
-    monkeypatch.setattr(type(exp), "resolve_model", lambda self, ref: str(self.dir / "models" / "teacher"))
+    monkeypatch.setattr(type(exp), "model_path", lambda self, ref: str(self.dir / "models" / "teacher"))
+    monkeypatch.setattr(type(exp), "prepare_model", lambda self, ref: str(self.dir / "models" / "teacher"))
     seen = []
 
     def sample_rationales(questions, exemplars, cfg, resources, model_path, out_dir, **kwargs):
@@ -185,7 +186,8 @@ def test_teacher_engines_get_a_model_inside_the_experiment_by_uri(tmp_path, monk
         return {}
 
     monkeypatch.setattr(scotd.teacher, "sample_rationales", sample_rationales)
-    stage_teacher(exp)
+    for step in BY_NAME["teacher"].steps:  # the budget sized (from the exemplars), then the stage's work
+        step(exp)
     remote = tmp_path / "bucket" / "exp"
     assert seen == [(f"file://{remote}/models/teacher", str(tmp_path / "cache"))] * 2
     assert (remote / "models" / "teacher" / "config.json").read_text() == "teacher"

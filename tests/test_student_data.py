@@ -7,7 +7,7 @@ import pytest
 
 from scotd.student.data import (IGNORE_INDEX, EncodedQuestion, build_sequence, collate, encode, epoch_picks,
                                 epoch_sequences, make_batches, training_plan, training_texts)
-from scotd.student.train import stop_early
+from scotd.student.settings import stop_early
 from scotd.config import StudentConfig
 
 

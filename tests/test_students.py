@@ -20,7 +20,9 @@ from scotd.config import StudentConfig
 from scotd.prompts import gold_key, student_prompt
 from scotd.corpus import with_training_text
 from scotd.schema import CORPUS_SCHEMA, to_table, write_table
-from scotd.student.train import PROGRESS_FILE, STUDENT_META, StudentJob, best_key, train_students
+from scotd.layout import STUDENT_META
+from scotd.student.settings import best_key
+from scotd.student.train import StudentJob, train_students
 from scotd.tasks import load_questions
 from scotd.tiny import ensure_tiny_model
 
@@ -87,7 +89,7 @@ def test_zero2_and_zero3_students_train_in_parallel(ray_cluster, corpus, shared_
         assert meta["student"]["zero_stage"] == stage and meta["epochs_done"] == 3
         spans.append((history[0]["started_at"], history[-1]["ended_at"]))
         # the position the driver logs as progress: the last step of the last epoch
-        position = json.loads(open(os.path.join(os.path.dirname(result["model_dir"]), PROGRESS_FILE)).read())
+        position = json.loads(open(os.path.join(os.path.dirname(result["model_dir"]), "progress.json")).read())
         assert (position["epoch"], position["epochs"]) == (3, 3) and position["step"] == position["steps"] > 1
         assert position["loss"] == pytest.approx(history[-1]["loss"], rel=1e-6)
         # dev accuracy after every epoch; the best checkpoint is the epoch best_key ranks first, exported when it
@@ -194,7 +196,7 @@ def test_lora_and_chat_template_students_train_and_evaluate(ray_cluster, corpus,
     for name, chat_template in (("lora", False), ("chat", True)):
         spec = replace(engine_spec(engine, str(folder / name / "model")), chat_template=chat_template)
         metrics = evaluate_run(EvalRun(name, "scotd", "tiny", student=name), questions, student_prompt, spec,
-                               engine, max_new_tokens=24, num_cpus=1, out_dir=folder / "eval")
+                               engine, max_new_tokens=24, num_cpus=1, run_dir=folder / "eval" / name)
         assert metrics["total"] == 6 and (folder / "eval" / name / "predictions.parquet").exists()
 
 
@@ -202,13 +204,13 @@ def test_ray_train_run_name_follows_the_students_settings(tmp_path):
     """A student retrained with other settings must not resume the old run's checkpoints (Ray Train resumes by run
     name): its run is named by a digest of what its training depends on."""
     from scotd.config import load_config
-    from scotd.experiment import Experiment
+    from scotd.provenance import units
     from scotd.student.stage import train_run_name
     from tests.conftest import REPO
 
     def name(*overrides):
         cfg = load_config(REPO / "configs" / "tiny.yaml", [f"output.dir={tmp_path / 'exp'}", *overrides])
-        return train_run_name(Experiment(cfg), "scotd")
+        return train_run_name(units(cfg, tmp_path / "exp")["student scotd"])
 
     base = name()
     assert base.startswith("scotd-") and base == name()

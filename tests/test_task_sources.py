@@ -11,7 +11,7 @@ import pytest
 
 from scotd.config import ConfigError, load_config
 from scotd.experiment import Experiment
-from scotd.tasks.stage import load_task_split, stage_tasks
+from scotd.tasks_stage import load_task_split, stage_tasks
 from scotd.tasks import SourceUnavailableError, TaskDataError
 
 

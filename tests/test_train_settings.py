@@ -6,7 +6,8 @@ import os
 import pytest
 
 from scotd.config import StudentConfig
-from scotd.student.train import START_TIMEOUT_ENV, StudentJob, deepspeed_config, fit_student, warmup_linear
+from scotd.student.settings import deepspeed_config, warmup_linear
+from scotd.student.train import START_TIMEOUT_ENV, StudentJob, fit_student
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
@@ -99,8 +100,8 @@ def test_progress_file_is_written_every_few_seconds_and_at_epoch_end(tmp_path, m
 ])
 def test_cpu_autocast_follows_the_setting_and_the_cpu(monkeypatch, setting, native, use_gpu, expected):
     from scotd.config import StudentConfig
-    from scotd.inference import spec
-    from scotd.student.train import cpu_autocast
+    from scotd import cpu
+    from scotd.student.settings import cpu_autocast
 
-    monkeypatch.setattr(spec, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(cpu, "cpu_has_bf16", lambda: native)
     assert cpu_autocast(StudentConfig(name="s", cpu_bf16=setting, use_gpu=use_gpu)) is expected

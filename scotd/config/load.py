@@ -201,9 +201,9 @@ def size_for_cpu(raw: dict, overrides: list[str] | tuple[str, ...], native_bf16:
     if not sizes or raw.get("cpu_sized"):
         return []
     if native_bf16 is None:
-        from scotd.inference.spec import cpu_has_bf16
+        from scotd import cpu
 
-        native_bf16 = cpu_has_bf16()
+        native_bf16 = cpu.cpu_has_bf16()
     if native_bf16:
         return []
     given = {item.partition("=")[0] for item in overrides}

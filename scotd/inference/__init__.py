@@ -25,7 +25,8 @@ engines' account, progress). Nothing here imports vLLM or Ray at import time.
 
 from scotd.inference.metrics import METRICS, EngineStats, stream_batches, throughput_counters
 from scotd.inference.pool import generate, generate_rows, replica_range
-from scotd.inference.spec import EngineSpec, Sampling, cpu_has_bf16, engine_spec, question_seed
+from scotd.cpu import cpu_has_bf16
+from scotd.inference.spec import EngineSpec, Sampling, engine_spec, question_seed
 
 __all__ = ["METRICS", "EngineSpec", "EngineStats", "Sampling", "cpu_has_bf16", "engine_spec", "generate",
            "generate_rows", "question_seed", "replica_range", "stream_batches", "throughput_counters"]

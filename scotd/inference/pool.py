@@ -75,13 +75,16 @@ def generate(ds, spec: EngineSpec, sampling: Sampling, *, replicas: int | tuple[
 
 
 def generate_rows(requests: list[dict], spec: EngineSpec, sampling: Sampling, engine: EngineConfig, *,
-                  num_cpus: float, run: str, label: str, concurrent_batches: int | None = None,
-                  samples_per_request: int = 1, key: str = "question_id",
+                  num_cpus: float, run: str, label: str, key: str = "question_id",
                   expected_tokens: float | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Answer ``requests`` (rows as the engine callable takes them) on ``engine``'s pool of replicas and yield the
     output batches as engine calls finish, logging progress under ``label``: generated tokens, their rate and the
     time left (``scotd.inference.progress``; ``expected_tokens`` per sequence until enough have finished, by
-    default half the token budget), and the distinct ``key`` values done."""
+    default half the token budget), and the distinct ``key`` values done.
+
+    The engine pool's size and the batches each engine takes at once come from ``engine`` (``concurrent_batches``;
+    unset: as many as fill it); the sequences one request asks at a time from the rows (their ``n``) or, when
+    sampling in rounds, from ``sampling.per_round``."""
     import ray
 
     if not requests:
@@ -91,7 +94,8 @@ def generate_rows(requests: list[dict], spec: EngineSpec, sampling: Sampling, en
     try:
         out = generate(ray.data.from_items(requests), spec, sampling, replicas=replicas,
                        batch_size=engine.batch_size, num_cpus=num_cpus, run=run, resource=engine.resource,
-                       concurrent_batches=concurrent_batches, samples_per_request=samples_per_request,
+                       concurrent_batches=engine.concurrent_batches,
+                       samples_per_request=sampling.per_round or max(int(r.get("n", 1)) for r in requests),
                        progress=name)
         seen: set = set()
         sequences = sum(int(r.get("n", 1)) for r in requests)

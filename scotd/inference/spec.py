@@ -8,10 +8,10 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from scotd.config import EngineConfig, OutputConfig
+from scotd import cpu
 from scotd.cpu import normal_priority
 
 log = logging.getLogger(__name__)
@@ -91,21 +91,11 @@ def cpu_engine_env(spec: EngineSpec) -> dict[str, str]:
     }
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX). Without them vLLM's CPU build
-    falls back to a slow bf16 path: float32 ran matrix products ~5x faster on an AVX2-only 2-core machine."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_dtype(spec: EngineSpec) -> str:
     """``auto``: bfloat16 on GPUs and on CPUs with native bf16, float32 on other CPUs; anything else as given."""
     if spec.dtype != "auto":
         return spec.dtype
-    return "bfloat16" if spec.use_gpu or cpu_has_bf16() else "float32"
+    return "bfloat16" if spec.use_gpu or cpu.cpu_has_bf16() else "float32"
 
 
 def bound_cores(bind: str) -> list[int]:

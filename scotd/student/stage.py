@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scotd import provenance
+from scotd import layout, provenance
 from scotd.cards import write_model_cards
 from scotd.prompts import gold_key, render_answer, student_prompt
 from scotd.schema import CORPUS_SCHEMA, read_table, to_table, write_table
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def stage_students(exp: Experiment) -> list[dict]:
-    from scotd.student.train import STUDENT_META, StudentJob, train_students
+    from scotd.student.train import StudentJob, train_students
 
     shots = exp.all_exemplars()
     student_shots = {t.name: t.student_shots for t in exp.cfg.tasks}
@@ -30,61 +30,62 @@ def stage_students(exp: Experiment) -> list[dict]:
             "gold": gold_key(q)} for q in exp.questions("dev")]
     budget = exp.eval_tokens()  # dev answers are scored with the evaluation budget
     train_kinds = {q.free_form for q in exp.questions("train")}
-    summary_path = exp.dir / "corpus" / "summary.json"
+    summary_path = layout.summary(layout.corpus_dir(exp.dir))
     corpus_summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     jobs = []
+    units = provenance.units(exp.cfg, exp.dir)
     for s in exp.cfg.students:
-        out = exp.dir / "students" / s.name
-        if (out / "model" / STUDENT_META).exists():
+        out = layout.student_dir(exp.dir, s.name)
+        if layout.student_meta(layout.student_model(out)).exists():
             log.info("student %s: already trained, skipping", s.name)
             continue
-        provenance.record(exp.dir, exp.cfg, f"student {s.name}")
+        unit = units[f"student {s.name}"]
+        provenance.record(exp.dir, unit)
         rows, selection = student_rows(exp, s)
         meta = {**prompt_formats(train_kinds, s.method == "scotd"),
                 "base_model": s.model, "corpus_summary": corpus_summary,
                 "selection": selection}
         relative = str(rows.relative_to(exp.dir))
         exp.mirror.push(relative)  # workers on other nodes read it from output.dir
-        jobs.append(StudentJob(s, exp.resolve_model(s.model), rows_path=exp.mirror.remote(relative),
-                               out_dir=str(out), storage_path=exp.mirror.remote("ray_train"), meta=meta, dev=dev,
-                               dev_max_new_tokens=budget, tracking=exp.tracker.for_student(),
-                               run_name=train_run_name(exp, s.name)))
+        jobs.append(StudentJob(s, exp.model_path(s.model), rows_path=exp.mirror.remote(relative),
+                               out_dir=str(out), storage_path=exp.mirror.remote(layout.RAY_TRAIN), meta=meta,
+                               dev=dev, dev_max_new_tokens=budget, tracking=exp.tracker.for_student(),
+                               run_name=train_run_name(unit)))
     results = train_students(jobs) if jobs else []
     write_model_cards(exp.dir, exp.cfg)  # the report stage adds each student's evaluation table
     return results
 
 
-def train_run_name(exp: Experiment, name: str) -> str:
-    """Ray Train's run of a student: its name and a digest of every value its training depends on
-    (``provenance.units``). Ray Train resumes a run from its latest checkpoint, so a student retrained with other
+def train_run_name(unit: provenance.Unit) -> str:
+    """Ray Train's run of a student (``unit``: ``student <name>``): its name and a digest of every value its
+    training depends on. Ray Train resumes a run from its latest checkpoint, so a student retrained with other
     settings (its folder removed, or ``--restart students``) must never find the old run's checkpoints."""
-    return f"{name}-{provenance.fingerprint(provenance.units(exp.cfg, exp.dir)[f'student {name}'][1])[:12]}"
+    return f"{unit.name.split(' ', 1)[1]}-{unit.fingerprint[:12]}"
 
 
 def student_rows(exp: Experiment, s) -> tuple[Path, dict]:
     """The file a student trains on: the label file (label-only), the corpus, or the corpus after the student's
     selector (written to ``students/<name>/train_rows.parquet``), with counts of what was kept."""
     setting = exp.cfg.student_setting(s)
-    folder = exp.dir / "corpus"
-    if setting != exp.cfg.corpus.setting:
-        folder = folder / setting  # the other setting's corpus, built by stage_corpus from the same samples
-    corpus = folder / "corpus.parquet"
+    # another setting's corpus is built by stage_corpus from the same samples, beside the experiment's own
+    folder = layout.corpus_dir(exp.dir, setting if setting != exp.cfg.corpus.setting else None)
+    corpus = layout.corpus(folder)
     if s.method != "scotd":
-        return folder / "labels.parquet", {"selector": "labels", "setting": setting}
+        return layout.labels(folder), {"selector": "labels", "setting": setting}
     if s.selector == "all":
         return corpus, {"selector": "all", "setting": setting}
     if s.selector == "greedy":
-        greedy = exp.dir / "corpus" / "greedy" / "corpus.parquet"
+        greedy = layout.corpus(layout.corpus_dir(exp.dir, "greedy"))
         if not greedy.exists():
             raise ValueError(f"student {s.name}: selector greedy needs teacher.greedy_rationales: true "
                              f"({greedy} is missing)")
         return greedy, {"selector": "greedy"}
     rows = read_table(corpus, CORPUS_SCHEMA).to_pylist()
-    embed = hf_embedder(exp.resolve_model(s.embedding_model)) if s.selector == "diverse" else None
+    embed = hf_embedder(exp.model_path(s.embedding_model)) if s.selector == "diverse" else None
     kept = select(rows, s.selector, k=s.selector_k, seed=s.seed, embed=embed)
     if not kept:
         raise RuntimeError(f"student {s.name}: selector {s.selector} (k={s.selector_k}) kept no rationale")
-    out = exp.dir / "students" / s.name / "train_rows.parquet"
+    out = layout.train_rows(layout.student_dir(exp.dir, s.name))
     write_table(to_table(kept, CORPUS_SCHEMA), out)
     questions = len(by_question(kept))
     summary = {"selector": s.selector, "k": s.selector_k, "rationales": len(kept), "questions": questions,

@@ -15,15 +15,19 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from scotd import layout
 from scotd.config import StudentConfig
 from scotd.cpu import normal_priority, use_own_extensions_dir
 from scotd.tracking import StudentTracking, student_logger
+from scotd.schema import write_text
 from scotd.student.model import chat_format, dev_metrics, save_model, with_lora
+from scotd.student.settings import (accumulation_steps, best_key, cpu_autocast, deepspeed_config, seen_summary,
+                                    single_rank_no_allreduce, stop_early, warmup_linear)
 
 log = logging.getLogger(__name__)
 
-STUDENT_META = "scotd_student.json"
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
 
@@ -47,98 +51,98 @@ class StudentJob:
 
     @property
     def history_path(self) -> Path:
-        return Path(self.out_dir) / "history.jsonl"
+        return layout.history(Path(self.out_dir))
 
 
-def accumulation_steps(cfg: StudentConfig, world_size: int) -> int:
-    return max(1, cfg.batch_size // (cfg.micro_batch_size * world_size))
+@dataclass
+class _Worker:
+    """What one rank trains with, set up by ``_set_up``."""
 
-
-def deepspeed_config(cfg: StudentConfig, world_size: int) -> dict:
-    """The DeepSpeed dict, built here and nowhere else. The optimizer and schedule are client objects (AdamW +
-    ``warmup_linear``), which avoids DeepSpeed compiling fused/cpu Adam kernels."""
-    accum = accumulation_steps(cfg, world_size)
-    zero: dict = {"stage": cfg.zero_stage}
-    if cfg.zero_stage == 3:
-        zero["stage3_gather_16bit_weights_on_model_save"] = True  # full weights for the HF export
-    return {
-        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-        "gradient_accumulation_steps": accum,
-        "train_batch_size": cfg.micro_batch_size * accum * world_size,
-        "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": zero,
-        "bf16": {"enabled": cfg.use_gpu},  # fp32 on CPU: bf16 autocast there is slow and lossy for tiny models
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-
-
-def single_rank_no_allreduce(engine, world_size: int) -> None:
-    """With one rank there is nothing to average: at ZeRO stage 0/1 DeepSpeed would still flatten every gradient
-    into buckets, all-reduce them with itself and copy them back after each backward."""
-    if world_size == 1 and engine.zero_optimization_stage() < 2:
-        engine.enable_backward_allreduce = False
-
-
-def warmup_linear(warmup_steps: int, total_steps: int):
-    """LR multiplier: linear warm-up to 1 over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
-    warmup = min(warmup_steps, max(total_steps - 1, 0))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return factor
+    job: StudentJob
+    rank: int
+    world: int
+    tokenizer: Any
+    engine: Any  # the DeepSpeed engine around the model
+    scheduler: Any
+    encoded: list
+    plan: Any  # student.data.Plan
+    pad_id: int
+    autocast: bool
+    start_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    resume_dir: str | None = None
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """One data-parallel rank of ``config["job"]`` (a ``StudentJob``; Ray Train passes a dict)."""
-    import torch
-
+    """One data-parallel rank of ``config["job"]`` (a ``StudentJob``; Ray Train passes a dict): set up, then each
+    epoch trained, scored on dev and reported as a checkpoint, until the plan or early stopping ends it."""
     job: StudentJob = config["job"]
     cfg = job.cfg
     if not cfg.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         normal_priority()  # Ray's worker niceness makes the OpenMP team wait for preempted threads
         use_own_extensions_dir()  # DeepSpeed's CPU op, built once per environment (make setup)
+    w = _set_up(job)
+    progress = Progress(layout.progress(Path(job.out_dir)) if w.rank == 0 else None)
+    tracker = student_logger(job.tracking, cfg.name, w.rank, asdict(cfg))
+    seen: set[tuple[int, int]] = set()  # every rank's (question, rationale) picks trained on so far
+    for epoch in range(w.start_epoch):
+        seen.update(_picks(w.encoded, cfg, epoch, w.world, w.plan.micro_per_epoch))
+    for epoch in range(w.start_epoch, w.plan.epochs):
+        if stop_early(w.history, cfg.patience):
+            break
+        trained = _train_epoch(w, epoch, seen, progress, tracker)
+        metrics = {**_dev_scores(w), **trained}
+        if tracker:
+            tracker.log_metrics({f"epoch_{k}": float(v) for k, v in metrics.items()
+                                 if k in ("loss", "tokens_per_s", "dev_accuracy", "dev_parse_failures")},
+                                step=epoch + 1)
+        w.history.append(metrics)
+        _report(w.engine, w.tokenizer, job, metrics, w.history, w.rank)
+        if stop_early(w.history, cfg.patience):
+            log.info("rank %d: %s stops early: no better dev accuracy in %d epochs", w.rank, cfg.name, cfg.patience)
+    if tracker:
+        tracker.end_run()
+    if w.resume_dir:
+        shutil.rmtree(w.resume_dir, ignore_errors=True)
+
+
+def _set_up(job: StudentJob) -> _Worker:
+    """The rank's model (from the last checkpoint when Ray Train resumes the run), tokenized rows, training plan,
+    optimizer and schedule inside a DeepSpeed engine."""
     import deepspeed
     import pyarrow.parquet as pq
     import ray.train
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from scotd.student.data import collate, encode, epoch_batches, training_plan, training_texts
+    from scotd.student.data import encode, training_plan, training_texts
 
+    cfg = job.cfg
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
-
-    start_epoch, model_path, history = 0, job.model_path, []
+    start_epoch, model_path, history, resume_dir = 0, job.model_path, [], None
     checkpoint = ray.train.get_checkpoint()
-    resume_dir = None
     if checkpoint:
         resume_dir = checkpoint.to_directory()
-        resumed = json.loads((Path(resume_dir) / STUDENT_META).read_text())
+        resumed = json.loads(layout.student_meta(Path(resume_dir)).read_text())
         start_epoch, history = resumed["epochs_done"], resumed.get("history", [])
         model_path = resume_dir
         log.info("rank %d: resuming %s after epoch %d", rank, cfg.name, start_epoch)
-
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     dtype = torch.bfloat16 if cfg.use_gpu else torch.float32
-    autocast = cpu_autocast(cfg)
     # A LoRA student resumes as the base model with its saved adapter; a full one from the checkpoint's weights.
     model = AutoModelForCausalLM.from_pretrained(job.model_path if cfg.lora else model_path, dtype=dtype)
     if cfg.lora:
         model = with_lora(model, cfg, resume_dir)
-
     rows = pq.read_table(job.rows_path).to_pylist()
     encoded = encode(training_texts(rows, cfg.method), tokenizer, chat=cfg.chat_template)
     if not encoded:
         raise RuntimeError(f"student {cfg.name}: no training examples in {job.rows_path}")
     accum = accumulation_steps(cfg, world)
     plan = training_plan(encoded, cfg, world, accum)
-
     trainable = [p for p in model.parameters() if p.requires_grad]  # a LoRA student's adapters only
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(cfg.warmup_steps, plan.optimizer_steps))
@@ -148,77 +152,58 @@ def train_loop_per_worker(config: dict) -> None:
     for _ in range(start_epoch * plan.micro_per_epoch // accum):
         scheduler.step()  # the schedule continues where the checkpointed run stopped
     engine.train()
-    progress = Progress(job.history_path.with_name(PROGRESS_FILE) if rank == 0 else None)
-    tracker = student_logger(job.tracking, cfg.name, rank, asdict(cfg))
-    seen: set[tuple[int, int]] = set()  # every rank's (question, rationale) picks trained on so far
-    for epoch in range(start_epoch):
-        seen.update(_picks(encoded, cfg, epoch, world, plan.micro_per_epoch))
-    for epoch in range(start_epoch, plan.epochs):
-        if stop_early(history, cfg.patience):
-            break
-        limit = min(plan.micro_per_epoch, plan.micro_batches - epoch * plan.micro_per_epoch)
-        batches = epoch_batches(encoded, cfg, epoch=epoch, rank=rank, world_size=world)[:limit]
-        seen.update(_picks(encoded, cfg, epoch, world, limit))
-        started_at, started = time.time(), time.monotonic()
-        loss_sum, real, padded, target_tokens = 0.0, 0, 0, 0
-        for step, batch in enumerate(batches, start=1):
-            step_started = time.monotonic()
-            inputs, num_real = collate(batch, pad_id)
-            inputs = {k: v.to(engine.device) for k, v in inputs.items()}
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                loss = engine(**inputs).loss  # HF causal-LM loss: mean over the target tokens of the micro-batch
-            engine.backward(loss)
-            engine.step()
-            loss_sum += float(loss.detach())
-            real += num_real
-            padded += inputs["input_ids"].numel()
-            target_tokens += int((inputs["labels"] != -100).sum())
-            progress.update(epoch=epoch + 1, epochs=plan.epochs, first_epoch=start_epoch + 1, step=step,
-                            steps=len(batches), loss=loss_sum / step)
-            if tracker:
-                tracker.log_metrics({"loss": float(loss.detach()), "learning_rate": scheduler.get_last_lr()[0],
-                                     "tokens_per_s": num_real * world / (time.monotonic() - step_started)},
-                                    step=epoch * len(batches) + step)
-        elapsed = time.monotonic() - started
-        dev = dev_metrics(engine.module, tokenizer, job.dev, job.dev_max_new_tokens, rank, world,
-                          batch_size=cfg.dev_batch_size, synced=cfg.zero_stage == 3,
-                          chat=cfg.chat_template) if job.dev else {}
-        metrics = {**dev, "epoch": epoch + 1, "loss": loss_sum / max(1, len(batches)), "micro_batches": len(batches),
-                   "tokens_per_s": real * world / elapsed, "real_token_share": real / max(1, padded),
-                   "target_tokens": target_tokens, "lr": scheduler.get_last_lr()[0], "epoch_s": elapsed,
-                   "started_at": started_at, "ended_at": time.time(), "threads": torch.get_num_threads(),
-                   "cpu_bf16_autocast": autocast,
-                   # what the student saw, all ranks together: this epoch's sequences and tokens; rationales so far
-                   "sequences": len(batches) * cfg.micro_batch_size * world, "tokens": real * world,
-                   "distinct_rationales_seen": len(seen), "planned_epochs": plan.epochs}
+    return _Worker(job, rank, world, tokenizer, engine, scheduler, encoded, plan, pad_id, cpu_autocast(cfg),
+                   start_epoch, history, resume_dir)
+
+
+def _train_epoch(w: _Worker, epoch: int, seen: set, progress: Progress, tracker) -> dict:
+    """One epoch of this rank's micro-batches (``seen`` gains every rank's picks); its loss, speed and counts."""
+    import torch
+
+    from scotd.student.data import collate, epoch_batches
+
+    cfg, plan, world = w.job.cfg, w.plan, w.world
+    limit = min(plan.micro_per_epoch, plan.micro_batches - epoch * plan.micro_per_epoch)
+    batches = epoch_batches(w.encoded, cfg, epoch=epoch, rank=w.rank, world_size=world)[:limit]
+    seen.update(_picks(w.encoded, cfg, epoch, world, limit))
+    started_at, started = time.time(), time.monotonic()
+    loss_sum, real, padded, target_tokens = 0.0, 0, 0, 0
+    for step, batch in enumerate(batches, start=1):
+        step_started = time.monotonic()
+        inputs, num_real = collate(batch, w.pad_id)
+        inputs = {k: v.to(w.engine.device) for k, v in inputs.items()}
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=w.autocast):
+            loss = w.engine(**inputs).loss  # HF causal-LM loss: mean over the target tokens of the micro-batch
+        w.engine.backward(loss)
+        w.engine.step()
+        loss_sum += float(loss.detach())
+        real += num_real
+        padded += inputs["input_ids"].numel()
+        target_tokens += int((inputs["labels"] != -100).sum())
+        progress.update(epoch=epoch + 1, epochs=plan.epochs, first_epoch=w.start_epoch + 1, step=step,
+                        steps=len(batches), loss=loss_sum / step)
         if tracker:
-            tracker.log_metrics({f"epoch_{k}": float(v) for k, v in metrics.items()
-                                 if k in ("loss", "tokens_per_s", "dev_accuracy", "dev_parse_failures")},
-                                step=epoch + 1)
-        history.append(metrics)
-        _report(engine, tokenizer, job, metrics, history, rank)
-        if stop_early(history, cfg.patience):
-            log.info("rank %d: %s stops early: no better dev accuracy in %d epochs", rank, cfg.name, cfg.patience)
-    if tracker:
-        tracker.end_run()
-    if resume_dir:
-        shutil.rmtree(resume_dir, ignore_errors=True)
+            tracker.log_metrics({"loss": float(loss.detach()), "learning_rate": w.scheduler.get_last_lr()[0],
+                                 "tokens_per_s": num_real * world / (time.monotonic() - step_started)},
+                                step=epoch * len(batches) + step)
+    elapsed = time.monotonic() - started
+    return {"epoch": epoch + 1, "loss": loss_sum / max(1, len(batches)), "micro_batches": len(batches),
+            "tokens_per_s": real * world / elapsed, "real_token_share": real / max(1, padded),
+            "target_tokens": target_tokens, "lr": w.scheduler.get_last_lr()[0], "epoch_s": elapsed,
+            "started_at": started_at, "ended_at": time.time(), "threads": torch.get_num_threads(),
+            "cpu_bf16_autocast": w.autocast,
+            # what the student saw, all ranks together: this epoch's sequences and tokens; rationales so far
+            "sequences": len(batches) * cfg.micro_batch_size * world, "tokens": real * world,
+            "distinct_rationales_seen": len(seen), "planned_epochs": plan.epochs}
 
 
-def cpu_autocast(cfg: StudentConfig) -> bool:
-    """Whether a CPU student's forward passes run under bfloat16 autocast (``students[].cpu_bf16``)."""
-    from scotd.inference.spec import cpu_has_bf16
-
-    return not cfg.use_gpu and (cfg.cpu_bf16 is True or (cfg.cpu_bf16 == "auto" and cpu_has_bf16()))
-
-
-def stop_early(history: list[dict], patience: int | None) -> bool:
-    """Whether the last ``patience`` epochs of ``history`` brought no better dev accuracy than the best before
-    them (pure; never without ``patience`` or dev scores)."""
-    scores = [h["dev_accuracy"] for h in history if "dev_accuracy" in h]
-    if not patience or len(scores) <= patience:
-        return False
-    return max(scores[-patience:]) <= max(scores[:-patience])
+def _dev_scores(w: _Worker) -> dict:
+    """Greedy dev accuracy after the epoch, the dev questions shared among the ranks (none without a dev split)."""
+    job = w.job
+    if not job.dev:
+        return {}
+    return dev_metrics(w.engine.module, w.tokenizer, job.dev, job.dev_max_new_tokens, w.rank, w.world,
+                       batch_size=job.cfg.dev_batch_size, synced=job.cfg.zero_stage == 3, chat=job.cfg.chat_template)
 
 
 def _picks(encoded, cfg: StudentConfig, epoch: int, world: int, limit: int) -> set[tuple[int, int]]:
@@ -229,7 +214,6 @@ def _picks(encoded, cfg: StudentConfig, epoch: int, world: int, limit: int) -> s
                                                                      world_size=world)[:limit] for item in batch}
 
 
-PROGRESS_FILE = "progress.json"
 
 
 class Progress:
@@ -246,9 +230,7 @@ class Progress:
         if self.path is None or (now - self.last < self.every_s and position["step"] < position["steps"]):
             return
         self.last = now
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**position, "started": self.started, "time": time.time()}))
-        os.replace(tmp, self.path)
+        write_text(self.path, json.dumps({**position, "started": self.started, "time": time.time()}))
 
 
 def progress_line(name: str, position: dict | None) -> str:
@@ -280,7 +262,7 @@ def _report(engine, tokenizer, job: StudentJob, metrics: dict, history: list[dic
             meta = {**job.meta, **chat_format(job.meta, tokenizer, cfg.chat_template), "student": asdict(cfg),
                     "epochs_done": metrics["epoch"], "metrics": metrics,
                     "history": history}
-            (Path(tmp) / STUDENT_META).write_text(json.dumps(meta, indent=2))
+            layout.student_meta(Path(tmp)).write_text(json.dumps(meta, indent=2))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
     # Written after ``report`` returns: Ray's result queue holds one report, so once epoch N's line is there the
@@ -327,40 +309,17 @@ def fit_student(job: StudentJob) -> dict:
         best, best_metrics = max(result.best_checkpoints, key=lambda cm: best_key(cm[1]))
         selection["best_epoch"] = int(best_metrics["epoch"])
         if selection["best_epoch"] != last_epoch:
-            _export(best, Path(out_dir) / "model-best")
-    final = Path(out_dir) / "model"
+            _export(best, layout.student_model(Path(out_dir), layout.MODEL_BEST))
+    final = layout.student_model(Path(out_dir))
     tmp = _export(result.checkpoint, final.with_name(".model.last"))
-    history = json.loads((tmp / STUDENT_META).read_text())["history"]
+    history = json.loads(layout.student_meta(tmp).read_text())["history"]
     selection["dev"] = [{k: h[k] for k in ("epoch", "dev_accuracy", "dev_parse_failures")}
                         for h in history if "dev_accuracy" in h]
     selection["seen"] = seen_summary(history, cfg)
-    (Path(out_dir) / "checkpoints.json").write_text(json.dumps(selection, indent=2))
+    write_text(layout.checkpoints(Path(out_dir)), json.dumps(selection, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)  # last: its presence marks the student done
     return {"name": cfg.name, "model_dir": str(final), "history": history, "selection": selection}
-
-
-def seen_summary(history: list[dict], cfg: StudentConfig) -> dict:
-    """What a student trained on, over its epochs: sequences, tokens (prompt and target, no padding) and distinct
-    (question, rationale) pairs, with the epochs it ran and whether early stopping or a step/token budget ended it
-    (pure; epochs written before these counts existed give None)."""
-    def total(key: str):
-        values = [h.get(key) for h in history]
-        return None if not values or None in values else int(sum(values))
-
-    epochs = len(history)
-    planned = history[-1].get("planned_epochs", cfg.epochs) if history else cfg.epochs
-    ended = ("early stopping" if epochs < planned else
-             "step or token budget" if planned < cfg.epochs or (history and history[-1].get("micro_batches", 0)
-                                                                 < history[0].get("micro_batches", 0)) else "epochs")
-    return {"epochs": epochs, "sequences": total("sequences"), "tokens": total("tokens"),
-            "distinct_rationales": history[-1].get("distinct_rationales_seen") if history else None,
-            "each_epoch": cfg.each_epoch, "ended_by": ended}
-
-
-def best_key(metrics: dict) -> tuple:
-    """Order of checkpoints by dev result: accuracy, then fewer parse failures, then the later epoch (pure)."""
-    return metrics["dev_accuracy"], -metrics.get("dev_parse_failures", 0), metrics["epoch"]
 
 
 def _export(checkpoint, final: Path) -> Path:
@@ -382,12 +341,12 @@ def train_students(jobs: list[StudentJob], every_s: float = 15.0) -> list[dict]:
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     fit = ray.remote(num_cpus=0, scheduling_strategy=here)(fit_student)
     for job in jobs:
-        (Path(job.out_dir) / PROGRESS_FILE).unlink(missing_ok=True)  # a position left by an earlier run
+        layout.progress(Path(job.out_dir)).unlink(missing_ok=True)  # a position left by an earlier run
     refs = [fit.remote(job) for job in jobs]
     pending = refs
     while pending:
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=every_s)
-        lines = [progress_line(job.cfg.name, _read_progress(Path(job.out_dir) / PROGRESS_FILE)) for job in jobs]
+        lines = [progress_line(job.cfg.name, _read_progress(layout.progress(Path(job.out_dir)))) for job in jobs]
         log.info("[students] %s", "; ".join(lines))
     return ray.get(refs)
 

@@ -1,5 +1,5 @@
-"""Tasks: the ``Question`` record (``question``), the benchmark formats read into it (``formats``) and the tasks
-stage (``stage``, imported by the pipeline only)."""
+"""Tasks: the ``Question`` record (``question``) and the benchmark formats read into it (``formats``). The tasks
+stage, which writes an experiment's questions, is ``scotd.tasks_stage``."""
 
 from scotd.tasks.formats import (DEFAULT_EXEMPLARS, HUB_PARSERS, MAX_CHOICES, ROW_PARSERS, SENTIMENT_CHOICES,
                                  iter_json_records, iter_tsv_records, load_hf_questions, load_questions,

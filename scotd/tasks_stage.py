@@ -10,11 +10,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scotd import provenance, symbolic
+from scotd import layout, provenance, symbolic
 from scotd.assets import MissingAssetError
 from scotd.config import TaskConfig
 from scotd.prompts import normalize_text
-from scotd.schema import QUESTION_SCHEMA, to_table, write_table
+from scotd.schema import QUESTION_SCHEMA, to_table, write_table, write_text
 from scotd.tasks import (SPLITS, LoadResult, SourceUnavailableError, TaskDataError, carve_dev, hash_split,
                          load_hf_questions, load_questions)
 
@@ -133,10 +133,10 @@ def stage_tasks(exp: Experiment) -> dict:
     for split, questions in splits.items():
         rows = [{"question_id": q.id, "task": q.task, "question": q.text, "choices": list(q.choices),
                  "answer_index": q.answer_index, "answer": q.answer} for q in questions]
-        write_table(to_table(rows, QUESTION_SCHEMA), exp.dir / "questions" / f"{split}.parquet")
-    (exp.dir / "questions" / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_table(to_table(rows, QUESTION_SCHEMA), layout.questions(exp.dir, split))
+    write_text(layout.summary(layout.questions_dir(exp.dir)), json.dumps(summary, indent=2))
     used = {q.id for questions in splits.values() for q in questions}
-    (exp.dir / "questions" / "where.json").write_text(json.dumps({i: w for i, w in where.items() if i in used}))
-    provenance.record(exp.dir, exp.cfg, "questions")
+    write_text(layout.where(exp.dir), json.dumps({i: w for i, w in where.items() if i in used}))
+    provenance.record(exp.dir, provenance.units(exp.cfg, exp.dir)["questions"])
     log.info("tasks: %s", summary)
     return summary
