@@ -3,7 +3,7 @@
     RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --runtime-env jobs/runtime_env.yaml \\
         -- python jobs/stage.py teacher configs/tiny.yaml output.dir=$PWD/runs/tiny
 
-Stages: tasks, teacher, corpus, students, eval, report (comma-separate several: ``teacher,corpus``). The teacher
+Stages: those of ``scotd run --help`` (comma-separate several: ``teacher,corpus``). The teacher
 stage resumes: questions whose samples are already written are not sampled again. ``output.dir`` is the folder of
 an earlier run (here the one of jobs/distill.py's example), absolute or a URI: the driver runs in an uploaded copy
 of the working dir. The tasks stage also needs the data paths as absolute paths or URIs (see jobs/distill.py).

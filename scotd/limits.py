@@ -20,14 +20,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from scotd import layout
 from scotd.config import ExperimentConfig
+from scotd.schema import write_text
 
 log = logging.getLogger(__name__)
 
-FILE = "limits.json"
 FLOOR = 32
-# The stage whose output a sized value comes from: --restart of that stage or an earlier one sizes it again.
-SIZED_BY = {"teacher.max_new_tokens": "teacher", "eval.max_new_tokens": "corpus"}
 
 
 def teacher_budget(answer_tokens: list[int]) -> int:
@@ -55,22 +54,22 @@ def warn_if_cut(stage: str, cut: int, total: int, key: str, budget: int, share: 
 
 
 def read(exp_dir: Path) -> dict[str, int]:
-    path = exp_dir / FILE
+    path = layout.limits(exp_dir)
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 def save(exp_dir: Path, key: str, value: int) -> None:
     sized = read(exp_dir)
     sized[key] = int(value)
-    (exp_dir / FILE).write_text(json.dumps(sized, indent=1, sort_keys=True))
+    write_text(layout.limits(exp_dir), json.dumps(sized, indent=1, sort_keys=True))
 
 
-def forget(exp_dir: Path, stages: list[str]) -> None:
-    """Drop the sized values that come from ``stages`` (their outputs are being rebuilt)."""
+def forget(exp_dir: Path, keys: list[str]) -> None:
+    """Drop the sized values of ``keys`` (the outputs they were sized from are being rebuilt: ``Stage.sizes``)."""
     sized = read(exp_dir)
-    kept = {k: v for k, v in sized.items() if SIZED_BY.get(k) not in stages}
+    kept = {k: v for k, v in sized.items() if k not in keys}
     if kept != sized:
-        (exp_dir / FILE).write_text(json.dumps(kept, indent=1, sort_keys=True))
+        write_text(layout.limits(exp_dir), json.dumps(kept, indent=1, sort_keys=True))
 
 
 def resolved(cfg: ExperimentConfig, exp_dir: Path) -> ExperimentConfig:
