@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             judge_command(args)
         else:
             config_command(args)
-    except console.Interrupted as stop:
+    except KeyboardInterrupt as err:
+        stop = console.interruption(err)
         where = f"in stage {stop.stage}" if stop.stage else "before the first stage"
         print(f"scotd: stopped by {stop.signal_name} {where}; finished work is kept. Resume with: "
               f"{resume_command(sys.argv[1:] if argv is None else argv)}", file=sys.stderr)

@@ -79,10 +79,14 @@ def ray_init_kwargs(worker_logs: bool) -> dict:
     return {"log_to_driver": worker_logs, "logging_level": logging.WARNING}
 
 
-class Interrupted(BaseException):
+class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGINT arrived: the job stops where it is. Everything a stage finished is on disk (teacher blocks,
-    trained students, evaluation answers), so the same command resumes. A ``BaseException``, like
-    ``KeyboardInterrupt``, so that no library's ``except Exception`` swallows it on the way out."""
+    trained students, evaluation answers), so the same command resumes.
+
+    A ``KeyboardInterrupt``: no library's ``except Exception`` swallows it, and Ray's core worker, which runs the
+    signal handler itself while the driver waits in ``ray.get``, stops the wait on it (any other exception raised
+    there is lost). Ray then raises a ``KeyboardInterrupt`` of its own: ``interruption`` turns that back into this,
+    with the signal that arrived."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -94,6 +98,18 @@ class Interrupted(BaseException):
         return signal.Signals(self.signum).name
 
 
+_received: list[int] = []  # the signal that stopped the job, once one has
+
+
+def interruption(err: KeyboardInterrupt) -> Interrupted:
+    """``err`` as scotd reports it: itself when ``stop_on_signals`` raised it; otherwise (a library re-raised the
+    stop as a ``KeyboardInterrupt`` of its own, or Python's own handler saw Ctrl-C) an ``Interrupted`` for the signal
+    received, SIGINT when none was recorded."""
+    if isinstance(err, Interrupted):
+        return err
+    return Interrupted(_received[0] if _received else signal.SIGINT)
+
+
 def stop_on_signals() -> None:
     """SIGTERM and SIGINT raise ``Interrupted`` in the main thread, once: a second one while the job winds down
     (stopping the local Ray cluster) is ignored. Installed again after ``ray.init``, whose core worker puts its own
@@ -102,6 +118,7 @@ def stop_on_signals() -> None:
     def stop(signum, frame):
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, signal.SIG_IGN)
+        _received.append(signum)
         raise Interrupted(signum)
 
     if threading.current_thread() is threading.main_thread():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from scotd import layout, provenance, tracking
 from scotd.config import ConfigError, ExperimentConfig
-from scotd.console import Interrupted
+from scotd.console import interruption
 from scotd.experiment import Experiment
 from scotd.schema import write_text
 from scotd.stages import BY_NAME, NAMES, from_on
@@ -136,9 +136,12 @@ def run(cfg: ExperimentConfig, stages: tuple[str, ...] = NAMES, *, restart: str 
                 try:
                     for step in BY_NAME[stage].steps:
                         step(exp)
-                except Interrupted as stop:
+                except KeyboardInterrupt as err:  # SIGTERM or SIGINT (scotd.console), as raised or as Ray re-raised it
+                    stop = interruption(err)
                     stop.stage = stage
-                    raise
+                    if stop is err:
+                        raise
+                    raise stop from None
                 finally:
                     # summed over the runs of this folder, stopped ones included: a resumed stage shows all the
                     # time its work took

@@ -109,6 +109,60 @@ def test_a_signal_raises_interrupted_once_then_is_ignored():
             signal.signal(s, handler)
 
 
+def test_a_keyboard_interrupt_a_library_raised_after_a_signal_names_that_signal():
+    from scotd import console
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        console.stop_on_signals()
+        with pytest.raises(Interrupted):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        assert console.interruption(KeyboardInterrupt()).signal_name == "SIGTERM"  # as Ray re-raises it
+    finally:
+        console._received.clear()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    assert console.interruption(KeyboardInterrupt()).signal_name == "SIGINT"  # Ctrl-C before any handler
+
+
+def test_sigterm_while_the_driver_waits_in_ray_get_stops_it(ray_cluster, tmp_path):
+    """Ray's core worker runs Python's signal handlers itself while ``ray.get`` waits, and keeps only a
+    KeyboardInterrupt from them (anything else is lost, and the job would run on): the stop arrives as one."""
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys, time
+        import ray
+        from scotd import console
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, logging_level="ERROR")
+        console.stop_on_signals()
+
+        @ray.remote(num_cpus=0)
+        def slow():
+            time.sleep(60)
+
+        ref = slow.remote()
+        print("waiting", flush=True)
+        try:
+            ray.get(ref)
+        except KeyboardInterrupt as err:
+            print("stopped by", console.interruption(err).signal_name, flush=True)
+            sys.exit(3)
+        print("not stopped", flush=True)
+    """))
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "waiting"
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=45)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3 and "stopped by SIGTERM" in out, out[-2000:]
+
+
 def test_the_resume_command_is_the_same_command_without_restart():
     assert resume_command(["run", "c.yaml", "--restart", "eval", "a.b=1"]) == "scotd run c.yaml a.b=1"
     assert resume_command(["run", "c.yaml", "--restart=teacher", "x=a b"]) == "scotd run c.yaml 'x=a b'"
