@@ -180,15 +180,11 @@ def check_engine_kwargs(kwargs: dict[str, Any], key: str) -> None:
 
 
 def greedy_run_names(cfg: ExperimentConfig) -> list[str]:
-    """The greedy evaluation runs a config asks for (``pipeline.eval_runs`` adds ``<student>@best`` / ``@last``
-    rows once training has chosen checkpoints)."""
-    names = ["teacher"] if cfg.eval.teacher else []
-    if cfg.eval.untrained:
-        for model in dict.fromkeys(s.model for s in cfg.students):
-            names.append(f"untrained:{model}")
-            if cfg.eval.untrained_shots:
-                names.append(f"untrained:{model} {cfg.eval.untrained_shots}-shot")
-    return names + [s.name for s in cfg.students]
+    """The greedy evaluation runs a config asks for (``runs.eval_runs`` adds ``<student>@best`` / ``@last`` rows
+    once training has chosen checkpoints)."""
+    from scotd.runs import eval_runs
+
+    return [run.run for run in eval_runs(cfg) if run.samples == 1]
 
 
 def size_for_cpu(raw: dict, overrides: list[str] | tuple[str, ...], native_bf16: bool | None = None) -> list[str]:

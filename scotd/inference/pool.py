@@ -110,12 +110,10 @@ def generate_rows(requests: list[dict], spec: EngineSpec, sampling: Sampling, en
 
 
 def replica_range(engine: EngineConfig) -> int | tuple[int, int]:
-    """Ray Data ``concurrency``: a fixed pool, or (min, max) for an autoscaling pool."""
+    """Ray Data ``concurrency``: a fixed pool, or (min, max) for an autoscaling pool (``max_replicas`` below
+    ``num_replicas`` is refused when the config loads)."""
     if engine.max_replicas is None or engine.max_replicas == engine.num_replicas:
         return engine.num_replicas
-    if engine.max_replicas < engine.num_replicas:
-        raise ValueError(f"teacher.max_replicas ({engine.max_replicas}) is below teacher.num_replicas "
-                         f"({engine.num_replicas})")  # every engine pool's replicas are the teacher section's
     return (engine.num_replicas, engine.max_replicas)
 
 
