@@ -153,32 +153,39 @@ def test_evaluation_scores_votes_and_reports_free_form_answers(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["gsm8k", "sum"])
-def test_tiny_preset_runs_end_to_end_on_free_form_answers(ray_cluster, shared_data, tmp_path, capsys, task):
+def test_tiny_preset_runs_end_to_end_on_free_form_answers(ray_cluster, shared_data, tmp_path, capsys):
     """Every stage on free-form answers with the real stack (tiny models, vLLM on CPU, Ray Train + DeepSpeed), on
-    GSM8K's files and on the generated sums: the few-shot corpus (the tiny teacher is never right), both students,
-    evaluation with self-consistency, the judge and the report, with no letter assumption left to trip on."""
+    GSM8K's files and on the generated sums as two tasks of one run: the few-shot corpus (the tiny teacher is never
+    right), both students, evaluation with self-consistency, the judge and the report, with no letter assumption left
+    to trip on."""
     import pyarrow.parquet as pq
+    import yaml
 
     from scotd.cli import main
     from tests.conftest import REPO
 
     gsm8k = shared_data / "gsm8k"
-    sources = ([f"tasks.0.train={gsm8k / 'train.jsonl'}", f"tasks.0.eval={gsm8k / 'test.jsonl'}"] if task == "gsm8k"
-               else ["tasks.0.train=gen:sum:train:2-4", "tasks.0.eval=gen:sum:eval:2-4"])
+    config = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    sizes = {"max_train": 16, "max_eval": 12, "max_dev": 4, "num_exemplars": 3}
+    config["tasks"] = [{"name": "gsm8k", "format": "gsm8k", "train": str(gsm8k / "train.jsonl"),
+                        "eval": str(gsm8k / "test.jsonl"), **sizes},
+                       {"name": "sum", "format": "sum", "train": "gen:sum:train:2-4", "eval": "gen:sum:eval:2-4",
+                        **sizes}]
+    (tmp_path / "free.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "exp"
-    assert main(["run", str(REPO / "configs" / "tiny.yaml"), f"output.dir={out}", f"output.cache_dir={tmp_path / 'c'}",
-                 f"tasks.0.name={task}", f"tasks.0.format={task}", *sources, "tasks.0.max_train=16", "tasks.0.max_eval=12",
-                 "tasks.0.max_dev=4", "teacher.num_samples=2", "corpus.setting=fewshot", "students.0.epochs=1",
-                 "students.1.epochs=1", "eval.self_consistency=3"]) == 0
+    assert main(["run", str(tmp_path / "free.yaml"), f"output.dir={out}", f"output.cache_dir={tmp_path / 'c'}",
+                 "teacher.num_samples=2", "corpus.setting=fewshot", "students.0.epochs=1", "students.1.epochs=1",
+                 "eval.self_consistency=3"]) == 0
     samples = pq.read_table(out / "teacher" / "samples").to_pylist()
-    assert len(samples) == 32 and all(r["choices"] == [] and r["gold_answer"] for r in samples)
+    assert len(samples) == 2 * 32 and all(r["choices"] == [] and r["gold_answer"] for r in samples)
+    assert {r["task"] for r in samples} == {"gsm8k", "sum"}
     corpus = pq.read_table(out / "corpus" / "corpus.parquet").to_pylist()
     assert corpus and all(r["label"] and r["label_index"] is None for r in corpus)
     report = json.loads((out / "report.json").read_text())
     runs = {r["run"]: r for r in report["rows"]}
     assert {"teacher", "scotd", "label-only", "scotd sc@3"} <= set(runs)
-    assert all(r["total"] == 12 and r["free_form"]["questions"] == 12 for r in runs.values())
+    assert all(r["total"] == 24 and r["free_form"]["questions"] == 24 for r in runs.values())
+    assert all(set(r["by_task"]) == {"gsm8k", "sum"} for r in runs.values())
     preds = pq.read_table(out / "eval" / "scotd" / "predictions.parquet").to_pylist()
     assert all(p["gold_answer"] and p["gold_index"] is None for p in preds)
     assert "| run | free-form questions | strict | flexible |" in capsys.readouterr().out
