@@ -58,8 +58,8 @@ def fit_format(model, tokenizer, texts: list[str], steps: int = 80, batch_size: 
                seed: int = 0) -> list[float]:
     """A few AdamW steps on random batches of ``texts``, each cut to ``FIT_TOKENS`` (a question of 50,000
     characters among them must not take the machine's memory: the teacher stage's length check leaves it out
-    later); returns the loss curve. Small batches at a higher rate learn the format as well as larger ones in
-    less than half the time: the answers parse as often (greedy and sampled) for a like final loss."""
+    later); returns the loss curve. Small batches at a high rate: the format is what is learned, and it is learned
+    quickly."""
     import random
 
     import torch
