@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import time
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,9 +22,10 @@ from scotd import layout, provenance
 from scotd.cards import write_model_cards
 from scotd.report_inputs import ReportError, eval_questions, read_predictions
 from scotd.report_markdown import render_markdown
+from scotd.report_rows import ReportRow, method_by_task, paired_differences, studies
 from scotd.runs import EvalRun, eval_runs
 from scotd.schema import write_text
-from scotd.scoring import answers_match, bootstrap_interval, mcnemar_p, metrics_of, paired_bootstrap, wilson_interval
+from scotd.scoring import answers_match, bootstrap_interval, metrics_of, wilson_interval
 
 if TYPE_CHECKING:
     from scotd.experiment import Experiment
@@ -33,39 +33,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def paired_differences(rows: list[dict], predictions: dict[str, dict[str, bool]]) -> list[dict]:
-    """Each main SCoTD row (trained on all kept rationales) against every other row, on the questions both answered.
-    Ablation rows (selectors, the N-sweep) are compared with the main rows, not with each other; without a main
-    SCoTD row every SCoTD row is compared with the non-SCoTD rows."""
-    out = []
-    scotd = [r for r in rows if r["kind"] == "scotd"]
-    main = [r for r in scotd if r.get("selector", "all") == "all"]
-    compared: set[tuple[str, str]] = set()
-    for a in main or scotd:
-        for b in rows:
-            if b is a or (not main and b["kind"] == "scotd") or (b["run"], a["run"]) in compared:
-                continue
-            compared.add((a["run"], b["run"]))
-            pa, pb = predictions[a["run"]], predictions[b["run"]]
-            shared = sorted(pa.keys() & pb.keys())
-            only_a = sum(pa[q] and not pb[q] for q in shared)
-            only_b = sum(pb[q] and not pa[q] for q in shared)
-            p = mcnemar_p(only_a, only_b)
-            low, high = paired_bootstrap([pa[q] for q in shared], [pb[q] for q in shared])
-            out.append({"run": a["run"], "versus": b["run"], "questions": len(shared),
-                        "difference": (only_a - only_b) / len(shared) if shared else 0.0,
-                        "bootstrap95": [low, high],
-                        "only_run_right": only_a, "only_versus_right": only_b, "p_value": p,
-                        "within_noise": p >= 0.05})
-    return out
-
-
 def build_report(exp_dir: Path, runs: list[EvalRun], fingerprints: dict[str, str] | None = None) -> dict:
     """The report of ``runs`` in table order (extra runs only in the checkpoint table); each row starts from its
     run's fields (``EvalRun.row``). The report is written to ``exp_dir``; in a combined report each run also names
     its ``experiment`` and the ``experiment_dir`` its files are in."""
     rows, correct_by_run, expected = [], {}, {}
-    for spec in (run.row() for run in runs):
+    for run in runs:
+        spec = run.row()
         root = Path(spec.get("experiment_dir", exp_dir))
         if root not in expected:
             expected[root] = eval_questions(root)
@@ -80,30 +54,30 @@ def build_report(exp_dir: Path, runs: list[EvalRun], fingerprints: dict[str, str
         for p in preds:
             by_task.setdefault(p["task"], []).append(p)
         flags = [bool(p["correct"]) for p in sorted(preds, key=lambda p: p["question_id"])]
-        row = {**spec, **m, **{k: settings[k] for k in ("max_new_tokens", "repetition_penalty") if k in settings},
-               "ci95": [low, high], "bootstrap95": list(bootstrap_interval(flags)),
-               "predictions": os.path.relpath(path, exp_dir),
-               "by_task": {t: metrics_of(ps)["accuracy"] for t, ps in sorted(by_task.items())}}
+        results = {**m, **{k: settings[k] for k in ("max_new_tokens", "repetition_penalty") if k in settings},
+                    "ci95": [low, high], "bootstrap95": list(bootstrap_interval(flags)),
+                    "predictions": os.path.relpath(path, exp_dir),
+                    "by_task": {t: metrics_of(ps)["accuracy"] for t, ps in sorted(by_task.items())}}
         free = [p for p in preds if p["gold_index"] is None and p["gold_answer"] is not None]
         if free:  # free-form answers: lm-eval's flexible extraction beside the strict score
-            row["free_form"] = {"questions": len(free), "strict": sum(p["correct"] for p in free) / len(free),
-                                "flexible": sum(answers_match(p["flexible_answer"], p["gold_answer"])
-                                                for p in free) / len(free)}
+            results["free_form"] = {"questions": len(free), "strict": sum(p["correct"] for p in free) / len(free),
+                                     "flexible": sum(answers_match(p["flexible_answer"], p["gold_answer"])
+                                                     for p in free) / len(free)}
         kept = kept_per_question(root, spec) if "student" in spec else None
         if kept is not None:
-            row["kept_per_question"] = kept
-        rows.append(row)
-    main = [r for r in rows if not r.get("extra")]
+            results["kept_per_question"] = kept
+        rows.append(ReportRow(run, results))
+    main = [r for r in rows if not r.run.extra]
     combined = any(run.experiment for run in runs)
-    by_experiment: dict[str | None, list[dict]] = {}
+    by_experiment: dict[str | None, list[ReportRow]] = {}
     for r in main:  # SCoTD rows are compared with rows of their own experiment (the same questions) only
-        by_experiment.setdefault(r.get("experiment"), []).append(r)
+        by_experiment.setdefault(r.run.experiment, []).append(r)
     report = {"experiment": " + ".join(str(e) for e in by_experiment) if combined else exp_dir.name,
-              "rows": main, "extra_rows": [r for r in rows if r.get("extra")],
+              "rows": [r.as_dict() for r in main], "extra_rows": [r.as_dict() for r in rows if r.run.extra],
               "differences": [d for group in by_experiment.values() for d in paired_differences(group, correct_by_run)],
               "studies": studies(main), "method_by_task": method_by_task(main),
               "checkpoints": checkpoint_selection(exp_dir, rows)}
-    experiments = {r.get("experiment"): Path(r.get("experiment_dir", exp_dir)) for r in rows}
+    experiments = {r.run.experiment: Path(r.run.experiment_dir or exp_dir) for r in rows}
     report["judge"] = [judged for name, root in experiments.items() for judged in judge_results(exp_dir, root, name)]
     if not combined:
         report.update(experiment_files(exp_dir))
@@ -156,120 +130,21 @@ def kept_per_question(root: Path, spec: dict) -> float | None:
     return summary.get("mean_kept_per_question")
 
 
-def _several_settings(rows: list[dict]) -> bool:
-    return len({r.get("setting") for r in rows if "student" in r}) > 1
-
-
-def study_group(r: dict, several_settings: bool) -> str:
-    """What a study compares like with like within: the student model, its corpus setting when the experiment has
-    both, and in a combined report its experiment."""
-    label = r["model"] + (f" ({r['setting']})" if several_settings and r.get("setting") else "")
-    return f"{r['experiment']}: {label}" if r.get("experiment") else label
-
-
-def method_label(r: dict, several_settings: bool) -> str | None:
-    """A main row's method (teacher, untrained zero- or k-shot, label-only, greedy CoT, SCoTD on all kept
-    rationales, with its setting when the experiment has both and its self-consistency suffix); None for the
-    ablation rows (N-sweep, selectors), which have tables of their own."""
-    selector = r.get("selector", "all")
-    if r["kind"] == "teacher":
-        label = "teacher"
-    elif r["kind"] == "untrained":
-        label = f"untrained, {r['shots']}-shot" if r.get("shots") else "untrained, zero-shot"
-    elif r["kind"] == "label_only":
-        label = "label-only"
-    elif selector in ("all", "greedy"):
-        label = "SCoTD" if selector == "all" else "greedy CoT"
-    else:
-        return None
-    if several_settings and r.get("setting"):
-        label += f" ({r['setting']})"
-    return label + (f" sc@{r['samples']}" if r["samples"] > 1 else "")
-
-
-def _varied(points: list[dict], key: str) -> list[dict]:
-    """The points of the groups in which ``key`` takes more than one value (a group of one compares nothing)."""
-    values: dict[str, set] = {}
-    for p in points:
-        values.setdefault(p["group"], set()).add(p[key])
-    return [p for p in points if len(values[p["group"]]) > 1]
-
-
-def studies(rows: list[dict]) -> dict:
-    """The paper's comparisons, read off the greedy rows (each student row names its model, method, selector,
-    selector_k and setting; ``num_samples`` is the teacher's N, which selector "all" uses). The N-curve and the
-    selectors compare students of one group (``study_group``: model and setting), so a supervised student never
-    appears as a point of the few-shot curve:
-
-    - ``n_curve``: accuracy against N for SCoTD students trained on the first N samples (selector first_n) or all;
-    - ``selectors``: accuracy per corpus selector (random, likelihood, diverse, open_ended) next to all N, with the
-      budget k and the rationales per question each one actually kept;
-    - ``methods``: accuracy per method (untrained, label-only, greedy CoT, SCoTD) and student model.
-    """
-    greedy = [r for r in rows if r["samples"] == 1]
-    several_settings = _several_settings(greedy)
-    n_curve, selectors, methods = [], [], []
-    for r in greedy:
-        base = {"run": r["run"], "kind": r["kind"], "model": r["model"], "group": study_group(r, several_settings),
-                "setting": r.get("setting"), "accuracy": r["accuracy"], "total": r["total"], "ci95": r.get("ci95")}
-        selector = r.get("selector", "all")
-        if r["kind"] == "scotd" and selector in ("first_n", "all") and r.get("num_samples"):
-            n_curve.append({**base, "n": r["selector_k"] if selector == "first_n" else r["num_samples"]})
-        if r["kind"] == "scotd" and selector in ("all", "random", "likelihood", "diverse", "open_ended"):
-            selectors.append({**base, "selector": selector, "k": r.get("selector_k"),
-                              "kept_per_question": r.get("kept_per_question")})
-        method = method_label(r, several_settings) if r["kind"] != "teacher" else None
-        if method:
-            prefix = f"{r['experiment']}: " if r.get("experiment") else ""
-            methods.append({**base, "method": prefix + method})
-    n_curve.sort(key=lambda x: (x["group"], x["n"]))
-    # two runs of one method and model (say, two learning rates) keep a line each, named by their runs
-    clashes = Counter((x["method"], x["model"]) for x in methods)
-    methods = [{**x, "method": f"{x['method']} ({x['run']})"} if clashes[(x["method"], x["model"])] > 1 else x
-               for x in methods]
-    trained = [x for x in methods if x["kind"] != "untrained"]
-    return {"n_curve": _varied(n_curve, "n"), "selectors": _varied(selectors, "selector"),
-            "methods": methods if len({x["method"] for x in trained}) > 1 or len({x["model"] for x in trained}) > 1
-            else []}
-
-
-def method_by_task(rows: list[dict]) -> list[dict]:
-    """Accuracy of each main method row per task: one line per (model, method, run name), so the same run of
-    several one-task experiments (the paper configs) fills one line across their tasks."""
-    several_settings = _several_settings(rows)
-    table: dict[tuple, dict] = {}
-    for r in rows:
-        method = method_label(r, several_settings)
-        if method is None:
-            continue
-        name = r.get("experiment_run", r["run"])
-        key = (r["model"], method, name)
-        if key in table and table[key]["by_task"].keys() & r["by_task"].keys():
-            key += (r.get("experiment"),)  # the same task twice (two experiments on one task): a line each
-        entry = table.setdefault(key, {"model": r["model"], "method": method, "run": name, "by_task": {}, "runs": []})
-        entry["by_task"].update(r["by_task"])
-        entry["runs"].append(r["run"])
-    lines = [key[:3] for key in table]
-    for key, entry in table.items():
-        if lines.count(key[:3]) > 1:  # split lines say which experiment's runs they hold
-            entry["run"] = ", ".join(entry["runs"])
-    return list(table.values())
-
-
-def checkpoint_selection(exp_dir: Path, rows: list[dict]) -> list[dict]:
+def checkpoint_selection(exp_dir: Path, rows: list[ReportRow]) -> list[dict]:
     """Per trained student: dev accuracy by epoch, the best and last epochs, which one the main table shows and the
     evaluation accuracy of each checkpoint that was evaluated."""
     out = []
     for r in rows:
-        if r.get("extra") or "student" not in r:
+        run = r.run
+        if run.extra or not r.trained:
             continue
-        path = layout.checkpoints(layout.student_dir(Path(r.get("experiment_dir", exp_dir)), r["student"]))
+        path = layout.checkpoints(layout.student_dir(Path(run.experiment_dir or exp_dir), run.student))
         chosen = json.loads(path.read_text()) if path.exists() else {}
-        accuracy = {r["checkpoint"]: r["accuracy"]}
-        accuracy.update({x["checkpoint"]: x["accuracy"] for x in rows
-                         if x.get("extra") and x.get("student") == r["student"] and x["samples"] == 1
-                         and x.get("experiment") == r.get("experiment")})
-        out.append({"run": r["run"], "samples": r["samples"], "shown": r["checkpoint"],
+        accuracy = {run.checkpoint: r.accuracy}
+        accuracy.update({x.run.checkpoint: x.accuracy for x in rows
+                         if x.run.extra and x.run.student == run.student and x.run.samples == 1
+                         and x.run.experiment == run.experiment})
+        out.append({"run": run.run, "samples": run.samples, "shown": run.checkpoint,
                     "last_epoch": chosen.get("last_epoch"),
                     "best_epoch": chosen.get("best_epoch"), "dev_questions": chosen.get("dev_questions", 0),
                     "dev": chosen.get("dev", []), "eval_accuracy": accuracy, "seen": chosen.get("seen")})

@@ -119,11 +119,12 @@ def test_study_tables_and_plots_from_a_finished_experiment(tmp_path):
 
 
 def test_ablation_rows_are_compared_with_the_main_scotd_row_only():
-    from scotd.report import paired_differences
+    from scotd.report_rows import ReportRow, paired_differences
 
-    rows = [{"run": "all", "kind": "scotd", "selector": "all"}, {"run": "n1", "kind": "scotd", "selector": "first_n"},
-            {"run": "rand", "kind": "scotd", "selector": "random"}, {"run": "labels", "kind": "label_only"}]
-    predictions = {r["run"]: {"q0": True, "q1": r["run"] == "all"} for r in rows}
+    rows = [ReportRow(EvalRun(run, kind, "m", student=run, selector=selector), {})
+            for run, kind, selector in (("all", "scotd", "all"), ("n1", "scotd", "first_n"),
+                                        ("rand", "scotd", "random"), ("labels", "label_only", None))]
+    predictions = {r.name: {"q0": True, "q1": r.name == "all"} for r in rows}
     assert [(d["run"], d["versus"]) for d in paired_differences(rows, predictions)] == [
         ("all", "n1"), ("all", "rand"), ("all", "labels")]
     # without a main row, each SCoTD row against the non-SCoTD rows
