@@ -73,7 +73,7 @@ def test_rounds_and_a_sample_budget_resume_exactly_once_and_spend_what_rounds_sa
     budget = 48
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address}
     command = [*teacher_command(out, shared_data), "teacher.samples_per_round=2", "teacher.stop_when_repeated=true",
-               "teacher.temperature=0.3",  # a cool tiny teacher repeats itself often
+               "teacher.temperature=0.05",  # a cold tiny teacher repeats itself often
                f"teacher.sample_budget={budget}"]
     signal_once_written(command, env, samples_dir, signal.SIGKILL, tmp_path / "first.log")
     before = blocks(samples_dir)
