@@ -135,10 +135,6 @@ def student_dir(root: Path, name: str) -> Path:
     return root / STUDENTS / name
 
 
-def ray_train(root: Path) -> Path:
-    return root / RAY_TRAIN
-
-
 def train_rows(student: Path) -> Path:
     """The rows a student trains on (its corpus after the selector)."""
     return student / "train_rows.parquet"
@@ -171,10 +167,6 @@ def progress(student: Path) -> Path:
 
 
 # eval stage
-
-
-def eval_dir(root: Path) -> Path:
-    return root / EVAL
 
 
 def run_dir(root: Path, run: str) -> Path:

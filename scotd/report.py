@@ -39,15 +39,14 @@ def build_report(exp_dir: Path, runs: list[EvalRun], fingerprints: dict[str, str
     its ``experiment`` and the ``experiment_dir`` its files are in."""
     rows, correct_by_run, expected = [], {}, {}
     for run in runs:
-        spec = run.row()
-        root = Path(spec.get("experiment_dir", exp_dir))
+        root = Path(run.experiment_dir or exp_dir)
         if root not in expected:
             expected[root] = eval_questions(root)
-        run_dir = layout.run_dir(root, spec["dir"])
+        run_dir = layout.run_dir(root, run.dir)
         path = layout.predictions(run_dir)
-        preds = read_predictions(path, expected[root], (fingerprints or {}).get(spec["dir"]))
+        preds = read_predictions(path, expected[root], (fingerprints or {}).get(run.dir))
         settings = json.loads(layout.metrics(run_dir).read_text()) if layout.metrics(run_dir).exists() else {}
-        correct_by_run[spec["run"]] = {p["question_id"]: bool(p["correct"]) for p in preds}
+        correct_by_run[run.run] = {p["question_id"]: bool(p["correct"]) for p in preds}
         m = metrics_of(preds)
         low, high = wilson_interval(m["correct"], m["total"])
         by_task: dict[str, list[dict]] = {}
@@ -63,7 +62,7 @@ def build_report(exp_dir: Path, runs: list[EvalRun], fingerprints: dict[str, str
             results["free_form"] = {"questions": len(free), "strict": sum(p["correct"] for p in free) / len(free),
                                      "flexible": sum(answers_match(p["flexible_answer"], p["gold_answer"])
                                                      for p in free) / len(free)}
-        kept = kept_per_question(root, spec) if "student" in spec else None
+        kept = kept_per_question(root, run) if run.student is not None else None
         if kept is not None:
             results["kept_per_question"] = kept
         rows.append(ReportRow(run, results))
@@ -109,21 +108,21 @@ def judge_results(exp_dir: Path, root: Path, experiment: str | None) -> list[dic
     return out
 
 
-def kept_per_question(root: Path, spec: dict) -> float | None:
+def kept_per_question(root: Path, run: EvalRun) -> float | None:
     """Rationales per question a SCoTD student actually trained on (questions with at least one): the selection
     ``student_rows`` recorded in the exported student's scotd_student.json, or for selector "all" the corpus of the
     student's setting. None for label-only students and when the files are missing."""
-    if spec.get("kind") != "scotd":
+    if run.kind != "scotd":
         return None
-    meta = layout.student_meta(layout.student_model(layout.student_dir(root, spec["student"])))
+    meta = layout.student_meta(layout.student_model(layout.student_dir(root, run.student)))
     selection = json.loads(meta.read_text()).get("selection", {}) if meta.exists() else {}
     if "per_question" in selection:
         return selection["per_question"]
-    if spec.get("selector", "all") != "all":
+    if (run.selector or "all") != "all":
         return None
     main = layout.summary(layout.corpus_dir(root))
     summary = json.loads(main.read_text()) if main.exists() else {}
-    setting = spec.get("setting") or summary.get("setting")
+    setting = run.setting or summary.get("setting")
     if summary.get("setting") != setting:
         other = layout.summary(layout.corpus_dir(root, str(setting)))
         summary = json.loads(other.read_text()) if other.exists() else {}
